@@ -1,0 +1,56 @@
+# batchscore developer commands. `make` alone lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RUN_DATE ?= 2026-11-21
+export SPARK_LOCAL_IP := 127.0.0.1
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.DEFAULT_GOAL := help
+.PHONY: help venv demo walmart test check format bench bench-quick clean
+
+help: ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11"; exit 2; }
+	@command -v java >/dev/null || { echo "error: java not found; install a Java 17 runtime (apt-get install openjdk-17-jre-headless)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP) ## create the virtual environment with every dependency
+
+demo: $(STAMP) ## build demo data and models, run the demo job, query the predictions
+	$(PY) -m batchscore.datasets.demo demo conf/demo.yaml
+	$(PY) -m batchscore run conf/demo.yaml --run-date $(RUN_DATE)
+	$(PY) -m batchscore sql "SELECT model, count(*) AS rows, round(avg(prediction), 4) AS avg_prediction, count(DISTINCT label) AS labels FROM preds WHERE ds = '$(RUN_DATE)' GROUP BY model ORDER BY model" --table preds=demo/out/predictions
+
+walmart: $(STAMP) ## build the Walmart star schema and score all 421,570 fact rows
+	$(PY) -m batchscore.datasets.morpheus walmart demo/walmart conf/walmart.yaml
+	$(PY) -m batchscore run conf/walmart.yaml
+
+test: $(STAMP) ## run the test suite
+	$(PY) -m pytest -q
+
+check: $(STAMP) ## format check, lint, type-check
+	$(VENV)/bin/ruff format --check batchscore tests jobs bench
+	$(VENV)/bin/ruff check batchscore tests jobs bench
+	$(VENV)/bin/mypy
+
+format: $(STAMP) ## apply ruff formatting and safe fixes
+	$(VENV)/bin/ruff format batchscore tests jobs bench
+	$(VENV)/bin/ruff check --fix batchscore tests jobs bench
+
+bench: $(STAMP) ## benchmarks (ratios against baselines in the same process)
+	$(PY) -m bench.run
+
+bench-quick: $(STAMP) ## a shorter benchmark pass
+	$(PY) -m bench.run --quick
+
+clean: ## remove generated data, outputs and caches (keeps the venv)
+	rm -rf demo spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,14 @@
+"""batchscore: plan, score and commit batch predictions on Spark, with factorized inference.
+
+The notebook API (CONTRACT.md): `load_spec`, `run`, `explain`, `score`, `sql`. Spark is imported
+lazily, so `import batchscore` and spec/plan work stay fast and Spark-free.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from batchscore.api import RunResult, explain, load_spec, run, score, sql  # noqa: E402
+from batchscore.errors import BatchScoreError  # noqa: E402
+
+__all__ = ["BatchScoreError", "RunResult", "__version__", "explain", "load_spec", "run", "score", "sql"]

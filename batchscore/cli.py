@@ -1,0 +1,197 @@
+"""`batchscore` command line: parse arguments, call the library, exit with a clear code.
+
+Exit codes: 0 success (also: already committed, or nothing to score); 1 a runtime step failed;
+2 bad spec, model or input data; 4 the output table refused the write. Failures print one line
+starting with "error:" to stderr, never a traceback (set BATCHSCORE_DEBUG=1 for one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from batchscore.errors import BatchScoreError, SpecError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchscore", description="Plan, score and commit batch predictions on Spark."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="plan and run a job spec, commit predictions to Delta")
+    run.add_argument("spec")
+    run.add_argument("--run-date", dest="run_date")
+    run.add_argument("--master", help="Spark master URL (default local[*])")
+    run.add_argument("--force", action="store_true", help="score again even if this run date was committed")
+    explain = sub.add_parser("explain", help="print the optimized plan with its decisions")
+    explain.add_argument("spec")
+    explain.add_argument("--run-date", dest="run_date")
+    sql = sub.add_parser("sql", help="run Spark SQL over Delta tables registered as views")
+    sql.add_argument("query")
+    sql.add_argument("--table", action="append", default=[], metavar="NAME=PATH")
+    sql.add_argument("--as-of", action="append", default=[], metavar="NAME=VERSION")
+    sql.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
+    sql.add_argument("--master")
+    history = sub.add_parser("history", help="a table's commits with their lineage")
+    history.add_argument("path")
+    history.add_argument("--json", action="store_true", help="print JSON lines")
+    return parser
+
+
+def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not name or not rest:
+            raise SpecError(f"{what} '{value}' must look like NAME=VALUE.")
+        out[name] = rest
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import batchscore as bs
+
+    result = bs.run(args.spec, run_date=args.run_date, master=args.master, force=args.force)
+    print(result.summary())
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    import batchscore as bs
+
+    print(bs.explain(args.spec, run_date=args.run_date))
+    return 0
+
+
+def _cmd_sql(args: argparse.Namespace) -> int:
+    import batchscore as bs
+    from batchscore.physical.session import get_spark
+
+    tables = _pairs(args.table, "--table")
+    as_of = {k: int(v) for k, v in _pairs(args.as_of, "--as-of").items()}
+    spark = get_spark(args.master)
+    df = bs.sql(args.query, tables=tables, spark=spark, as_of=as_of)
+    rows = df.limit(args.limit).collect()
+    print(format_table(df.columns, [list(r) for r in rows]))
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    from batchscore.sinks.delta_table import history
+
+    commits = history(args.path)
+    for commit in commits:
+        print(json.dumps(commit, default=str) if args.json else _history_line(commit))
+    return 0
+
+
+def _history_line(commit: dict[str, Any]) -> str:
+    meta = {k.removeprefix("batchscore."): v for k, v in commit.items() if k.startswith("batchscore.")}
+    head = f"v{commit.get('version')}  {commit.get('timestamp')}  {commit.get('operation', '')}"
+    if not meta:
+        return head
+    models = meta.get("models") or {}
+    if isinstance(models, str):
+        models = json.loads(models)
+    inputs = meta.get("inputs") or {}
+    if isinstance(inputs, str):
+        inputs = json.loads(inputs)
+    model_text = ", ".join(f"{n}@{m.get('version')} sha256:{str(m.get('sha256'))[:12]}" for n, m in models.items())
+    input_text = ", ".join(f"{n}@v{i.get('version')}" if i.get("version") is not None else n for n, i in inputs.items())
+    return (
+        f"{head}  job={meta.get('job')} run_date={meta.get('run_date')} run_id={meta.get('run_id')} "
+        f"spec={str(meta.get('spec_hash'))[:12]}  models[{model_text}]  inputs[{input_text}]"
+    )
+
+
+def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text grid that reads well in a terminal and in a scheduler log."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.6g}"
+        if isinstance(value, list):
+            return "[" + ", ".join(cell(v) for v in value) + "]"
+        return "NULL" if value is None else str(value)
+
+    text = [[cell(v) for v in row] for row in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
+    line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |", line]
+    out += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |" for r in text]
+    out += [line, f"({len(rows)} row{'s' if len(rows) != 1 else ''})"]
+    return "\n".join(out)
+
+
+COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "sql": _cmd_sql, "history": _cmd_history}
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    """Run one command and return its exit code (tests call this; `main` also exits)."""
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except BatchScoreError as exc:
+        _report(exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+        from batchscore.errors import StepError
+
+        wrapped = _unwrap(exc)
+        if wrapped is not None:
+            _report(wrapped)
+            return wrapped.exit_code
+        _report(StepError(f"Step '{args.command}' failed: {type(exc).__name__}: {_first_line(exc)}"), exc)
+        return 1
+
+
+def _unwrap(exc: BaseException) -> BatchScoreError | None:
+    try:
+        from batchscore.sinks.delta_table import unwrap_spark_error
+    except ImportError:
+        return None
+    return unwrap_spark_error(exc)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _report(error: BaseException, cause: BaseException | None = None) -> None:
+    print(f"error: {error}", file=sys.stderr)
+    if os.environ.get("BATCHSCORE_DEBUG"):
+        traceback.print_exception(cause or error)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point. Leaves without the interpreter's teardown (see `hard_exit`)."""
+    hard_exit(run_cli(argv))
+
+
+def hard_exit(code: int) -> None:
+    """Stop Spark, flush, and `os._exit(code)`.
+
+    A process that used delta-rs/pyarrow scans can abort in native teardown at exit (exit 134,
+    delta-rs #2184, arrow #34314) after the job succeeded; a scheduler would read that as a
+    failure. Skipping the teardown makes the exit code the job's own, every time.
+    """
+    try:
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.stop()
+    except Exception:  # noqa: BLE001, S110 - stopping is best effort; the exit code matters
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,115 @@
+"""The fallback kernel: call the estimator's own predict / predict_proba on each batch.
+
+Anything with a `predict` method can be scored this way (pipelines, custom classes, models we
+have no converter for). The planner cannot see inside it, so it is never factorized or
+stacked, but it is always exact: it *is* the model. The estimator itself is pickled to the
+workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from batchscore.errors import DataError
+from batchscore.kernels.affine import as_float_matrix
+from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task
+
+UNKNOWN_N_FEATURES = -1
+"""`n_features` of a model that does not say how many inputs it takes (no n_features_in_)."""
+
+
+class OpaqueKernel(Kernel):
+    """Scores by calling the estimator. `classes` None means a regressor."""
+
+    kind: ClassVar[str] = "opaque"
+
+    def __init__(
+        self,
+        estimator: Any,
+        *,
+        task: Task,
+        classes: tuple[str, ...] | None,
+        n_features: int,
+        model_name: str = "",
+        note: str = "",
+    ) -> None:
+        self.estimator = estimator
+        self.task = task
+        self.classes = classes
+        self.n_features = n_features
+        self.model_name = model_name
+        self.note = note
+        self.supports_proba = classes is not None and callable(
+            getattr(estimator, "predict_proba", None)
+        )
+        # Set once a sparse batch was refused, so later batches skip the failing attempt.
+        self.densify = False
+
+    @property
+    def class_name(self) -> str:
+        return type(self.estimator).__name__
+
+    def _who(self) -> str:
+        name = f"Model '{self.model_name}'" if self.model_name else "Model"
+        return f"{name} (opaque {self.class_name})"
+
+    def _call(self, method: str, X: Matrix) -> np.ndarray:
+        fn = getattr(self.estimator, method)
+        if sp.issparse(X) and self.densify:
+            X = X.toarray()
+        try:
+            return np.asarray(fn(X))
+        except (TypeError, ValueError) as exc:
+            if not sp.issparse(X):
+                raise DataError(
+                    f"{self._who()} failed in {method}(): {_one_line(exc)}. "
+                    "Check the batch's values (missing values need a model that accepts NaN)."
+                ) from exc
+        self.densify = True
+        return self._call(method, X)
+
+    def score(self, X: Matrix, *, proba: bool = True) -> ScoreOutput:
+        X = as_float_matrix(X, self.n_features, self._who())
+        n = X.shape[0]
+        if n == 0:
+            return _empty(self.classes, proba=proba)
+        if self.classes is None:
+            values = self._call("predict", X).astype(np.float64, copy=False)
+            if values.ndim == 2 and values.shape[1] == 1:
+                values = values[:, 0]
+            if values.shape != (n,):
+                raise DataError(
+                    f"{self._who()} returned predictions of shape {values.shape} for {n} rows; "
+                    "batchscore scores one value per row (fit one model per target)."
+                )
+            return ScoreOutput(values, None, None)
+        label = np.asarray([str(v) for v in self._call("predict", X)], dtype=object)
+        if not proba:
+            return ScoreOutput(np.full(n, np.nan), label, None)
+        probability = self._call("predict_proba", X).astype(np.float64, copy=False)
+        if probability.shape != (n, len(self.classes)):
+            raise DataError(
+                f"{self._who()} returned predict_proba of shape {probability.shape}, expected "
+                f"({n}, {len(self.classes)}); score it with output: predict instead."
+            )
+        prediction = probability[:, 1].copy() if self.task == "binary" else np.full(n, np.nan)
+        return ScoreOutput(prediction, label, probability)
+
+    def describe(self) -> str:
+        note = f"; {self.note}" if self.note else ""
+        return f"opaque ({self.class_name}){note}"
+
+
+def _empty(classes: tuple[str, ...] | None, *, proba: bool) -> ScoreOutput:
+    if classes is None:
+        return ScoreOutput(np.zeros(0), None, None)
+    probability = np.zeros((0, len(classes))) if proba else None
+    return ScoreOutput(np.zeros(0), np.zeros(0, dtype=object), probability)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__

@@ -1,0 +1,5 @@
+"""Model converters. Importing this package registers every converter with the registry."""
+
+from batchscore.models.converters import lightgbm, opaque, sklearn_linear
+
+__all__ = ["lightgbm", "opaque", "sklearn_linear"]

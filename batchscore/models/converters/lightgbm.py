@@ -1,0 +1,292 @@
+"""LightGBM (Booster, LGBMRegressor, LGBMRanker, LGBMClassifier) -> LightGBMNativeKernel.
+
+The model is re-serialised with `model_to_string()`, which keeps the best iteration when early
+stopping recorded one, exactly the trees `predict()` uses by default. What the output means is
+read from the model's `objective=` header: an objective we do not know, or a custom one on a
+classifier, has scores whose meaning we cannot vouch for, so it is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+from typing import Any
+
+import lightgbm
+
+from batchscore.errors import ModelError
+from batchscore.kernels.base import Kernel, Task
+from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
+from batchscore.models.registry import register
+
+REGRESSION_OBJECTIVES = frozenset(
+    {
+        "regression",
+        "regression_l1",
+        "huber",
+        "fair",
+        "poisson",
+        "quantile",
+        "mape",
+        "gamma",
+        "tweedie",
+        "cross_entropy",
+        "cross_entropy_lambda",
+        "lambdarank",
+        "rank_xendcg",
+    }
+)
+CLASSIFIER_OBJECTIVES = frozenset({"binary", "multiclass", "multiclassova"})
+
+
+
+
+@register(lightgbm.Booster)
+def booster(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+    """A bare Booster: the objective alone says what it predicts; classes are "0".."k-1"."""
+    model_str = obj.model_to_string()
+    objective = objective_of(model_str)
+    if objective == "binary":
+        return _kernel(obj, model_str, objective, "binary", ("0", "1"), "Booster")
+    if objective in ("multiclass", "multiclassova"):
+        k = _num_class(model_str)
+        classes = tuple(str(i) for i in range(k))
+        return _kernel(obj, model_str, objective, "multiclass", classes, "Booster")
+    if objective in REGRESSION_OBJECTIVES:
+        return _kernel(obj, model_str, objective, "regression", None, "Booster")
+    raise ModelError(
+        f"Model '{model_name}' is a LightGBM Booster with objective '{objective}', so "
+        "batchscore cannot tell what its scores mean. Save it from an LGBMRegressor or "
+        "LGBMClassifier, or train it with a built-in objective."
+    )
+
+
+@register(lightgbm.LGBMRegressor, lightgbm.LGBMRanker)
+def regressor(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+    """predict() is Booster.predict, whatever the objective, as long as it is one column."""
+    model_str = _model_str(obj, model_name)
+    objective = objective_of(model_str)
+    if callable(getattr(obj, "objective_", None)):
+        objective = "custom (raw scores, as predict gives them)"
+    elif objective not in REGRESSION_OBJECTIVES | {"binary"}:
+        raise ModelError(
+            f"Model '{model_name}' is an {type(obj).__name__} with objective '{objective}', "
+            "whose output is not one value per row; use an LGBMClassifier for multiclass "
+            "objectives."
+        )
+    return _kernel(obj.booster_, model_str, objective, "regression", None, type(obj).__name__)
+
+
+@register(lightgbm.LGBMClassifier)
+def classifier(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+    """Probabilities from Booster.predict; labels are `classes_` at the first highest one."""
+    model_str = _model_str(obj, model_name)
+    objective = objective_of(model_str)
+    classes = tuple(str(c) for c in obj.classes_)
+    if callable(getattr(obj, "objective_", None)) or objective not in CLASSIFIER_OBJECTIVES:
+        raise ModelError(
+            f"Model '{model_name}' is an LGBMClassifier with objective '{objective}'; its "
+            "predict_proba returns raw scores, not probabilities. Retrain with objective "
+            "'binary' or 'multiclass'."
+        )
+    expected = 2 if objective == "binary" else _num_class(model_str)
+    if expected != len(classes):
+        raise ModelError(
+            f"Model '{model_name}' is an LGBMClassifier with {len(classes)} classes but its "
+            f"booster predicts {expected}; re-fit and save it again."
+        )
+    task: Task = "binary" if len(classes) == 2 else "multiclass"
+    return _kernel(obj.booster_, model_str, objective, task, classes, "LGBMClassifier")
+
+
+def header(model_str: str) -> dict[str, str]:
+    """The `key=value` lines at the top of a model string (before the first tree)."""
+    out: dict[str, str] = {}
+    for line in model_str.splitlines():
+        if line.startswith("Tree="):
+            break
+        key, sep, value = line.partition("=")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def objective_of(model_str: str) -> str:
+    """The objective's name ("binary", "poisson", ...); "custom" when none was recorded."""
+    value = header(model_str).get("objective", "")
+    return value.split()[0] if value else "custom"
+
+
+def _num_class(model_str: str) -> int:
+    return int(header(model_str).get("num_class", "1"))
+
+
+def _model_str(obj: Any, model_name: str) -> str:
+    if not obj.__sklearn_is_fitted__():
+        raise ModelError(
+            f"Model '{model_name}' is an unfitted {type(obj).__name__}; fit it before saving."
+        )
+    return str(obj.booster_.model_to_string())
+
+
+def _kernel(
+    booster: Any,
+    model_str: str,
+    objective: str,
+    task: Task,
+    classes: tuple[str, ...] | None,
+    source: str,
+) -> LightGBMNativeKernel:
+    return LightGBMNativeKernel(
+        model_str,
+        task=task,
+        classes=classes,
+        n_features=int(booster.num_feature()),
+        objective=objective,
+        num_trees=len(header(model_str).get("tree_sizes", "").split()),
+        source=source,
+    )
+
+
+# --- text-model validation -------------------------------------------------------------------
+# LightGBM's C++ loader parses trees in parallel and aborts (or segfaults) the whole process on
+# a malformed file instead of raising, e.g. on a truncated download. Model files are checked
+# here, in Python, the way the loader slices them, before LightGBM ever sees one.
+
+_LEAF_ARRAYS = ("leaf_value", "leaf_weight", "leaf_count", "leaf_const", "num_features")
+_NODE_ARRAYS = (
+    "split_feature",
+    "split_gain",
+    "threshold",
+    "decision_type",
+    "left_child",
+    "right_child",
+    "internal_value",
+    "internal_weight",
+    "internal_count",
+)
+_INT = re.compile(r"^[+-]?[0-9]+$")
+_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(inf|nan)$", re.I)
+_PARAM_LINE = re.compile(rb"^\[[a-z0-9_]+: [^\n]*\]$")
+_NEEDED_HEADER = ("version", "num_class", "num_tree_per_iteration", "max_feature_idx")
+
+
+class ModelTextError(ValueError):
+    """A LightGBM text model that the native loader could crash on."""
+
+
+def validate_model_text(data: bytes) -> None:
+    """Raise ModelTextError unless `data` is a structurally complete LightGBM text model."""
+    start = data.find(b"\nTree=")
+    if start < 0:
+        raise ModelTextError("no trees found")
+    start += 1
+    head = header(data[:start].decode("utf-8"))
+    missing = [k for k in (*_NEEDED_HEADER, "tree_sizes") if k not in head]
+    if missing:
+        raise ModelTextError(f"header lacks {', '.join(missing)}")
+    max_feature = _int(head["max_feature_idx"], "max_feature_idx")
+    num_class = _int(head["num_class"], "num_class")
+    per_iteration = _int(head["num_tree_per_iteration"], "num_tree_per_iteration")
+    sizes = [_int(s, "tree_sizes") for s in head["tree_sizes"].split()]
+    if max_feature < 0 or num_class < 1 or per_iteration < 1 or len(sizes) % per_iteration:
+        raise ModelTextError("header counts (classes, trees per iteration, features) disagree")
+    for key in ("feature_names", "feature_infos"):
+        if key in head and len(head[key].split()) != max_feature + 1:
+            raise ModelTextError(f"{key} does not list max_feature_idx + 1 features")
+    offset = start
+    for i, size in enumerate(sizes):
+        block = data[offset : offset + size]
+        if len(block) != size or not block.startswith(b"Tree=%d\n" % i):
+            raise ModelTextError(f"tree {i} is missing or cut short (file truncated?)")
+        _check_tree(block.decode("utf-8"), i, max_feature)
+        offset += size
+    if not data[offset:].startswith(b"end of trees"):
+        raise ModelTextError("'end of trees' is missing after the last tree (file truncated?)")
+    _check_parameters(data[offset:])
+
+
+def _check_parameters(tail: bytes) -> None:
+    """Every `[key: value]` line intact: LightGBM segfaults on a line without ': '."""
+    lines = tail.split(b"\n")
+    if b"parameters:" not in lines:
+        return
+    for line in lines[lines.index(b"parameters:") + 1 :]:
+        if line == b"end of parameters":
+            return
+        if line and not _PARAM_LINE.match(line):
+            raise ModelTextError(f"malformed parameter line {line[:40]!r}")
+    raise ModelTextError("the parameters section is cut short (file truncated?)")
+
+
+def _check_tree(text: str, index: int, max_feature: int) -> None:
+    fields: dict[str, str] = {}
+    for line in text.splitlines()[1:]:
+        if not line:
+            break
+        key, sep, value = line.partition("=")
+        if not sep:
+            raise ModelTextError(f"tree {index} has a malformed line {line[:40]!r}")
+        fields[key] = value
+    where = f"tree {index}"
+    leaves = _int(fields.get("num_leaves", ""), f"{where} num_leaves")
+    num_cat = _int(fields.get("num_cat", ""), f"{where} num_cat")
+    if leaves < 1 or num_cat < 0 or "leaf_value" not in fields:
+        raise ModelTextError(f"{where} lacks num_leaves, num_cat or leaf_value")
+    for key, value in fields.items():  # every field of a tree is numeric
+        _numbers(value.split(), f"{where} {key}")
+    arrays = {k: fields[k].split() for k in (*_LEAF_ARRAYS, *_NODE_ARRAYS) if k in fields}
+    for key, tokens in arrays.items():
+        want = leaves if key in _LEAF_ARRAYS else leaves - 1
+        if len(tokens) != want:
+            raise ModelTextError(f"{where} {key} has {len(tokens)} values, expected {want}")
+    if leaves == 1:
+        return
+    for key in ("split_feature", "threshold", "decision_type", "left_child", "right_child"):
+        if key not in arrays:
+            raise ModelTextError(f"{where} lacks {key}")
+    for key in ("split_feature", "decision_type", "left_child", "right_child"):
+        for token in arrays[key]:
+            _int(token, f"{where} {key}")
+    if any(not 0 <= int(f) <= max_feature for f in arrays["split_feature"]):
+        raise ModelTextError(f"{where} splits on a feature beyond max_feature_idx")
+    for key in ("left_child", "right_child"):
+        if any(not -leaves <= int(c) < leaves - 1 for c in arrays[key]):
+            raise ModelTextError(f"{where} {key} points outside the tree")
+    if fields.get("is_linear", "0").strip() == "1":
+        counts = [_int(n, f"{where} num_features") for n in arrays.get("num_features", [])]
+        for key in ("leaf_features", "leaf_coeff"):
+            if len(counts) != leaves or len(fields.get(key, "").split()) != sum(counts):
+                raise ModelTextError(f"{where} has inconsistent linear leaves ({key})")
+        used = [_int(f, f"{where} leaf_features") for f in fields["leaf_features"].split()]
+        if any(not 0 <= f <= max_feature for f in used):
+            raise ModelTextError(f"{where} leaf_features names a feature beyond max_feature_idx")
+    if num_cat > 0:
+        bounds = [_int(b, f"{where} cat_boundaries") for b in fields.get("cat_boundaries", "").split()]
+        cats = fields.get("cat_threshold", "").split()
+        if len(bounds) != num_cat + 1 or bounds[-1] != len(cats):
+            raise ModelTextError(f"{where} has inconsistent categorical splits")
+
+
+def _int(text: str, what: str) -> int:
+    text = text.strip()
+    if not _INT.match(text) or abs(int(text)) >= 2**31:
+        raise ModelTextError(f"{what} is not a 32-bit integer: {text[:40]!r}")
+    return int(text)
+
+
+def _numbers(tokens: list[str], what: str) -> None:
+    # A regex, not float(): Python also accepts "1_0" and " 1", which LightGBM's parser does not;
+    # and values outside double range make LightGBM's std::stod throw inside a parallel loop.
+    for token in tokens:
+        if not _NUMBER.match(token):
+            raise ModelTextError(f"{what} has a non-number {token[:40]!r}")
+        if token.lstrip("+-").lower() in ("inf", "nan"):
+            continue
+        value = abs(float(token))
+        mantissa = token.lower().partition("e")[0]
+        if math.isinf(value) or (
+            value < sys.float_info.min and mantissa.strip("+-.0") != ""
+        ):
+            raise ModelTextError(f"{what} has a value outside double range {token[:40]!r}")

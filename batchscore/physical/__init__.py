@@ -1,0 +1,1 @@
+"""Lowering to Spark: sessions, scans, joins, scoring with mapInArrow."""

@@ -1,0 +1,126 @@
+"""Logical plan -> Spark DataFrame of predictions.
+
+Scans read through the project's Delta reader (partition filters from the planner) or Spark's
+own Parquet reader; every column is renamed `table__column` so joined names never collide;
+dimensions small enough are broadcast; one mapInArrow pass scores every model.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from batchscore.errors import DataError
+from batchscore.physical.assemble import Column
+from batchscore.physical.score import IdField, ScoringModel, ScoringTask, long_names
+from batchscore.plan.nodes import Join, LogicalPlan, ModelBinding, Node, Scan, qualified
+from batchscore.sinks.delta_table import read_delta
+
+BROADCAST_BYTES = 256 * 1024 * 1024
+
+
+def lower(
+    spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime, check_keys: bool = True
+) -> DataFrame:
+    joined = lower_source(spark, plan, check_keys=check_keys)
+    task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
+    return joined.mapInArrow(task, output_schema(joined.schema, plan))
+
+
+def lower_source(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = True) -> DataFrame:
+    """The fact rows with every dimension left-joined: what a materializing engine scores."""
+    return _node(spark, plan, plan.source, check_keys)
+
+
+def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) -> DataFrame:
+    if isinstance(node, Scan):
+        return _scan(spark, node)
+    left = _node(spark, plan, node.left, check_keys)
+    right = _node(spark, plan, node.right, check_keys)
+    if check_keys:
+        _check_unique_keys(right, node)
+    if _dimension_bytes(plan, node.right) <= BROADCAST_BYTES:
+        right = F.broadcast(right)
+    condition = [F.col(qualified(node.parent, l)) == F.col(qualified(node.table, r)) for l, r in node.on]
+    return left.join(right, on=condition, how="left")
+
+
+def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
+    if scan.format == "delta":
+        df = read_delta(
+            spark,
+            scan.path,
+            version=scan.version,
+            partition_filters=list(scan.partition_filters) or None,
+            columns=list(scan.columns) if scan.columns is not None else None,
+        )
+    else:
+        df = spark.read.parquet(scan.path)
+        if scan.columns is not None:
+            df = df.select(*scan.columns)
+    if scan.predicate:
+        df = df.filter(scan.predicate)
+    return df.select(*(F.col(f"`{c}`").alias(qualified(scan.table, c)) for c in df.columns))
+
+
+def _check_unique_keys(dimension: DataFrame, join: Join) -> None:
+    """Duplicate dimension keys would multiply fact rows: refuse before scoring anything."""
+    keys = [qualified(join.table, r) for _, r in join.on]
+    dup = dimension.groupBy(*keys).count().where(F.col("count") > 1).limit(1).collect()
+    if dup:
+        values = ", ".join(f"{k.split('__', 1)[1]}={dup[0][k]!r}" for k in keys)
+        raise DataError(
+            f"Dimension table '{join.table}' has {dup[0]['count']} rows for key {values}; a "
+            "join key must be unique or fact rows would be duplicated. Deduplicate the table."
+        )
+
+
+def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:
+    if isinstance(node, Scan):
+        return sum(f[2] for f in plan.tables[node.table].files)
+    return _dimension_bytes(plan, node.left) + _dimension_bytes(plan, node.right)
+
+
+def scoring_task(spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime) -> ScoringTask:
+    threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    return ScoringTask(
+        models=tuple(_scoring_model(b) for b in plan.models),
+        ids=tuple(IdField(c.ref, c.output_name) for c in plan.id_columns),
+        layout=plan.output.layout,
+        run_id=run_id,
+        scored_at=scored_at,
+        threads=threads,
+    )
+
+
+def _scoring_model(binding: ModelBinding) -> ScoringModel:
+    model = binding.model
+    columns = tuple(Column(f.ref, f.label, f.kind, f.width) for f in binding.features)
+    return ScoringModel(model.name, model.version, model.kernel, model.output == "predict_proba", columns)
+
+
+def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
+    ids = [IdField(c.ref, c.output_name) for c in plan.id_columns]
+    id_fields = [T.StructField(i.name, joined[i.ref].dataType, True) for i in ids]
+    probability = T.ArrayType(T.DoubleType(), containsNull=True)
+    prediction = [
+        T.StructField("prediction", T.DoubleType(), True),
+        T.StructField("label", T.StringType(), True),
+        T.StructField("probability", probability, True),
+    ]
+    tail = [T.StructField("run_id", T.StringType(), True), T.StructField("scored_at", T.TimestampType(), True)]
+    if plan.output.layout == "long":
+        head = [T.StructField("model", T.StringType(), True), T.StructField("model_version", T.StringType(), True)]
+        fields = [*id_fields, *head, *prediction, *tail]
+        assert [f.name for f in fields] == long_names(ids)
+        return T.StructType(fields)
+    fields = list(id_fields)
+    for binding in plan.models:
+        fields += [T.StructField(f"{binding.name}__{f.name}", f.dataType, True) for f in prediction]
+    fields += tail
+    return T.StructType(fields)
+
+

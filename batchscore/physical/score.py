@@ -1,0 +1,143 @@
+"""Scoring inside Spark: one mapInArrow pass that scores every model on each Arrow batch.
+
+The function shipped to executors closes over plain data (kernels, column descriptions,
+constants), so nothing Spark-specific is pickled. Each model's matrix is assembled from the
+batch once; models reading the same columns share the assembled blocks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pyarrow as pa
+
+from batchscore.errors import BatchScoreError, StepError
+from batchscore.kernels.base import Kernel, ScoreOutput
+from batchscore.physical.assemble import Block, Column, assemble
+
+PROBABILITY = pa.list_(pa.float64())
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class ScoringModel:
+    """What an executor needs of one model: its kernel, its columns and its output constants."""
+
+    name: str
+    version: str
+    kernel: Kernel
+    proba: bool
+    columns: tuple[Column, ...]
+
+
+@dataclass(frozen=True)
+class IdField:
+    ref: str
+    name: str
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    models: tuple[ScoringModel, ...]
+    ids: tuple[IdField, ...]
+    layout: str
+    run_id: str
+    scored_at: datetime
+    threads: int
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        _limit_threads(self.threads)
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            outputs = self._score(batch)
+            yield (self._long(batch, outputs) if self.layout == "long" else self._wide(batch, outputs))
+
+    def _score(self, batch: pa.RecordBatch) -> list[ScoreOutput]:
+        cache: dict[str, Block] = {}
+        outputs = []
+        for model in self.models:
+            matrix = assemble(batch, model.columns, cache)
+            try:
+                outputs.append(model.kernel.score(matrix, proba=model.proba))
+            except BatchScoreError:
+                raise
+            except Exception as exc:
+                raise StepError(f"Step 'score[{model.name}]' failed: {type(exc).__name__}: {exc}") from exc
+        return outputs
+
+    def _ids(self, batch: pa.RecordBatch) -> list[pa.Array]:
+        return [batch.column(batch.schema.get_field_index(i.ref)) for i in self.ids]
+
+    def _long(self, batch: pa.RecordBatch, outputs: Sequence[ScoreOutput]) -> pa.RecordBatch:
+        n = batch.num_rows
+        ids = self._ids(batch)
+        columns: list[list[pa.Array]] = [[] for _ in range(len(ids) + 5)]
+        for model, out in zip(self.models, outputs, strict=True):
+            parts = [
+                *ids,
+                pa.array([model.name] * n, pa.string()),
+                pa.array([model.version] * n, pa.string()),
+                *_prediction_columns(out, n),
+            ]
+            for i, part in enumerate(parts):
+                columns[i].append(part)
+        arrays = [pa.concat_arrays(c) for c in columns]
+        total = n * len(self.models)
+        arrays += [pa.array([self.run_id] * total, pa.string()), _timestamps(self.scored_at, total)]
+        return pa.RecordBatch.from_arrays(arrays, names=long_names(self.ids))
+
+    def _wide(self, batch: pa.RecordBatch, outputs: Sequence[ScoreOutput]) -> pa.RecordBatch:
+        n = batch.num_rows
+        arrays = self._ids(batch)
+        for out in outputs:
+            arrays.extend(_prediction_columns(out, n))
+        arrays += [pa.array([self.run_id] * n, pa.string()), _timestamps(self.scored_at, n)]
+        return pa.RecordBatch.from_arrays(arrays, names=wide_names(self.ids, self.models))
+
+
+def long_names(ids: Sequence[IdField]) -> list[str]:
+    return [*(i.name for i in ids), "model", "model_version", "prediction", "label", "probability", "run_id", "scored_at"]
+
+
+def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[str]:
+    names = [i.name for i in ids]
+    for model in models:
+        names += [f"{model.name}__prediction", f"{model.name}__label", f"{model.name}__probability"]
+    return [*names, "run_id", "scored_at"]
+
+
+def _prediction_columns(out: ScoreOutput, n: int) -> list[pa.Array]:
+    prediction = np.asarray(out.prediction, dtype=np.float64)
+    predictions = pa.array(prediction, pa.float64(), mask=np.isnan(prediction))
+    labels = pa.array(out.label if out.label is not None else [None] * n, pa.string())
+    return [predictions, labels, _probabilities(out.probability, n)]
+
+
+def _probabilities(probability: np.ndarray | None, n: int) -> pa.Array:
+    if probability is None:
+        return pa.nulls(n, PROBABILITY)
+    width = probability.shape[1]
+    values = pa.array(np.ascontiguousarray(probability, dtype=np.float64).reshape(-1), pa.float64())
+    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+    mask = pa.array(np.isnan(probability).any(axis=1))
+    return pa.ListArray.from_arrays(offsets, values, type=PROBABILITY, mask=mask)
+
+
+def _timestamps(when: datetime, n: int) -> pa.Array:
+    return pa.array([when] * n, TIMESTAMP)
+
+
+def _limit_threads(threads: int) -> None:
+    """BLAS/OpenMP/LightGBM threads follow spark.task.cpus, so executors don't oversubscribe."""
+    os.environ["BATCHSCORE_THREADS"] = str(threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=threads)
+
+
+ScoreFn = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]

@@ -1,0 +1,209 @@
+"""What the planner knows about input tables before any Spark job: schemas, versions, files.
+
+Read with pyarrow and delta-rs on the driver, so a misspelled column or a model with the wrong
+input count fails in a second, not after Spark has started scanning.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from batchscore.errors import DataError, SpecError
+from batchscore.spec.model import TableSpec
+
+ColumnKind = Literal["scalar", "array", "vector"]
+PartitionFilter = tuple[str, str, object]
+
+_VECTOR_FIELDS = {"type", "size", "indices", "values"}
+
+
+def column_kind(dtype: pa.DataType) -> ColumnKind | None:
+    """How a column feeds a model: one input, a fixed-width array, a Spark ML vector, or not."""
+    if pa.types.is_integer(dtype) or pa.types.is_floating(dtype) or pa.types.is_boolean(dtype):
+        return "scalar"
+    if pa.types.is_decimal(dtype):
+        return "scalar"
+    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+        value = dtype.value_type
+        return "array" if pa.types.is_floating(value) or pa.types.is_integer(value) else None
+    if pa.types.is_struct(dtype) and {dtype.field(i).name for i in range(dtype.num_fields)} == _VECTOR_FIELDS:
+        return "vector"
+    return None
+
+
+@dataclass
+class TableInfo:
+    """A table as the planner sees it. Cheap facts are eager; file listings are lazy."""
+
+    name: str
+    spec: TableSpec
+    schema: pa.Schema
+    partition_columns: list[str]
+    version: int | None
+    _widths: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        return self.spec.path
+
+    def has_column(self, column: str) -> bool:
+        return column in self.schema.names
+
+    def dtype(self, column: str) -> pa.DataType:
+        return self.schema.field(column).type
+
+    @cached_property
+    def files(self) -> list[tuple[str, dict[str, str | None], int, int]]:
+        """(path, partition values, size bytes, rows or -1) of every live data file."""
+        if self.spec.format == "delta":
+            from deltalake import DeltaTable
+
+            table = DeltaTable(self.path)
+            adds = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+            out = []
+            for add in adds:
+                parts = {c: _as_str(add.get(f"partition.{c}")) for c in self.partition_columns}
+                rows = add.get("num_records")
+                out.append((str(add["path"]), parts, int(add["size_bytes"]), int(rows if rows is not None else -1)))
+            return out
+        dataset = _parquet_dataset(self.path)
+        out = []
+        for fragment in dataset.get_fragments():
+            keys = ds.get_partition_keys(fragment.partition_expression)
+            out.append((fragment.path, {k: _as_str(v) for k, v in keys.items()}, os.path.getsize(fragment.path), -1))
+        return out
+
+    def select_files(self, filters: list[PartitionFilter]) -> list[tuple[str, dict[str, str | None], int, int]]:
+        return [f for f in self.files if all(_matches(f[1].get(c), op, v) for c, op, v in filters)]
+
+    def width(self, column: str) -> int:
+        """Model inputs one value of `column` expands into (1 for numbers)."""
+        if column not in self._widths:
+            self._widths[column] = self._sample_width(column)
+        return self._widths[column]
+
+    def _sample_width(self, column: str) -> int:
+        kind = column_kind(self.dtype(column))
+        if kind == "scalar":
+            return 1
+        dtype = self.dtype(column)
+        if pa.types.is_fixed_size_list(dtype):
+            return int(dtype.list_size)
+        for path, _, _, _ in self.files:
+            full = path if os.path.isabs(path) else os.path.join(self.path, path)
+            parquet = pq.ParquetFile(full)
+            for group in range(parquet.num_row_groups):
+                values = parquet.read_row_group(group, columns=[column]).column(0).drop_null()
+                if len(values) == 0:
+                    continue
+                first = values[0].as_py()
+                if kind == "vector":
+                    return int(first["size"]) if first["type"] == 0 else len(first["values"])
+                return len(first)
+        raise DataError(
+            f"Table '{self.name}' ({self.path}): column '{column}' has no non-null value to tell "
+            "its width. Fill the column or remove it from the models' features."
+        )
+
+
+def _as_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _matches(actual: str | None, op: str, value: object) -> bool:
+    if op == "in":
+        return actual in {str(v) for v in value}  # type: ignore[attr-defined]
+    if actual is None:
+        return False
+    target = str(value)
+    numbers = _both_numbers(actual, target)
+    if numbers is not None:
+        left, right = numbers
+        return {"=": left == right, "!=": left != right, "<": left < right,
+                "<=": left <= right, ">": left > right, ">=": left >= right}[op]
+    return {
+        "=": actual == target,
+        "!=": actual != target,
+        "<": actual < target,
+        "<=": actual <= target,
+        ">": actual > target,
+        ">=": actual >= target,
+    }[op]
+
+
+def _both_numbers(left: str, right: str) -> tuple[float, float] | None:
+    """Partition values are strings in the log; compare numbers as numbers ('10' > '9')."""
+    try:
+        return float(left), float(right)
+    except ValueError:
+        return None
+
+
+def _parquet_dataset(path: str) -> ds.Dataset:
+    return ds.dataset(path, format="parquet", partitioning="hive", exclude_invalid_files=True)
+
+
+def describe_table(name: str, spec: TableSpec) -> TableInfo:
+    """Schema, partition columns and version of one input table, or a clear error."""
+    path = spec.path
+    if "://" not in path and not os.path.exists(path.removeprefix("file:")):
+        raise SpecError(
+            f"Table '{name}': path '{path}' does not exist. Fix tables.{name}.path in the spec."
+        )
+    if spec.format == "delta":
+        return _describe_delta(name, spec)
+    return _describe_parquet(name, spec)
+
+
+def _describe_delta(name: str, spec: TableSpec) -> TableInfo:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    if "://" not in spec.path and not os.path.isdir(os.path.join(spec.path, "_delta_log")):
+        hint = " It holds Parquet files: set format: parquet." if glob.glob(
+            os.path.join(spec.path, "**", "*.parquet"), recursive=True
+        ) else ""
+        raise SpecError(
+            f"Table '{name}': '{spec.path}' is not a Delta table (no _delta_log folder).{hint}"
+        )
+    try:
+        table = DeltaTable(spec.path)
+    except TableNotFoundError:
+        raise SpecError(f"Table '{name}': '{spec.path}' is not a Delta table.") from None
+    schema = pa.schema(table.schema().to_arrow())  # type: ignore[arg-type]
+    parts = list(table.metadata().partition_columns)
+    _check_declared_partitions(name, spec, parts)
+    return TableInfo(name, spec, schema, parts, table.version())
+
+
+def _describe_parquet(name: str, spec: TableSpec) -> TableInfo:
+    try:
+        dataset = _parquet_dataset(spec.path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SpecError(f"Table '{name}': cannot read Parquet at '{spec.path}': {exc}.") from None
+    if not dataset.files:
+        raise SpecError(
+            f"Table '{name}': no Parquet files under '{spec.path}'. "
+            + ("It is a Delta table: set format: delta." if os.path.isdir(os.path.join(spec.path, "_delta_log")) else "Check the path.")
+        )
+    schema = dataset.schema
+    parts = [f for f in schema.names if f in (dataset.partitioning.schema.names if dataset.partitioning else [])]
+    _check_declared_partitions(name, spec, parts)
+    return TableInfo(name, spec, schema, parts, None)
+
+
+def _check_declared_partitions(name: str, spec: TableSpec, actual: list[str]) -> None:
+    missing = [c for c in spec.partition_by if c not in actual]
+    if missing:
+        raise SpecError(
+            f"Table '{name}': partition_by lists {missing} but the table is partitioned by "
+            f"{actual or 'nothing'}. Fix tables.{name}.partition_by."
+        )

@@ -1,0 +1,58 @@
+"""`batchscore explain`: the plan as text, with every decision and the numbers behind it."""
+
+from __future__ import annotations
+
+from batchscore.plan.nodes import LogicalPlan, ModelBinding, Node, Scan
+
+
+def explain(plan: LogicalPlan) -> str:
+    spec = plan.spec
+    out = [f"== batchscore plan: {spec.name}" + (f" (run date {spec.run_date})" if spec.run_date else "") + " =="]
+    output = plan.output
+    parts = f" partition_by={output.partition_by}" if output.partition_by else ""
+    out.append(f"Write delta {output.path}  layout={output.layout} mode={output.mode}{parts}")
+    out.append(f"  Score {len(plan.models)} model(s) with mapInArrow")
+    out.extend("    " + _model_line(binding) for binding in plan.models)
+    out.extend(_node_lines(plan, plan.source, depth=1))
+    if plan.decisions:
+        out.append("Decisions:")
+        out.extend(f"  [{d.rule}] {d.text}" for d in plan.decisions)
+    return "\n".join(out)
+
+
+def _model_line(binding: ModelBinding) -> str:
+    model = binding.model
+    features = ", ".join(f.label if f.width == 1 else f"{f.label}[{f.width}]" for f in binding.features)
+    return (
+        f"{model.name} (version {model.version}, output {model.output}): {model.kernel.describe()}; "
+        f"{binding.n_inputs} inputs from {features}"
+    )
+
+
+def _node_lines(plan: LogicalPlan, node: Node, depth: int) -> list[str]:
+    pad = "  " * depth
+    if isinstance(node, Scan):
+        return [pad + _scan_line(plan, node)]
+    keys = " AND ".join(f"{node.parent}.{left} = {node.table}.{right}" for left, right in node.on)
+    return [
+        f"{pad}LeftJoin {node.table} ON {keys}",
+        *_node_lines(plan, node.left, depth + 1),
+        *_node_lines(plan, node.right, depth + 1),
+    ]
+
+
+def _scan_line(plan: LogicalPlan, scan: Scan) -> str:
+    info = plan.tables[scan.table]
+    version = f" v{scan.version}" if scan.version is not None else ""
+    line = f"Scan {scan.table} ({scan.format}{version}) {scan.path}"
+    if scan.columns is not None:
+        line += f" columns=[{', '.join(scan.columns)}]"
+    if scan.partition_filters:
+        filters = " AND ".join(f"{c} {op} {v!r}" for c, op, v in scan.partition_filters)
+        files = info.select_files(list(scan.partition_filters))
+        line += f" partitions: {filters} ({len(files)} of {len(info.files)} files)"
+    if scan.predicate:
+        line += f" where: {scan.predicate}"
+    return line
+
+

@@ -1,0 +1,45 @@
+"""What a run returns (`bs.run`, `batchscore run`). Plain data, importable without Spark."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+RunStatus = Literal["committed", "skipped", "empty"]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """committed: one new table version; skipped: this (job, run date) was already committed;
+    empty: the source selection had no rows, so nothing was written."""
+
+    run_id: str
+    job: str
+    run_date: str | None
+    status: RunStatus
+    rows: int
+    table_version: int | None
+    output_path: str
+    seconds: float
+    models: dict[str, str] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def committed(self) -> bool:
+        return self.status == "committed"
+
+    def summary(self) -> str:
+        head = f"Job '{self.job}'" + (f" run date {self.run_date}" if self.run_date else "")
+        if self.status == "skipped":
+            return (
+                f"{head}: already committed (table version {self.table_version}); nothing to do. "
+                "Use --force to score again."
+            )
+        if self.status == "empty":
+            return f"{head}: {self.message} Nothing to score; no commit made."
+        models = ", ".join(f"{k}@{v}" for k, v in self.models.items())
+        return (
+            f"{head}: wrote {self.rows:,} prediction rows to {self.output_path} "
+            f"(Delta version {self.table_version}) in {self.seconds:.1f} s; run {self.run_id}; "
+            f"models {models}"
+        )

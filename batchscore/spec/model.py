@@ -1,0 +1,123 @@
+"""The job spec as typed, validated objects (CONTRACT.md, "The job spec").
+
+pydantic gives types and defaults; the friendlier checks (unknown keys with suggestions, line
+numbers, cross-references between sections) live in `load.py` and `validate.py`, because users
+read those messages at 3 a.m. in a scheduler log.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Format = Literal["delta", "parquet"]
+OutputKind = Literal["predict", "predict_proba"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableSpec(_Strict):
+    path: str
+    format: Format = "delta"
+    partition_by: list[str] = Field(default_factory=list)
+    key: str | list[str] | None = None
+
+    @property
+    def keys(self) -> list[str]:
+        if self.key is None:
+            return []
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+
+class JoinSpec(_Strict):
+    table: str
+    on: dict[str, str]
+    joins: list[JoinSpec] = Field(default_factory=list)
+
+    @field_validator("on")
+    @classmethod
+    def _on_not_empty(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("'on' needs at least one pair {fact_column: dimension_column}")
+        return value
+
+
+class SourceSpec(_Strict):
+    table: str
+    where: str | None = None
+    joins: list[JoinSpec] = Field(default_factory=list)
+    id_columns: list[str] = Field(default_factory=list)
+
+
+class ModelSpec(_Strict):
+    name: str
+    path: str
+    sha256: str | None = None
+    features: list[str]
+    output: OutputKind | None = None
+    version: str | None = None
+    strategy: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_identifier(cls, value: str) -> str:
+        if not value.replace("_", "a").isalnum():
+            raise ValueError(
+                f"model name '{value}' must use letters, digits and '_' only "
+                "(it becomes a column prefix in the wide layout)"
+            )
+        return value
+
+    @field_validator("features")
+    @classmethod
+    def _features_not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a model needs at least one feature")
+        return value
+
+
+class OutputSpec(_Strict):
+    path: str
+    layout: Literal["long", "wide"] = "long"
+    partition_by: list[str] = Field(default_factory=list)
+    mode: Literal["append", "overwrite_partitions"] = "append"
+
+
+class PlannerSpec(_Strict):
+    factorize: Literal["auto", "always", "never"] = "auto"
+    batch_models: bool = True
+
+
+class JobSpec(_Strict):
+    name: str
+    tables: dict[str, TableSpec]
+    source: SourceSpec
+    models: list[ModelSpec]
+    output: OutputSpec
+    planner: PlannerSpec = Field(default_factory=PlannerSpec)
+    # Where the spec came from (for messages and lineage); not a user key.
+    spec_path: str | None = Field(default=None, exclude=True)
+    spec_hash: str = Field(default="", exclude=True)
+    run_date: str | None = Field(default=None, exclude=True)
+    spec_text: str = Field(default="", exclude=True, repr=False)
+    base_dir: str = Field(default="", exclude=True, repr=False)
+
+    @property
+    def pending_placeholder(self) -> bool:
+        """True while `{run_date}` is unresolved: load without a date, run with one."""
+        return "{run_date}" in (self.source.where or "") or any(
+            "{run_date}" in t.path for t in self.tables.values()
+        )
+
+    def all_joins(self) -> list[JoinSpec]:
+        """Every join, snowflake levels included, parents before children."""
+        out: list[JoinSpec] = []
+        stack = list(reversed(self.source.joins))
+        while stack:
+            join = stack.pop()
+            out.append(join)
+            stack.extend(reversed(join.joins))
+        return out

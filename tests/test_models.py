@@ -1,0 +1,581 @@
+"""Model loading and compilation: kernels must score exactly like the estimators they replace.
+
+Parity is checked at rtol 1e-9 in float64 with identical labels, on sklearn's bundled data sets
+(breast_cancer: binary, wine: multiclass, diabetes: regression), for dense and CSR input.
+No Spark: kernels are plain numpy.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import joblib
+import lightgbm as lgb
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+from sklearn.linear_model import (
+    BayesianRidge,
+    ElasticNet,
+    HuberRegressor,
+    Lasso,
+    LinearRegression,
+    LogisticRegression,
+    LogisticRegressionCV,
+    Ridge,
+    RidgeCV,
+    SGDClassifier,
+    SGDRegressor,
+)
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from batchscore.errors import DataError, ModelError
+from batchscore.kernels.affine import AffineKernel
+from batchscore.kernels.lightgbm_native import (
+    THREADS_ENV,
+    LightGBMNativeKernel,
+    clear_booster_cache,
+    scoring_threads,
+)
+from batchscore.models import (
+    CompiledModel,
+    check_feature_count,
+    compile_from_object,
+    compile_from_spec,
+    compile_model,
+    load_artifact,
+    register,
+    supported_types,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+RTOL = 1e-9
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- data
+
+
+@functools.cache
+def dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised features (so linear solvers converge fast) and the target."""
+    loader = {"binary": load_breast_cancer, "multiclass": load_wine, "regression": load_diabetes}
+    X, y = loader[name](return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def sparsified(X: np.ndarray) -> sp.csr_matrix:
+    """About half the entries set to zero, then stored as CSR (implicit zeros)."""
+    mask = np.random.default_rng(1).random(X.shape) < 0.5
+    return sp.csr_matrix(np.where(mask, 0.0, X))
+
+
+def with_nans(X: np.ndarray) -> np.ndarray:
+    out = X.copy()
+    out[np.random.default_rng(2).random(X.shape) < 0.1] = np.nan
+    return out
+
+
+def inputs(X: np.ndarray, form: str) -> Any:
+    if form == "dense":
+        return X
+    if form == "csr":
+        return sparsified(X)
+    if form == "dense_nan":
+        return with_nans(X)
+    assert form == "csr_nan"
+    nan_csr = sparsified(with_nans(X))
+    assert np.isnan(nan_csr.data).any()
+    return nan_csr
+
+
+# ---------------------------------------------------------------- models
+
+
+def lgbm(cls: type, **kw: Any) -> Callable[[], Any]:
+    return lambda: cls(n_estimators=25, num_leaves=15, verbose=-1, **kw)
+
+
+def fitted_booster(task: str, **params: Any) -> Callable[[], Any]:
+    def make() -> Any:
+        X, y = dataset(task)
+        params.setdefault("verbose", -1)
+        return lgb.train(params, lgb.Dataset(X, y), num_boost_round=20)
+
+    return make
+
+
+LINEAR = {"kind": "affine", "forms": ("dense", "csr")}
+TREES = {"kind": "lightgbm_native", "forms": ("dense", "csr", "dense_nan", "csr_nan")}
+
+# id -> (task, factory, expectations). Factories return unfitted estimators or fitted Boosters.
+CASES: dict[str, tuple[str, Callable[[], Any], dict[str, Any]]] = {
+    "LinearRegression": ("regression", LinearRegression, LINEAR),
+    "Ridge": ("regression", lambda: Ridge(alpha=2.0), LINEAR),
+    "RidgeCV": ("regression", RidgeCV, LINEAR),
+    "Lasso": ("regression", lambda: Lasso(alpha=0.5), LINEAR),
+    "ElasticNet": ("regression", lambda: ElasticNet(alpha=0.5), LINEAR),
+    "SGDRegressor": ("regression", lambda: SGDRegressor(random_state=0), LINEAR),
+    "HuberRegressor": ("regression", lambda: HuberRegressor(max_iter=500), LINEAR),
+    "BayesianRidge": ("regression", BayesianRidge, LINEAR),
+    "LogisticRegression-binary": ("binary", LogisticRegression, LINEAR),
+    "LogisticRegression-multinomial": ("multiclass", LogisticRegression, LINEAR),
+    "LogisticRegressionCV-binary": (
+        "binary",
+        lambda: LogisticRegressionCV(Cs=3, cv=3),
+        LINEAR,
+    ),
+    "SGDClassifier-log-binary": (
+        "binary",
+        lambda: SGDClassifier(loss="log_loss", random_state=0),
+        LINEAR,
+    ),
+    "SGDClassifier-log-ovr": (
+        "multiclass",
+        lambda: SGDClassifier(loss="log_loss", random_state=0),
+        LINEAR,
+    ),
+    "LGBMRegressor-l2": ("regression", lgbm(lgb.LGBMRegressor), TREES),
+    "LGBMRegressor-poisson": ("regression", lgbm(lgb.LGBMRegressor, objective="poisson"), TREES),
+    "LGBMRegressor-tweedie": ("regression", lgbm(lgb.LGBMRegressor, objective="tweedie"), TREES),
+    "LGBMRegressor-quantile": (
+        "regression",
+        lgbm(lgb.LGBMRegressor, objective="quantile", alpha=0.8),
+        TREES,
+    ),
+    "LGBMClassifier-binary": ("binary", lgbm(lgb.LGBMClassifier), TREES),
+    "LGBMClassifier-multiclass": ("multiclass", lgbm(lgb.LGBMClassifier), TREES),
+    "LGBMClassifier-multiclassova": (
+        "multiclass",
+        lgbm(lgb.LGBMClassifier, objective="multiclassova"),
+        TREES,
+    ),
+    "Booster-binary": ("binary", fitted_booster("binary", objective="binary"), TREES),
+    "Booster-multiclass": (
+        "multiclass",
+        fitted_booster("multiclass", objective="multiclass", num_class=3),
+        TREES,
+    ),
+    "Booster-gamma": ("regression", fitted_booster("regression", objective="gamma"), TREES),
+    "Pipeline-opaque": (
+        "binary",
+        lambda: make_pipeline(StandardScaler(), LogisticRegression()),
+        {"kind": "opaque", "forms": ("dense", "csr")},
+    ),
+}
+
+PARITY_PARAMS = [
+    pytest.param(case, form, id=f"{case}-{form}")
+    for case, (_, _, exp) in CASES.items()
+    for form in exp["forms"]
+]
+
+
+@functools.cache
+def fitted(case: str) -> Any:
+    task, factory, _ = CASES[case]
+    model = factory()
+    if isinstance(model, lgb.Booster):
+        return model
+    X, y = dataset(task)
+    if "Pipeline" in case:  # scale inside the pipeline: feed it the raw data
+        X = load_breast_cancer().data
+    return model.fit(X, y)
+
+
+def reference(model: Any, X: Any, task: str) -> tuple[np.ndarray, np.ndarray | None, Any]:
+    """What the estimator itself says: (prediction column, probability, labels)."""
+    if isinstance(model, lgb.Booster):
+        raw = model.predict(X)
+        if task == "regression":
+            return raw, None, None
+        proba = np.vstack((1.0 - raw, raw)).T if raw.ndim == 1 else raw
+        labels = np.argmax(proba, axis=1).astype(str).astype(object)
+    elif task == "regression":
+        return np.asarray(model.predict(X)).reshape(-1), None, None
+    else:
+        proba = model.predict_proba(X)
+        labels = np.asarray([str(v) for v in model.predict(X)], dtype=object)
+    prediction = proba[:, 1] if task == "binary" else np.full(proba.shape[0], np.nan)
+    return prediction, proba, labels
+
+
+@pytest.mark.parametrize(("case", "form"), PARITY_PARAMS)
+def test_kernel_matches_estimator(case: str, form: str) -> None:
+    task, _, exp = CASES[case]
+    model = fitted(case)
+    kernel = compile_model(model, model_name="m")
+    assert kernel.kind == exp["kind"], kernel.describe()
+    assert kernel.task == task
+    X = load_breast_cancer().data if "Pipeline" in case else dataset(task)[0]
+    X = inputs(X, form)
+    # The pipeline's scaler refuses CSR; the opaque kernel densifies, so compare with dense.
+    X_ref = X.toarray() if "Pipeline" in case and sp.issparse(X) else X
+    want_pred, want_proba, want_labels = reference(model, X_ref, task)
+
+    got = kernel.score(X, proba=True)
+    np.testing.assert_allclose(got.prediction, want_pred, rtol=RTOL, atol=0)
+    if task == "regression":
+        assert got.label is None and got.probability is None
+        return
+    assert got.probability is not None and want_proba is not None
+    np.testing.assert_allclose(got.probability, want_proba, rtol=RTOL, atol=0)
+    assert got.label is not None
+    assert got.label.tolist() == want_labels.tolist()
+
+    labels_only = kernel.score(X, proba=False)
+    assert labels_only.probability is None
+    assert np.isnan(labels_only.prediction).all()
+    assert labels_only.label is not None
+    assert labels_only.label.tolist() == want_labels.tolist()
+
+
+@pytest.mark.parametrize(
+    "classes",
+    [
+        pytest.param(["benign", "malignant"], id="str-binary"),
+        pytest.param([3, 7], id="int-binary"),
+        pytest.param([False, True], id="bool-binary"),
+        pytest.param([0.5, 1.5, 2.5], id="float-multiclass"),
+        pytest.param(["a", "b", "c"], id="str-multiclass"),
+    ],
+)
+@pytest.mark.parametrize(
+    "factory",
+    [pytest.param(LogisticRegression, id="logistic"), pytest.param(lgbm(lgb.LGBMClassifier), id="lgbm")],
+)
+def test_labels_are_str_of_predict(classes: list[Any], factory: Callable[[], Any]) -> None:
+    X, y = dataset("binary" if len(classes) == 2 else "multiclass")
+    y_mapped = np.asarray(classes, dtype=object if isinstance(classes[0], str) else None)[y]
+    model = factory().fit(X, y_mapped)
+    kernel = compile_model(model, model_name="m")
+    assert kernel.classes == tuple(str(c) for c in model.classes_)
+    got = kernel.score(X)
+    assert got.label is not None
+    assert got.label.tolist() == [str(v) for v in model.predict(X)]
+
+
+# ---------------------------------------------------------------- kernel behaviour
+
+
+def test_affine_is_bitwise_for_logistic_and_linear() -> None:
+    for case in ("LinearRegression", "LogisticRegression-binary", "LogisticRegression-multinomial"):
+        task = CASES[case][0]
+        model = fitted(case)
+        X = dataset(task)[0]
+        got = compile_model(model, model_name="m").score(X)
+        if task == "regression":
+            assert np.array_equal(got.prediction, model.predict(X))
+        else:
+            assert np.array_equal(got.probability, model.predict_proba(X))
+
+
+def test_affine_missing_input_gives_null_outputs() -> None:
+    X = dataset("multiclass")[0].copy()
+    X[3, 0] = np.nan
+    got = compile_model(fitted("LogisticRegression-multinomial"), model_name="m").score(X)
+    assert got.label is not None and got.probability is not None
+    assert got.label[3] is None and np.isnan(got.probability[3]).all()
+    assert got.label[2] is not None and np.isfinite(got.probability[2]).all()
+
+
+def test_wide_input_is_refused_with_the_counts() -> None:
+    kernel = compile_model(fitted("LGBMClassifier-binary"), model_name="m")
+    with pytest.raises(DataError, match="expects 30 input columns but the batch has 29"):
+        kernel.score(dataset("binary")[0][:, :29])
+
+
+@pytest.mark.parametrize("case", ["LogisticRegression-binary", "LGBMClassifier-multiclass"])
+def test_empty_batch(case: str) -> None:
+    task = CASES[case][0]
+    kernel = compile_model(fitted(case), model_name="m")
+    got = kernel.score(np.zeros((0, dataset(task)[0].shape[1])))
+    assert got.prediction.shape == (0,)
+    assert got.probability is not None and got.probability.shape[0] == 0
+
+
+def test_lightgbm_kernel_pickles_without_the_booster() -> None:
+    kernel = compile_model(fitted("LGBMClassifier-binary"), model_name="m")
+    assert isinstance(kernel, LightGBMNativeKernel)
+    blob = pickle.dumps(kernel)
+    assert len(blob) < len(kernel.model_str) + 4096
+    clear_booster_cache()
+    clone = pickle.loads(blob)
+    X = dataset("binary")[0]
+    assert np.array_equal(clone.score(X).prediction, kernel.score(X).prediction)
+    assert clone.booster is kernel.booster  # one Booster per process, keyed by the model
+
+
+def test_thread_count_comes_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert scoring_threads() == 1
+    monkeypatch.setenv(THREADS_ENV, "4")
+    assert scoring_threads() == 4
+
+
+def test_affine_kernel_pickles() -> None:
+    kernel = compile_model(fitted("LogisticRegression-multinomial"), model_name="m")
+    assert isinstance(kernel, AffineKernel)
+    assert kernel.W.shape == (13, 3)
+    X = dataset("multiclass")[0]
+    clone = pickle.loads(pickle.dumps(kernel))
+    assert np.array_equal(clone.score(X).probability, kernel.score(X).probability)
+
+
+# ---------------------------------------------------------------- registry
+
+
+class NoPredict:
+    pass
+
+
+class CustomRegressor:
+    n_features_in_ = 3
+
+    def predict(self, X: Any) -> np.ndarray:
+        return np.asarray(X.sum(axis=1)).reshape(-1)
+
+
+class DenseOnly(CustomRegressor):
+    def predict(self, X: Any) -> np.ndarray:
+        if sp.issparse(X):
+            raise TypeError("sparse input is not supported")
+        return super().predict(X)
+
+
+class TweakedLogistic(LogisticRegression):
+    def predict_proba(self, X: Any) -> Any:
+        return super().predict_proba(X) ** 1.0
+
+
+class Miscompiled(LinearRegression):
+    """Registered below with a converter that gets the intercept wrong."""
+
+
+@register(Miscompiled)
+def _wrong(obj: Any, *, model_name: str, n_features_hint: int | None) -> AffineKernel:
+    W = obj.coef_.reshape(-1, 1)
+    return AffineKernel(W, np.array([obj.intercept_ + 1.0]), "identity", vector=True)
+
+
+def test_unknown_object_is_refused_listing_supported() -> None:
+    with pytest.raises(ModelError, match=r"Model 'm' is a .*NoPredict.*LogisticRegression"):
+        compile_model(NoPredict(), model_name="m")
+    assert "LGBMClassifier" in supported_types()
+
+
+def test_object_with_predict_is_opaque() -> None:
+    kernel = compile_model(CustomRegressor(), model_name="m")
+    assert kernel.kind == "opaque" and kernel.describe() == "opaque (CustomRegressor)"
+    X = np.arange(6.0).reshape(2, 3)
+    assert kernel.score(X).prediction.tolist() == [3.0, 12.0]
+
+
+def test_opaque_densifies_when_sparse_is_refused() -> None:
+    kernel = compile_model(DenseOnly(), model_name="m")
+    X = sp.csr_matrix(np.arange(6.0).reshape(2, 3))
+    assert kernel.score(X).prediction.tolist() == [3.0, 12.0]
+
+
+def test_subclass_overriding_scoring_is_opaque() -> None:
+    X, y = dataset("binary")
+    assert compile_model(TweakedLogistic().fit(X, y), model_name="m").kind == "opaque"
+
+
+def test_converter_that_disagrees_falls_back_to_opaque() -> None:
+    X, y = dataset("regression")
+    model = Miscompiled().fit(X, y)
+    kernel = compile_model(model, model_name="m")
+    assert kernel.kind == "opaque" and "disagreed" in kernel.describe()
+    np.testing.assert_array_equal(kernel.score(X).prediction, model.predict(X))
+
+
+def test_multi_target_regressor_is_refused() -> None:
+    X, y = dataset("regression")
+    model = Ridge().fit(X, np.c_[y, y])
+    with pytest.raises(ModelError, match="2 targets.*one model per target"):
+        compile_model(model, model_name="m")
+
+
+def test_unfitted_estimator_is_refused() -> None:
+    with pytest.raises(ModelError, match="unfitted LogisticRegression"):
+        compile_model(LogisticRegression(), model_name="m")
+    with pytest.raises(ModelError, match="unfitted LGBMClassifier"):
+        compile_model(lgb.LGBMClassifier(), model_name="m")
+
+
+def test_lightgbm_custom_objective_classifier_is_refused() -> None:
+    def logloss(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        prob = 1 / (1 + np.exp(-p))
+        return prob - y, prob * (1 - prob)
+
+    X, y = dataset("binary")
+    model = lgb.LGBMClassifier(n_estimators=3, objective=logloss, verbose=-1).fit(X, y)
+    with pytest.raises(ModelError, match="raw scores"):
+        compile_model(model, model_name="m")
+    with pytest.raises(ModelError, match="objective 'custom'"):
+        compile_model(model.booster_, model_name="m")
+
+
+# ---------------------------------------------------------------- artifacts
+
+
+def dump(path: Path, obj: Any, **kw: Any) -> str:
+    joblib.dump(obj, path, **kw)
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_unpinned_pickle_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.joblib"
+    digest = dump(path, fitted("Ridge"))
+    with pytest.raises(ModelError, match=f"no sha256 pin.*Add sha256: {digest}") as err:
+        load_artifact(str(path), sha256=None, model_name="m")
+    assert "\n" not in str(err.value)
+
+
+def test_sha_mismatch_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "m.joblib"
+    digest = dump(path, fitted("Ridge"))
+    with pytest.raises(ModelError, match=f"sha256 {digest} but the spec pins {'0' * 64}"):
+        load_artifact(str(path), sha256="0" * 64, model_name="m")
+    with pytest.raises(ModelError, match="not 64 hex digits"):
+        load_artifact(str(path), sha256="abc", model_name="m")
+
+
+@pytest.mark.parametrize(
+    "writer",
+    [
+        pytest.param(lambda p, o: dump(p, o), id="joblib"),
+        pytest.param(lambda p, o: dump(p, o, compress=3), id="joblib-compressed"),
+        pytest.param(lambda p, o: p.write_bytes(pickle.dumps(o)), id="plain-pickle"),
+    ],
+)
+def test_pinned_pickle_loads(tmp_path: Path, writer: Callable[[Path, Any], Any]) -> None:
+    path = tmp_path / "m.pkl"
+    writer(path, fitted("Ridge"))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    art = load_artifact(str(path), sha256=digest.upper(), model_name="m")
+    assert art.format == "pickle" and art.sha256 == digest
+    assert isinstance(art.obj, Ridge)
+    assert load_artifact(f"file://{path}", sha256=digest, model_name="m").sha256 == digest
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        pytest.param(lambda good: good[: len(good) // 2], id="truncated"),
+        pytest.param(lambda good: b"\x00garbage" * 100, id="garbage"),
+        pytest.param(lambda good: b"", id="empty"),
+    ],
+)
+def test_corrupt_file_is_refused(tmp_path: Path, content: Callable[[bytes], bytes]) -> None:
+    good = pickle.dumps(fitted("Ridge"))
+    path = tmp_path / "m.pkl"
+    path.write_bytes(content(good))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with pytest.raises(ModelError, match=r"Model 'm' \(.*\) cannot be loaded: ") as err:
+        load_artifact(str(path), sha256=digest, model_name="m")
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_and_remote_scheme_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        load_artifact(str(tmp_path / "nope.pkl"), sha256=None, model_name="m")
+    with pytest.raises(ModelError, match="'s3://' scheme"):
+        load_artifact("s3://bucket/m.pkl", sha256=None, model_name="m")
+
+
+def test_lightgbm_text_loads_unpinned(tmp_path: Path) -> None:
+    path = tmp_path / "model.txt"
+    fitted("LGBMClassifier-multiclass").booster_.save_model(str(path))
+    art = load_artifact(str(path), sha256=None, model_name="m")
+    assert art.format == "lightgbm_text" and isinstance(art.obj, lgb.Booster)
+    with pytest.raises(ModelError, match="but the spec pins"):
+        load_artifact(str(path), sha256="1" * 64, model_name="m")
+    kernel = compile_model(art.obj, model_name="m")
+    assert kernel.classes == ("0", "1", "2")
+    X = dataset("multiclass")[0]
+    np.testing.assert_allclose(
+        kernel.score(X).probability,
+        fitted("LGBMClassifier-multiclass").predict_proba(X),
+        rtol=RTOL,
+        atol=0,
+    )
+
+
+def test_truncated_lightgbm_text_is_refused(tmp_path: Path) -> None:
+    text = fitted("LGBMClassifier-binary").booster_.model_to_string()
+    path = tmp_path / "model.txt"
+    path.write_text(text[: len(text) // 3])
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        load_artifact(str(path), sha256=None, model_name="m")
+
+
+# ---------------------------------------------------------------- compiled models
+
+
+def saved(tmp_path: Path, case: str) -> tuple[str, str]:
+    path = tmp_path / f"{case}.joblib"
+    return str(path), dump(path, fitted(case))
+
+
+def test_compile_from_spec_defaults(tmp_path: Path) -> None:
+    path, digest = saved(tmp_path, "LogisticRegression-binary")
+    clf = compile_from_spec("clf", path, digest, None, None)
+    assert clf.output == "predict_proba" and clf.version == digest[:12] and clf.sha256 == digest
+    path, digest = saved(tmp_path, "Ridge")
+    reg = compile_from_spec("reg", path, digest, None, "2024-06")
+    assert reg.output == "predict" and reg.version == "2024-06"
+
+
+def test_predict_proba_on_regressor_is_refused(tmp_path: Path) -> None:
+    path, digest = saved(tmp_path, "Ridge")
+    with pytest.raises(ModelError, match="Model 'reg' is a regressor.*set output: predict"):
+        compile_from_spec("reg", path, digest, "predict_proba", None)
+
+
+def test_classifier_without_proba_defaults_to_predict() -> None:
+    X, y = dataset("binary")
+    model = compile_from_object("svm", LinearSVC().fit(X, y))
+    assert model.output == "predict" and model.kernel.kind == "opaque"
+    out = model.score(X)
+    assert out.probability is None and np.isnan(out.prediction).all()
+    with pytest.raises(ModelError, match="has no predict_proba; set output: predict"):
+        compile_from_object("svm", LinearSVC().fit(X, y), output="predict_proba")
+
+
+def test_compile_from_object_versions_by_content() -> None:
+    a = compile_from_object("a", fitted("Ridge"))
+    b = compile_from_object("b", fitted("Lasso"))
+    assert isinstance(a, CompiledModel) and len(a.sha256) == 64 and a.version == a.sha256[:12]
+    assert a.sha256 != b.sha256
+
+
+def test_check_feature_count() -> None:
+    model = compile_from_object("churn", fitted("LGBMClassifier-binary"))
+    check_feature_count(model, 30, ["age", "plan_vec"])
+    with pytest.raises(
+        ModelError, match=r"Model 'churn' expects 30 inputs but its features \[age, plan_vec\] give 28"
+    ):
+        check_feature_count(model, 28, ["age", "plan_vec"])
+
+
+def test_models_package_does_not_import_pyspark() -> None:
+    code = (
+        "import sys, batchscore.models, batchscore.kernels.affine, "
+        "batchscore.kernels.lightgbm_native, batchscore.kernels.opaque; "
+        "import batchscore.models.converters; "
+        "assert 'pyspark' not in sys.modules, 'pyspark imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
