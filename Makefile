@@ -31,7 +31,7 @@ demo: $(STAMP) ## build demo data and models, run the demo job, query the predic
 	$(PY) -m batchscore sql "SELECT model, count(*) AS rows, round(avg(prediction), 4) AS avg_prediction, count(DISTINCT label) AS labels FROM preds WHERE ds = '$(RUN_DATE)' GROUP BY model ORDER BY model" --table preds=demo/out/predictions
 
 walmart: $(STAMP) ## build the Walmart star schema and score all 421,570 fact rows
-	$(PY) -m batchscore.datasets.morpheus walmart demo/walmart conf/walmart.yaml
+	$(PY) -m batchscore.datasets.morpheus walmart demo/walmart conf/walmart.yaml --shared ../shared/data/morpheus --spark
 	$(PY) -m batchscore run conf/walmart.yaml
 
 test: $(STAMP) ## run the test suite

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from datetime import UTC, datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,8 +92,11 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _history_line(commit: dict[str, Any]) -> str:
-    meta = {k.removeprefix("batchscore."): v for k, v in commit.items() if k.startswith("batchscore.")}
-    head = f"v{commit.get('version')}  {commit.get('timestamp')}  {commit.get('operation', '')}"
+    custom = commit.get("metadata") or {}
+    meta = {k.removeprefix("batchscore."): v for k, v in custom.items() if k.startswith("batchscore.")}
+    stamp = commit.get("timestamp")
+    when = datetime.fromtimestamp(stamp / 1000, UTC).isoformat() if isinstance(stamp, int) else stamp
+    head = f"v{commit.get('version')}  {when}  {commit.get('operation', '')}"
     if not meta:
         return head
     models = meta.get("models") or {}

@@ -28,3 +28,13 @@ def spark() -> Iterator[object]:
     )
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small demo star schema (3 days x 3,000 sales) with its three models and spec."""
+    from batchscore.datasets.demo import build_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    build_demo(root, conf_path=root / "conf" / "demo.yaml", days=3, rows_per_day=3_000, seed=7)
+    return root

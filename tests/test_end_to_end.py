@@ -18,18 +18,11 @@ import pytest
 from deltalake import DeltaTable
 
 import batchscore as bs
-from batchscore.datasets.demo import MODEL_FILES, build_demo, materialize_demo
+from batchscore.datasets.demo import MODEL_FILES, materialize_demo
 
 pytestmark = pytest.mark.spark
 
 DAYS = ["2026-11-19", "2026-11-20", "2026-11-21"]
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    build_demo(root, conf_path=root / "conf" / "demo.yaml", days=3, rows_per_day=3_000, seed=7)
-    return root
 
 
 def _files(path: Path) -> set[str]:

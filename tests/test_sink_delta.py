@@ -310,6 +310,7 @@ def test_idempotent_rerun_commits_nothing_and_leaves_no_files(spark: Any, tmp_pa
 
     again = write_delta(df, path, mode="append", partition_by=["ds"], app_id="job-1", app_version=5)
     assert not again.committed and again.version is None
+    assert again.reason == "already_committed"
     older = write_delta(df, path, mode="append", partition_by=["ds"], app_id="job-1", app_version=4)
     assert not older.committed
     # Straight through the data source (no driver-side pre-check): still nothing.
@@ -430,8 +431,6 @@ def test_failed_job_leaves_table_and_disk_unchanged(spark: Any, tmp_path: Path) 
                 .options(path=str(path), max_file_rows="40", row_group_rows="20")
                 .save()
             )
-        with pytest.raises(Exception, match="boom on row 1999"):
-            write_delta(rows, path, mode="overwrite_partitions", partition_by=["ds"])
     finally:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", previous)
     assert table_version(path) == 0
@@ -456,6 +455,15 @@ def test_not_a_delta_table_and_empty_tables(spark: Any, tmp_path: Path) -> None:
     empty = simple_df(spark, [("a", 1, 1.0)]).limit(0)
     result = write_delta(empty, tmp_path / "new", mode="append", partition_by=["ds"])
     assert not result.committed and not is_delta_table(tmp_path / "new")
+    assert result.reason == "empty"
+
+    # Straight through the data source: an unpartitioned table in a folder that does not exist.
+    fresh = tmp_path / "deep" / "fresh"
+    simple_df(spark, [("a", 1, 1.0), ("b", 2, 2.0)]).write.format("batchscore_delta").mode(
+        "append"
+    ).save(str(fresh))
+    assert table_version(fresh) == 0 and read_delta(spark, fresh).count() == 2
+    assert all("/" not in f for f in data_files(fresh))
 
     # A table without files reads as zero rows with its schema.
     created = tmp_path / "created"

@@ -63,6 +63,7 @@ from batchscore.sinks.delta_table import (
     delete_files,
     delta_arrow_schema,
     filesystem,
+    find_commit,
     is_delta_table,
     load_snapshot,
     mark_error,
@@ -407,9 +408,16 @@ class DeltaArrowWriter(DataSourceArrowWriter):
         task = _TaskWriter(self.config)
         try:
             with _marked():
-                for batch in iterator:
-                    task.add(batch)
-                files = task.finish()
+                try:
+                    for batch in iterator:
+                        task.add(batch)
+                    files = task.finish()
+                except OSError as exc:
+                    raise SinkError(
+                        f"Delta table {self.config.path}: writing a data file failed "
+                        f"({str(exc).splitlines()[0]}); check that the path is writable and "
+                        "has free space."
+                    ) from None
         except BaseException:
             task.discard()
             raise
@@ -437,6 +445,12 @@ class DeltaArrowWriter(DataSourceArrowWriter):
 
     def abort(self, messages: list[WriterCommitMessage | None]) -> None:
         config = self.config
+        # Spark also aborts after a failed commit(): never delete files a commit references.
+        try:
+            if find_commit(config.path, config.write_id) is not None:
+                return
+        except Exception:
+            return  # cannot tell: leaving orphans is harmless, deleting committed files is not
         files = [f for m in messages if isinstance(m, DeltaCommitMessage) for f in m.files]
         delete_files(config.path, [f.path for f in files])
         # Tasks that failed or were killed never sent a message; their files carry the write id.
@@ -464,8 +478,6 @@ def _remove_strays(config: WriteConfig, *, keep: set[str], files: Sequence[FileA
 
 
 def _committed(config: WriteConfig) -> bool:
-    from batchscore.sinks.delta_table import find_commit
-
     return find_commit(config.path, config.write_id) is not None
 
 
@@ -572,8 +584,7 @@ class _TaskWriter:
         name = f"part-{self.config.write_id}-{uuid.uuid4().hex}.snappy.parquet"
         rel = f"{folder}/{name}" if folder else name
         location = f"{self.base}/{rel}"
-        if folder:
-            self.fs.create_dir(f"{self.base}/{folder}", recursive=True)
+        self.fs.create_dir(f"{self.base}/{folder}" if folder else self.base, recursive=True)
         self.created.append(rel)
         entry.rel = rel
         entry.stream = self.fs.open_output_stream(location)

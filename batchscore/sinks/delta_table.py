@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 WriteMode = Literal["append", "overwrite_partitions", "overwrite"]
+CommitReason = Literal["committed", "empty", "already_committed"]
 WRITE_MODES: tuple[str, ...] = ("append", "overwrite_partitions", "overwrite")
 SOURCE_NAME = "batchscore_delta"
 ERROR_MARKER = "BATCHSCORE_ERROR"
@@ -932,6 +933,8 @@ def commit_files(
     adds = [f.to_action() for f in files]
     delta_schema = DeltaSchema.from_arrow(schema)
     attempt = 0
+    committed = False
+    keep_files = False
     try:
         while True:
             attempt += 1
@@ -988,37 +991,53 @@ def commit_files(
                             partition_by=list(partition_by),
                             commit_properties=props,
                         )
-            except CommitFailedError as exc:
-                landed = find_commit(path, write_id)
-                if landed is not None:
-                    return landed
-                if mode == "append" and attempt <= max_retries:
-                    time.sleep(min(0.2 * 2**attempt, 3.0))
-                    continue
-                raise CommitConflictError(
-                    f"Delta table {path}: another writer committed first and this {mode} write "
-                    f"conflicts with it ({one_line(str(exc))}); nothing was committed and the "
-                    "new files were deleted, rerun the job."
-                ) from None
             except BatchScoreError:
                 raise
             except Exception as exc:
-                landed = find_commit(path, write_id)
+                landed, known = _lookup_commit(path, write_id)
                 if landed is not None:
+                    committed = True
                     return landed
-                if not (creating and is_delta_table(path)) or attempt > max_retries:
+                if not known:
+                    keep_files = True
                     raise SinkError(
-                        f"Delta table {path}: the commit failed ({one_line(str(exc))}); nothing "
-                        "was committed and the new files were deleted, fix the cause and rerun."
+                        f"Delta table {path}: the commit failed ({one_line(str(exc))}) and its "
+                        "outcome cannot be read back; the new files were left in place, check "
+                        "`batchscore history` and rerun the job if the write is missing."
                     ) from None
-                # The table appeared between the check and the create (a concurrent first
-                # write): go round again and append to it.
-                continue
-            landed = find_commit(path, write_id)
-            return landed if landed is not None else table_version(path)
+                if isinstance(exc, CommitFailedError):
+                    if mode == "append" and attempt <= max_retries:
+                        time.sleep(min(0.2 * 2**attempt, 3.0))
+                        continue
+                    raise CommitConflictError(
+                        f"Delta table {path}: another writer committed first and this {mode} "
+                        f"write conflicts with it ({one_line(str(exc))}); nothing was committed "
+                        "and the new files were deleted, rerun the job."
+                    ) from None
+                if creating and is_delta_table(path) and attempt <= max_retries:
+                    # The table appeared between the check and the create (a concurrent first
+                    # write): go round again and append to it.
+                    continue
+                raise SinkError(
+                    f"Delta table {path}: the commit failed ({one_line(str(exc))}); nothing was "
+                    "committed and the new files were deleted, fix the cause and rerun."
+                ) from None
+            committed = True
+            break
     except BaseException:
-        delete_files(path, [f.path for f in files])
+        if not committed and not keep_files:
+            delete_files(path, [f.path for f in files])
         raise
+    landed, _ = _lookup_commit(path, write_id)
+    return landed if landed is not None else table_version(path)
+
+
+def _lookup_commit(path: str, write_id: str) -> tuple[int | None, bool]:
+    """(version of write_id's commit or None, whether the log could be read at all)."""
+    try:
+        return find_commit(path, write_id), True
+    except Exception:
+        return None, False
 
 
 # --------------------------------------------------------------------------------------------
@@ -1058,7 +1077,8 @@ def history(path: str | os.PathLike[str], *, limit: int | None = None) -> list[d
 @dataclass(frozen=True)
 class CommitResult:
     """What write_delta did: committed (False for an empty write or an idempotent rerun), the
-    new table version, and the files and rows it added."""
+    new table version, the files and rows it added, and why (reason: "committed", "empty" when
+    no rows were written, "already_committed" when app_id had committed app_version already)."""
 
     committed: bool
     version: int | None
@@ -1067,6 +1087,7 @@ class CommitResult:
     write_id: str = ""
     mode: str = "append"
     metadata: dict[str, Any] = field(default_factory=dict)
+    reason: CommitReason = "committed"
 
 
 def _options(**values: object) -> dict[str, str]:
@@ -1123,7 +1144,9 @@ def write_delta(
     if app_id is not None and app_version is not None:
         done = transaction_version(table_path, app_id)
         if done is not None and done >= int(app_version):
-            return CommitResult(committed=False, version=None, mode=mode)
+            return CommitResult(
+                committed=False, version=None, mode=mode, reason="already_committed"
+            )
     write_id = uuid.uuid4().hex[:16]
     options = _options(
         path=table_path,
@@ -1149,7 +1172,14 @@ def write_delta(
         raise
     version = find_commit(table_path, write_id)
     if version is None:
-        return CommitResult(committed=False, version=None, write_id=write_id, mode=mode)
+        reason: CommitReason = "empty"
+        if app_id is not None and app_version is not None:
+            done = transaction_version(table_path, app_id)
+            if done is not None and done >= int(app_version):
+                reason = "already_committed"
+        return CommitResult(
+            committed=False, version=None, write_id=write_id, mode=mode, reason=reason
+        )
     info = _commit_info(table_path, version)
     return CommitResult(
         committed=True,

@@ -221,52 +221,77 @@ def _check_parameters(tail: bytes) -> None:
 
 
 def _check_tree(text: str, index: int, max_feature: int) -> None:
+    where = f"tree {index}"
+    fields = _tree_fields(text, where)
+    leaves = _int(fields.get("num_leaves", ""), f"{where} num_leaves")
+    num_cat = _int(fields.get("num_cat", ""), f"{where} num_cat")
+    if leaves < 1 or num_cat < 0 or "leaf_value" not in fields:
+        raise ModelTextError(f"{where} lacks num_leaves, num_cat or leaf_value")
+    # A single-leaf tree leaves its node arrays (and leaf_weight) empty; LightGBM skips them.
+    keys = (*_LEAF_ARRAYS, *_NODE_ARRAYS) if leaves > 1 else ("leaf_value",)
+    arrays = {k: fields[k].split() for k in keys if k in fields}
+    for key, tokens in arrays.items():
+        want = leaves if key in _LEAF_ARRAYS else leaves - 1
+        if len(tokens) != want:
+            raise ModelTextError(f"{where} {key} has {len(tokens)} values, expected {want}")
+    if fields.get("is_linear", "0").strip() == "1":
+        _check_linear(fields, leaves, max_feature, where)
+    if leaves > 1:
+        _check_nodes(fields, arrays, leaves, num_cat, max_feature, where)
+
+
+def _tree_fields(text: str, where: str) -> dict[str, str]:
     fields: dict[str, str] = {}
     for line in text.splitlines()[1:]:
         if not line:
             break
         key, sep, value = line.partition("=")
         if not sep:
-            raise ModelTextError(f"tree {index} has a malformed line {line[:40]!r}")
+            raise ModelTextError(f"{where} has a malformed line {line[:40]!r}")
+        _numbers(value.split(), f"{where} {key}")  # every field of a tree is numeric
         fields[key] = value
-    where = f"tree {index}"
-    leaves = _int(fields.get("num_leaves", ""), f"{where} num_leaves")
-    num_cat = _int(fields.get("num_cat", ""), f"{where} num_cat")
-    if leaves < 1 or num_cat < 0 or "leaf_value" not in fields:
-        raise ModelTextError(f"{where} lacks num_leaves, num_cat or leaf_value")
-    for key, value in fields.items():  # every field of a tree is numeric
-        _numbers(value.split(), f"{where} {key}")
-    arrays = {k: fields[k].split() for k in (*_LEAF_ARRAYS, *_NODE_ARRAYS) if k in fields}
-    for key, tokens in arrays.items():
-        want = leaves if key in _LEAF_ARRAYS else leaves - 1
-        if len(tokens) != want:
-            raise ModelTextError(f"{where} {key} has {len(tokens)} values, expected {want}")
-    if leaves == 1:
-        return
-    for key in ("split_feature", "threshold", "decision_type", "left_child", "right_child"):
-        if key not in arrays:
-            raise ModelTextError(f"{where} lacks {key}")
+    return fields
+
+
+def _check_nodes(
+    fields: dict[str, str],
+    arrays: dict[str, list[str]],
+    leaves: int,
+    num_cat: int,
+    max_feature: int,
+    where: str,
+) -> None:
+    """Indices in range: out-of-range ones make the predictor read outside its arrays."""
+    ints: dict[str, list[int]] = {}
     for key in ("split_feature", "decision_type", "left_child", "right_child"):
-        for token in arrays[key]:
-            _int(token, f"{where} {key}")
-    if any(not 0 <= int(f) <= max_feature for f in arrays["split_feature"]):
+        if key not in arrays or "threshold" not in arrays:
+            raise ModelTextError(f"{where} lacks {key} or threshold")
+        ints[key] = [_int(t, f"{where} {key}") for t in arrays[key]]
+    if any(not 0 <= f <= max_feature for f in ints["split_feature"]):
         raise ModelTextError(f"{where} splits on a feature beyond max_feature_idx")
     for key in ("left_child", "right_child"):
-        if any(not -leaves <= int(c) < leaves - 1 for c in arrays[key]):
+        if any(not -leaves <= c < leaves - 1 for c in ints[key]):
             raise ModelTextError(f"{where} {key} points outside the tree")
-    if fields.get("is_linear", "0").strip() == "1":
-        counts = [_int(n, f"{where} num_features") for n in arrays.get("num_features", [])]
-        for key in ("leaf_features", "leaf_coeff"):
-            if len(counts) != leaves or len(fields.get(key, "").split()) != sum(counts):
-                raise ModelTextError(f"{where} has inconsistent linear leaves ({key})")
-        used = [_int(f, f"{where} leaf_features") for f in fields["leaf_features"].split()]
-        if any(not 0 <= f <= max_feature for f in used):
-            raise ModelTextError(f"{where} leaf_features names a feature beyond max_feature_idx")
-    if num_cat > 0:
-        bounds = [_int(b, f"{where} cat_boundaries") for b in fields.get("cat_boundaries", "").split()]
-        cats = fields.get("cat_threshold", "").split()
-        if len(bounds) != num_cat + 1 or bounds[-1] != len(cats):
-            raise ModelTextError(f"{where} has inconsistent categorical splits")
+    categorical = [i for i, d in enumerate(ints["decision_type"]) if d & 1]
+    if not categorical:
+        return
+    bounds = [_int(b, f"{where} cat_boundaries") for b in fields.get("cat_boundaries", "").split()]
+    cats = fields.get("cat_threshold", "").split()
+    if len(bounds) != num_cat + 1 or bounds[-1] != len(cats) or bounds != sorted(bounds):
+        raise ModelTextError(f"{where} has inconsistent categorical splits")
+    for i in categorical:
+        if not 0 <= float(arrays["threshold"][i]) < num_cat:
+            raise ModelTextError(f"{where} has a categorical split outside cat_boundaries")
+
+
+def _check_linear(fields: dict[str, str], leaves: int, max_feature: int, where: str) -> None:
+    counts = [_int(n, f"{where} num_features") for n in fields.get("num_features", "").split()]
+    for key in ("leaf_features", "leaf_coeff"):
+        if len(counts) != leaves or len(fields.get(key, "").split()) != sum(counts):
+            raise ModelTextError(f"{where} has inconsistent linear leaves ({key})")
+    used = [_int(f, f"{where} leaf_features") for f in fields.get("leaf_features", "").split()]
+    if any(not 0 <= f <= max_feature for f in used):
+        raise ModelTextError(f"{where} leaf_features names a feature beyond max_feature_idx")
 
 
 def _int(text: str, what: str) -> int:
