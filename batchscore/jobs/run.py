@@ -83,9 +83,9 @@ def run_job(
         app_version=(done or 0) + 1,
         metadata=lineage(plan, run_id=run_id, scored_at=scored_at),
     )
-    if not commit.committed:
-        if commit.files == 0:
-            return result("empty", 0, None, "the source selection produced no rows.")
+    if commit.reason == "empty":
+        return result("empty", 0, None, "the source selection produced no rows.")
+    if commit.reason == "already_committed":
         return result("skipped", 0, commit.version)
     return result("committed", commit.rows, commit.version)
 
