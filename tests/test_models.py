@@ -253,7 +253,10 @@ def test_kernel_matches_estimator(case: str, form: str) -> None:
 )
 @pytest.mark.parametrize(
     "factory",
-    [pytest.param(LogisticRegression, id="logistic"), pytest.param(lgbm(lgb.LGBMClassifier), id="lgbm")],
+    [
+        pytest.param(LogisticRegression, id="logistic"),
+        pytest.param(lgbm(lgb.LGBMClassifier), id="lgbm"),
+    ],
 )
 def test_labels_are_str_of_predict(classes: list[Any], factory: Callable[[], Any]) -> None:
     X, y = dataset("binary" if len(classes) == 2 else "multiclass")
@@ -642,7 +645,8 @@ def test_check_feature_count() -> None:
     model = compile_from_object("churn", fitted("LGBMClassifier-binary"))
     check_feature_count(model, 30, ["age", "plan_vec"])
     with pytest.raises(
-        ModelError, match=r"Model 'churn' expects 30 inputs but its features \[age, plan_vec\] give 28"
+        ModelError,
+        match=r"Model 'churn' expects 30 inputs but its features \[age, plan_vec\] give 28",
     ):
         check_feature_count(model, 28, ["age", "plan_vec"])
 

@@ -59,7 +59,7 @@ class OpaqueKernel(Kernel):
     def _call(self, method: str, X: Matrix) -> np.ndarray:
         fn = getattr(self.estimator, method)
         if sp.issparse(X) and self.densify:
-            X = X.toarray()
+            X = sp.csr_matrix.toarray(X)
         try:
             return np.asarray(fn(X))
         except (TypeError, ValueError) as exc:

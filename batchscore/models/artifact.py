@@ -74,9 +74,7 @@ def sha256_of(path: str) -> str:
 def is_lightgbm_text(data: bytes) -> bool:
     """True for what `Booster.save_model` writes: a "tree" line, then "version=v<N>"."""
     head = data[:200]
-    return (head.startswith(b"tree\n") or head.startswith(b"tree\r\n")) and (
-        b"\nversion=v" in head
-    )
+    return (head.startswith(b"tree\n") or head.startswith(b"tree\r\n")) and (b"\nversion=v" in head)
 
 
 def _local_path(path: str, model_name: str) -> Path:

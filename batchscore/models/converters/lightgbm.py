@@ -40,8 +40,6 @@ REGRESSION_OBJECTIVES = frozenset(
 CLASSIFIER_OBJECTIVES = frozenset({"binary", "multiclass", "multiclassova"})
 
 
-
-
 @register(lightgbm.Booster)
 def booster(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
     """A bare Booster: the objective alone says what it predicts; classes are "0".."k-1"."""
@@ -311,7 +309,5 @@ def _numbers(tokens: list[str], what: str) -> None:
             continue
         value = abs(float(token))
         mantissa = token.lower().partition("e")[0]
-        if math.isinf(value) or (
-            value < sys.float_info.min and mantissa.strip("+-.0") != ""
-        ):
+        if math.isinf(value) or (value < sys.float_info.min and mantissa.strip("+-.0") != ""):
             raise ModelTextError(f"{what} has a value outside double range {token[:40]!r}")

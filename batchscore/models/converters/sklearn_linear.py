@@ -62,9 +62,7 @@ def linear_regressor(obj: Any, *, model_name: str, n_features_hint: int | None) 
             f"Model '{model_name}' is a {type(obj).__name__} with {coef.shape[0]} targets; "
             "batchscore scores one prediction per model. Fit one model per target."
         )
-    return AffineKernel(
-        coef.T, np.reshape(intercept, (1,)), "identity", source=type(obj).__name__
-    )
+    return AffineKernel(coef.T, np.reshape(intercept, (1,)), "identity", source=type(obj).__name__)
 
 
 @register(LogisticRegression)
