@@ -8,7 +8,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from batchscore.api import RunResult, explain, load_spec, run, score, sql  # noqa: E402
-from batchscore.errors import BatchScoreError  # noqa: E402
+from batchscore.api import RunResult, explain, load_spec, run, score, sql
+from batchscore.errors import BatchScoreError
 
-__all__ = ["BatchScoreError", "RunResult", "__version__", "explain", "load_spec", "run", "score", "sql"]
+__all__ = [
+    "BatchScoreError",
+    "RunResult",
+    "__version__",
+    "explain",
+    "load_spec",
+    "run",
+    "score",
+    "sql",
+]

@@ -47,7 +47,8 @@ def run(
 
 def explain(spec: JobSpec | str | Path, *, run_date: str | None = None) -> str:
     """The optimized plan as text: the same text `batchscore explain` prints."""
-    from batchscore.plan import bind, explain as explain_plan, optimize
+    from batchscore.plan import bind, optimize
+    from batchscore.plan import explain as explain_plan
 
     return explain_plan(optimize(bind(_as_spec(spec, run_date))))
 

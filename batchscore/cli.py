@@ -12,8 +12,8 @@ import json
 import os
 import sys
 import traceback
-from datetime import UTC, datetime
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from batchscore.errors import BatchScoreError, SpecError
@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec")
     run.add_argument("--run-date", dest="run_date")
     run.add_argument("--master", help="Spark master URL (default local[*])")
-    run.add_argument("--force", action="store_true", help="score again even if this run date was committed")
+    run.add_argument(
+        "--force", action="store_true", help="score again even if this run date was committed"
+    )
     explain = sub.add_parser("explain", help="print the optimized plan with its decisions")
     explain.add_argument("spec")
     explain.add_argument("--run-date", dest="run_date")
@@ -93,9 +95,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 def _history_line(commit: dict[str, Any]) -> str:
     custom = commit.get("metadata") or {}
-    meta = {k.removeprefix("batchscore."): v for k, v in custom.items() if k.startswith("batchscore.")}
+    meta = {
+        k.removeprefix("batchscore."): v for k, v in custom.items() if k.startswith("batchscore.")
+    }
     stamp = commit.get("timestamp")
-    when = datetime.fromtimestamp(stamp / 1000, UTC).isoformat() if isinstance(stamp, int) else stamp
+    when = (
+        datetime.fromtimestamp(stamp / 1000, UTC).isoformat() if isinstance(stamp, int) else stamp
+    )
     head = f"v{commit.get('version')}  {when}  {commit.get('operation', '')}"
     if not meta:
         return head
@@ -105,10 +111,15 @@ def _history_line(commit: dict[str, Any]) -> str:
     inputs = meta.get("inputs") or {}
     if isinstance(inputs, str):
         inputs = json.loads(inputs)
-    model_text = ", ".join(f"{n}@{m.get('version')} sha256:{str(m.get('sha256'))[:12]}" for n, m in models.items())
-    input_text = ", ".join(f"{n}@v{i.get('version')}" if i.get("version") is not None else n for n, i in inputs.items())
+    model_text = ", ".join(
+        f"{n}@{m.get('version')} sha256:{str(m.get('sha256'))[:12]}" for n, m in models.items()
+    )
+    input_text = ", ".join(
+        f"{n}@v{i.get('version')}" if i.get("version") is not None else n for n, i in inputs.items()
+    )
     return (
-        f"{head}  job={meta.get('job')} run_date={meta.get('run_date')} run_id={meta.get('run_id')} "
+        f"{head}  job={meta.get('job')} run_date={meta.get('run_date')} "
+        f"run_id={meta.get('run_id')} "
         f"spec={str(meta.get('spec_hash'))[:12]}  models[{model_text}]  inputs[{input_text}]"
     )
 
@@ -126,8 +137,14 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     text = [[cell(v) for v in row] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in text]) for i, c in enumerate(columns)]
     line = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
-    out = [line, "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |", line]
-    out += ["| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |" for r in text]
+    out = [
+        line,
+        "| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |",
+        line,
+    ]
+    out += [
+        "| " + " | ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) + " |" for r in text
+    ]
     out += [line, f"({len(rows)} row{'s' if len(rows) != 1 else ''})"]
     return "\n".join(out)
 
@@ -146,14 +163,17 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+    except Exception as exc:
         from batchscore.errors import StepError
 
         wrapped = _unwrap(exc)
         if wrapped is not None:
             _report(wrapped)
             return wrapped.exit_code
-        _report(StepError(f"Step '{args.command}' failed: {type(exc).__name__}: {_first_line(exc)}"), exc)
+        _report(
+            StepError(f"Step '{args.command}' failed: {type(exc).__name__}: {_first_line(exc)}"),
+            exc,
+        )
         return 1
 
 
@@ -194,7 +214,7 @@ def hard_exit(code: int) -> None:
         active = SparkSession.getActiveSession()
         if active is not None:
             active.stop()
-    except Exception:  # noqa: BLE001, S110 - stopping is best effort; the exit code matters
+    except Exception:
         pass
     sys.stdout.flush()
     sys.stderr.flush()

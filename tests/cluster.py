@@ -60,7 +60,7 @@ class StandaloneCluster:
         return env
 
     def _spawn(self, name: str, *args: str) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.workdir / f"{name}.log", "wb")
         process = subprocess.Popen(
             [str(SPARK_HOME / "bin" / "spark-class"), *args],
             env=self.env(),
@@ -75,18 +75,32 @@ class StandaloneCluster:
         self._spawn(
             "master",
             "org.apache.spark.deploy.master.Master",
-            "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(free_port()),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--webui-port",
+            str(free_port()),
         )
         _wait_for_port(self.port, timeout)
         self._spawn(
             "worker",
             "org.apache.spark.deploy.worker.Worker",
-            "--host", "127.0.0.1", "--webui-port", str(free_port()),
-            "--cores", str(self.cores), "--memory", self.memory, self.url,
+            "--host",
+            "127.0.0.1",
+            "--webui-port",
+            str(free_port()),
+            "--cores",
+            str(self.cores),
+            "--memory",
+            self.memory,
+            self.url,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if "Successfully registered with master" in (self.workdir / "worker.log").read_text(errors="replace"):
+            if "Successfully registered with master" in (self.workdir / "worker.log").read_text(
+                errors="replace"
+            ):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"the worker did not register with {self.url} in {timeout:.0f} s")
@@ -94,16 +108,25 @@ class StandaloneCluster:
     def spark_submit(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
         command = [
             str(SPARK_HOME / "bin" / "spark-submit"),
-            "--master", self.url,
-            "--conf", "spark.driver.host=127.0.0.1",
-            "--conf", "spark.driver.bindAddress=127.0.0.1",
-            "--conf", f"spark.pyspark.python={sys.executable}",
-            "--conf", f"spark.executorEnv.PYSPARK_PYTHON={sys.executable}",
-            "--conf", "spark.executor.memory=1g",
-            "--conf", "spark.sql.shuffle.partitions=4",
+            "--master",
+            self.url,
+            "--conf",
+            "spark.driver.host=127.0.0.1",
+            "--conf",
+            "spark.driver.bindAddress=127.0.0.1",
+            "--conf",
+            f"spark.pyspark.python={sys.executable}",
+            "--conf",
+            f"spark.executorEnv.PYSPARK_PYTHON={sys.executable}",
+            "--conf",
+            "spark.executor.memory=1g",
+            "--conf",
+            "spark.sql.shuffle.partitions=4",
             *args,
         ]
-        return subprocess.run(command, env=self.env(), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            command, env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
 
     def stop(self) -> None:
         for process in reversed(self.processes):

@@ -64,7 +64,11 @@ def _duplicate_key(root: Path) -> Path:
 
 
 def _string_feature(root: Path) -> Path:
-    return _edit(root, "features: [price, quantity, stores.size_sqm", "features: [ds, quantity, stores.size_sqm")
+    return _edit(
+        root,
+        "features: [price, quantity, stores.size_sqm",
+        "features: [ds, quantity, stores.size_sqm",
+    )
 
 
 CASES: dict[str, tuple[Callable[[Path], Path], list[str], int, str]] = {
@@ -87,7 +91,9 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str], int, str]] = {
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
-def test_bad_input_fails_cleanly(case: str, job: Path, capsys: pytest.CaptureFixture[str], spark: Any) -> None:
+def test_bad_input_fails_cleanly(
+    case: str, job: Path, capsys: pytest.CaptureFixture[str], spark: Any
+) -> None:
     make, extra, code, message = CASES[case]
     spec = make(job)
     date = [] if extra == ["--no-date"] else (extra or ["--run-date", RUN_DATE])
@@ -101,7 +107,9 @@ def test_bad_input_fails_cleanly(case: str, job: Path, capsys: pytest.CaptureFix
     assert not (job / "out").exists()
 
 
-def test_output_schema_change_is_refused(job: Path, capsys: pytest.CaptureFixture[str], spark: Any) -> None:
+def test_output_schema_change_is_refused(
+    job: Path, capsys: pytest.CaptureFixture[str], spark: Any
+) -> None:
     spec = job / "conf" / "demo.yaml"
     assert run_cli(["run", str(spec), "--run-date", "2026-11-20"]) == 0
     out = job / "out" / "predictions"
@@ -114,7 +122,9 @@ def test_output_schema_change_is_refused(job: Path, capsys: pytest.CaptureFixtur
     assert sorted(p.name for p in out.rglob("*")) == before
 
 
-def test_empty_partition_selection_exits_zero_and_writes_nothing(job: Path, capsys: pytest.CaptureFixture[str], spark: Any) -> None:
+def test_empty_partition_selection_exits_zero_and_writes_nothing(
+    job: Path, capsys: pytest.CaptureFixture[str], spark: Any
+) -> None:
     assert run_cli(["run", str(job / "conf" / "demo.yaml"), "--run-date", "1999-01-01"]) == 0
     out = capsys.readouterr().out
     assert "no partition matching" in out and "no commit made" in out

@@ -20,7 +20,12 @@ REPO = Path(__file__).resolve().parents[1]
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     return subprocess.run(
-        [sys.executable, "-m", "batchscore", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO
+        [sys.executable, "-m", "batchscore", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
     )
 
 
@@ -40,7 +45,12 @@ def test_cli_exits_zero_every_time(demo: Path, tmp_path: Path, spark: Any) -> No
     explain = _cli("explain", str(root / "conf" / "demo.yaml"), "--run-date", "2026-11-21")
     assert explain.returncode == 0, explain.stderr
     assert "keeps 1 of 3 files" in explain.stdout
-    query = _cli("sql", "SELECT model, count(*) AS n FROM p GROUP BY model ORDER BY model", "--table", f"p={out}")
+    query = _cli(
+        "sql",
+        "SELECT model, count(*) AS n FROM p GROUP BY model ORDER BY model",
+        "--table",
+        f"p={out}",
+    )
     assert query.returncode == 0, query.stderr
     assert "| basket_class | 3000 |" in query.stdout.replace("  ", " ")
     rerun = _cli("run", str(root / "conf" / "demo.yaml"), "--run-date", "2026-11-21")
@@ -55,11 +65,19 @@ def test_spark_submit_on_a_standalone_cluster(demo: Path, tmp_path: Path) -> Non
     cluster = StandaloneCluster(tmp_path / "cluster", cores=2, memory="2g")
     try:
         cluster.start()
-        done = cluster.spark_submit(str(REPO / "jobs" / "score.py"), str(root / "conf" / "demo.yaml"), "--run-date", "2026-11-20")
+        done = cluster.spark_submit(
+            str(REPO / "jobs" / "score.py"),
+            str(root / "conf" / "demo.yaml"),
+            "--run-date",
+            "2026-11-20",
+        )
     finally:
         cluster.stop()
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wrote 9,000 prediction rows" in done.stdout
     table = DeltaTable(str(root / "out" / "predictions"))
     assert table.version() == 0
-    assert sum(a for a in table.get_add_actions(flatten=True).column("num_records").to_pylist()) == 9_000
+    assert (
+        sum(a for a in table.get_add_actions(flatten=True).column("num_records").to_pylist())
+        == 9_000
+    )

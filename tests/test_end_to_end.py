@@ -36,12 +36,19 @@ def _table(path: Path) -> pa.Table:
 def _own_output(root: Path, model: str, run_date: str) -> tuple[np.ndarray, Any, Any]:
     X, sale_id = materialize_demo(root, model, run_date=run_date)
     path = root / "models" / MODEL_FILES[model]
-    return X, sale_id, (lgb.Booster(model_file=str(path)) if path.suffix == ".txt" else joblib.load(path))
+    return (
+        X,
+        sale_id,
+        (lgb.Booster(model_file=str(path)) if path.suffix == ".txt" else joblib.load(path)),
+    )
 
 
 def _rows(table: pa.Table, model: str) -> dict[str, np.ndarray]:
     part = table.filter(pa.compute.equal(table["model"], model)).sort_by("sale_id")
-    return {name: np.array(part.column(name).to_pylist() + [None], dtype=object)[:-1] for name in part.column_names}
+    return {
+        name: np.array([*part.column(name).to_pylist(), None], dtype=object)[:-1]
+        for name in part.column_names
+    }
 
 
 def test_run_matches_each_models_own_output(spark: Any, demo: Path) -> None:
@@ -50,7 +57,8 @@ def test_run_matches_each_models_own_output(spark: Any, demo: Path) -> None:
     assert result.status == "committed" and result.table_version == 0
     table = _table(out)
     assert set(table.column_names) == {
-        "sale_id", "ds", "model", "model_version", "prediction", "label", "probability", "run_id", "scored_at"
+        "sale_id", "ds", "model", "model_version", "prediction", "label", "probability",
+        "run_id", "scored_at",
     }  # fmt: skip
     assert table.num_rows == result.rows == 3 * 3_000
     assert set(table["ds"].to_pylist()) == {DAYS[-1]}
@@ -59,7 +67,9 @@ def test_run_matches_each_models_own_output(spark: Any, demo: Path) -> None:
     rows = _rows(table, "revenue_glm")
     np.testing.assert_array_equal(rows["sale_id"].astype(np.int64), sale_id)
     complete = ~np.isnan(X).any(axis=1)
-    np.testing.assert_allclose(rows["prediction"][complete].astype(float), ridge.predict(X[complete]), rtol=1e-9)
+    np.testing.assert_allclose(
+        rows["prediction"][complete].astype(float), ridge.predict(X[complete]), rtol=1e-9
+    )
     assert all(v is None for v in rows["prediction"][~complete])  # missing dimension -> null
     assert all(v is None for v in rows["label"]) and all(v is None for v in rows["probability"])
 
@@ -90,7 +100,9 @@ def test_rerun_is_a_no_op_and_new_dates_add_exactly_their_rows(spark: Any, demo:
     other = bs.run(spec, run_date=DAYS[0], spark=spark)
     assert other.status == "committed" and other.table_version == version + 1
     table = _table(out)
-    counts = dict(zip(*np.unique(table["ds"].to_numpy(zero_copy_only=False), return_counts=True), strict=True))
+    counts = dict(
+        zip(*np.unique(table["ds"].to_numpy(zero_copy_only=False), return_counts=True), strict=True)
+    )
     assert counts == {DAYS[0]: 9_000, DAYS[-1]: 9_000}
     history = bs.sql("SELECT count(*) AS n FROM p", tables={"p": str(out)}, spark=spark).collect()
     assert history[0]["n"] == 18_000
@@ -113,7 +125,9 @@ def test_overwrite_partitions_replaces_only_its_partition(spark: Any, demo: Path
     assert set(replaced["run_id"].to_pylist()) == {rerun.run_id}
 
 
-def test_failure_mid_way_leaves_no_commit_and_no_files(spark: Any, demo: Path, tmp_path: Path) -> None:
+def test_failure_mid_way_leaves_no_commit_and_no_files(
+    spark: Any, demo: Path, tmp_path: Path
+) -> None:
     """A product whose category vector has the wrong length makes scoring raise in one task."""
     root = tmp_path / "broken"
     shutil.copytree(demo, root, ignore=shutil.ignore_patterns("out"))
@@ -141,12 +155,16 @@ def test_failure_mid_way_leaves_no_commit_and_no_files(spark: Any, demo: Path, t
 
 def test_wide_layout_has_a_column_group_per_model(spark: Any, demo: Path, tmp_path: Path) -> None:
     text = (demo / "conf" / "demo.yaml").read_text()
-    text = text.replace("layout: long", "layout: wide").replace("../out/predictions", str(tmp_path / "wide"))
+    text = text.replace("layout: long", "layout: wide").replace(
+        "../out/predictions", str(tmp_path / "wide")
+    )
     (demo / "conf" / "wide.yaml").write_text(text)
     result = bs.run(demo / "conf" / "wide.yaml", run_date=DAYS[-1], spark=spark)
     table = _table(tmp_path / "wide")
     assert table.num_rows == result.rows == 3_000
-    assert {"revenue_glm__prediction", "basket_class__probability", "return_risk__label"} <= set(table.column_names)
+    assert {"revenue_glm__prediction", "basket_class__probability", "return_risk__label"} <= set(
+        table.column_names
+    )
 
 
 def test_score_dataframe_ad_hoc(spark: Any) -> None:
@@ -157,11 +175,24 @@ def test_score_dataframe_ad_hoc(spark: Any) -> None:
     model = LogisticRegression(max_iter=5000).fit(X, y)
     rows = [(i, [float(v) for v in X[i]]) for i in range(len(X))]
     df = spark.createDataFrame(rows, "customer_id long, features array<double>")
-    preds = bs.score(
-        df,
-        models=[{"name": "churn", "model": model, "features": ["features"], "output": "predict_proba"}],
-        id_columns=["customer_id"],
-    ).toPandas().sort_values("customer_id")
-    np.testing.assert_allclose(preds["prediction"].to_numpy(), model.predict_proba(X)[:, 1], rtol=1e-9)
+    preds = (
+        bs.score(
+            df,
+            models=[
+                {
+                    "name": "churn",
+                    "model": model,
+                    "features": ["features"],
+                    "output": "predict_proba",
+                }
+            ],
+            id_columns=["customer_id"],
+        )
+        .toPandas()
+        .sort_values("customer_id")
+    )
+    np.testing.assert_allclose(
+        preds["prediction"].to_numpy(), model.predict_proba(X)[:, 1], rtol=1e-9
+    )
     assert list(preds["label"]) == [str(c) for c in model.predict(X)]
     assert set(preds["model"]) == {"churn"}

@@ -407,7 +407,7 @@ def test_converter_that_disagrees_falls_back_to_opaque() -> None:
 def test_multi_target_regressor_is_refused() -> None:
     X, y = dataset("regression")
     model = Ridge().fit(X, np.c_[y, y])
-    with pytest.raises(ModelError, match="2 targets.*one model per target"):
+    with pytest.raises(ModelError, match=r"2 targets.*one model per target"):
         compile_model(model, model_name="m")
 
 
@@ -620,7 +620,7 @@ def test_compile_from_spec_defaults(tmp_path: Path) -> None:
 
 def test_predict_proba_on_regressor_is_refused(tmp_path: Path) -> None:
     path, digest = saved(tmp_path, "Ridge")
-    with pytest.raises(ModelError, match="Model 'reg' is a regressor.*set output: predict"):
+    with pytest.raises(ModelError, match=r"Model 'reg' is a regressor.*set output: predict"):
         compile_from_spec("reg", path, digest, "predict_proba", None)
 
 

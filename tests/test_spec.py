@@ -51,7 +51,9 @@ def test_contract_example_parses(tmp_path: Path) -> None:
     assert len(spec.spec_hash) == 64
 
 
-def test_relative_paths_resolve_against_the_spec_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_paths_resolve_against_the_spec_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "job.yaml").write_text(CONTRACT_EXAMPLE)
@@ -79,18 +81,47 @@ def test_run_date_can_come_later(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (("    features:", "    featurs:"), r"line 17: unknown key 'featurs' in models\[0\]\. Did you mean 'features'\?"),
+        (
+            ("    features:", "    featurs:"),
+            r"line 17: unknown key 'featurs' in models\[0\]\. Did you mean 'features'\?",
+        ),
         (("planner:", "planer:"), r"unknown key 'planer'.*Did you mean 'planner'\?"),
-        (("  layout: long", "  layout: tall"), r"invalid value for 'output.layout'.*'long' or 'wide'"),
-        (("  table: sales", "  table: sale"), r"source table 'sale' is not declared.*Did you mean 'sales'\?"),
-        (("{table: depts,", "{table: dept,"), r"joined table 'dept' is not declared.*Did you mean 'depts'\?"),
-        (("  partition_by: [ds]\n  mode", "  partition_by: [day]\n  mode"), r"'day' is not among source.id_columns"),
+        (
+            ("  layout: long", "  layout: tall"),
+            r"invalid value for 'output.layout'.*'long' or 'wide'",
+        ),
+        (
+            ("  table: sales", "  table: sale"),
+            r"source table 'sale' is not declared.*Did you mean 'sales'\?",
+        ),
+        (
+            ("{table: depts,", "{table: dept,"),
+            r"joined table 'dept' is not declared.*Did you mean 'depts'\?",
+        ),
+        (
+            ("  partition_by: [ds]\n  mode", "  partition_by: [day]\n  mode"),
+            r"'day' is not among source.id_columns",
+        ),
         (("name: walmart_weekly\n", ""), r"missing required key 'name'"),
-        (("where: \"ds = '{run_date}'\"", "where: \"ds = '{rundate}'\""), r"unknown placeholder '\{rundate\}'"),
+        (
+            ("where: \"ds = '{run_date}'\"", "where: \"ds = '{rundate}'\""),
+            r"unknown placeholder '\{rundate\}'",
+        ),
     ],
-    ids=["typo-model-key", "typo-section", "bad-enum", "unknown-source", "unknown-join", "partition-not-id", "missing-name", "bad-placeholder"],
+    ids=[
+        "typo-model-key",
+        "typo-section",
+        "bad-enum",
+        "unknown-source",
+        "unknown-join",
+        "partition-not-id",
+        "missing-name",
+        "bad-placeholder",
+    ],
 )
-def test_mistakes_name_the_key_and_the_fix(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+def test_mistakes_name_the_key_and_the_fix(
+    tmp_path: Path, edit: tuple[str, str], message: str
+) -> None:
     text = CONTRACT_EXAMPLE.replace(*edit)
     assert text != CONTRACT_EXAMPLE
     with pytest.raises(SpecError, match=message):
@@ -114,5 +145,9 @@ def test_missing_spec_file() -> None:
 
 def test_spec_hash_tracks_content(tmp_path: Path) -> None:
     a = parse_spec(CONTRACT_EXAMPLE, base_dir=tmp_path, run_date="2026-11-21")
-    b = parse_spec(CONTRACT_EXAMPLE.replace("layout: long", "layout: wide"), base_dir=tmp_path, run_date="2026-11-21")
+    b = parse_spec(
+        CONTRACT_EXAMPLE.replace("layout: long", "layout: wide"),
+        base_dir=tmp_path,
+        run_date="2026-11-21",
+    )
     assert a.spec_hash != b.spec_hash

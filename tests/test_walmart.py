@@ -18,11 +18,15 @@ from tests.conftest import SHARED_DATA
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "Walmart").exists(), reason="../shared/data/morpheus is not beside the repo")
+@pytest.mark.skipif(
+    not (SHARED_DATA / "Walmart").exists(), reason="../shared/data/morpheus is not beside the repo"
+)
 def test_walmart_scores_every_row_exactly(spark: Any, tmp_path: Path) -> None:
     from batchscore.datasets.morpheus import build_walmart, materialize_walmart
 
-    info = build_walmart(tmp_path, conf_path=tmp_path / "conf" / "walmart.yaml", shared=SHARED_DATA, spark=spark)
+    info = build_walmart(
+        tmp_path, conf_path=tmp_path / "conf" / "walmart.yaml", shared=SHARED_DATA, spark=spark
+    )
     result = bs.run(info.conf_path, spark=spark)
     assert result.status == "committed"
     table = pa.table(DeltaTable(str(info.output_path)).to_pyarrow_table())
@@ -31,7 +35,9 @@ def test_walmart_scores_every_row_exactly(spark: Any, tmp_path: Path) -> None:
     rows = table.filter(pc.equal(table["model"], "walmart_logreg")).sort_by("sale_id")
     assert rows.num_rows == X.shape[0] == 421_570
     assert rows["sale_id"].to_pylist() == list(range(421_570))
-    probability = np.asarray(pc.list_flatten(rows["probability"]).to_numpy(), dtype=float).reshape(-1, 7)
+    probability = np.asarray(pc.list_flatten(rows["probability"]).to_numpy(), dtype=float).reshape(
+        -1, 7
+    )
     assert np.max(np.abs(probability - model.predict_proba(X))) <= 1e-9
     assert rows["label"].to_pylist() == [str(c) for c in model.predict(X)]
     assert table.filter(pc.equal(table["model"], "walmart_lgbm")).num_rows == 421_570

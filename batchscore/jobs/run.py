@@ -58,8 +58,16 @@ def run_job(
 
     def result(status: RunStatus, rows: int, version: int | None, message: str = "") -> RunResult:
         return RunResult(
-            run_id, spec.name, spec.run_date, status, rows, version, out,
-            time.monotonic() - started, versions, message,
+            run_id,
+            spec.name,
+            spec.run_date,
+            status,
+            rows,
+            version,
+            out,
+            time.monotonic() - started,
+            versions,
+            message,
         )
 
     if done is not None and not force:
@@ -72,7 +80,9 @@ def run_job(
     session = spark or get_spark(master)
     predictions = lower(session, plan, run_id=run_id, scored_at=scored_at)
     check_schema_compatible(
-        out, to_arrow_schema(predictions.schema, timezone="UTC"), partition_by=plan.output.partition_by
+        out,
+        to_arrow_schema(predictions.schema, timezone="UTC"),
+        partition_by=plan.output.partition_by,
     )
     commit = write_delta(
         predictions,
@@ -93,7 +103,11 @@ def run_job(
 def _empty_selection(plan: LogicalPlan) -> str:
     """A partition filter that matches no file: say so before starting any Spark job."""
     for scan in plan.scans():
-        if isinstance(scan, Scan) and scan.partition_filters and scan.table == plan.spec.source.table:
+        if (
+            isinstance(scan, Scan)
+            and scan.partition_filters
+            and scan.table == plan.spec.source.table
+        ):
             info = plan.tables[scan.table]
             if not info.select_files(list(scan.partition_filters)):
                 where = plan.spec.source.where
@@ -112,7 +126,11 @@ def lineage(plan: LogicalPlan, *, run_id: str, scored_at: datetime) -> dict[str,
         "batchscore.scored_at": scored_at.isoformat(),
         "batchscore.version": __version__,
         "batchscore.models": {
-            b.name: {"sha256": b.model.sha256, "version": b.model.version, "kernel": b.model.kernel.kind}
+            b.name: {
+                "sha256": b.model.sha256,
+                "version": b.model.version,
+                "kernel": b.model.kernel.kind,
+            }
             for b in plan.models
         },
         "batchscore.inputs": {

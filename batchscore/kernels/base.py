@@ -56,7 +56,7 @@ def labels_from_proba(probability: np.ndarray, classes: tuple[str, ...]) -> np.n
     A row whose probabilities are NaN (a linear model fed a missing value) has no class: None,
     never the first class by accident of argmax.
     """
-    labels = np.asarray(classes, dtype=object)[np.argmax(probability, axis=1)]
+    labels: np.ndarray = np.asarray(classes, dtype=object)[np.argmax(probability, axis=1)]
     unknown = np.isnan(probability).any(axis=1)
     if unknown.any():
         labels = labels.copy()

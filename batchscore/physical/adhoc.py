@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -14,8 +12,12 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_type
 
 from batchscore.errors import DataError, SpecError, did_you_mean
-from batchscore.models.compiled import CompiledModel, check_feature_count, compile_from_spec
-from batchscore.models.registry import compile_model
+from batchscore.models.compiled import (
+    CompiledModel,
+    check_feature_count,
+    compile_from_object,
+    compile_from_spec,
+)
 from batchscore.physical.assemble import Column
 from batchscore.physical.score import IdField, ScoringModel, ScoringTask
 from batchscore.plan.catalog import column_kind
@@ -32,17 +34,21 @@ def score_dataframe(
     widths = _widths(df, {f for _, feats in compiled for f in feats})
     scoring = []
     for model, features in compiled:
-        cols = tuple(
-            Column(columns[f], f, _kind(df, f), widths[f]) for f in features
-        )
+        cols = tuple(Column(columns[f], f, _kind(df, f), widths[f]) for f in features)
         check_feature_count(model, sum(c.width for c in cols), ", ".join(features))
-        scoring.append(ScoringModel(model.name, model.version, model.kernel, model.output == "predict_proba", cols))
+        scoring.append(
+            ScoringModel(
+                model.name, model.version, model.kernel, model.output == "predict_proba", cols
+            )
+        )
     for column in id_columns:
         _require(df, column, "id column")
     ids = tuple(IdField(columns[c], c) for c in id_columns)
     threads = int(df.sparkSession.conf.get("spark.task.cpus", "1") or 1)
     run_id = f"adhoc-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    task = ScoringTask(tuple(scoring), ids, layout, run_id, datetime.now(UTC).replace(microsecond=0), threads)
+    task = ScoringTask(
+        tuple(scoring), ids, layout, run_id, datetime.now(UTC).replace(microsecond=0), threads
+    )
     return renamed.mapInArrow(task, _schema(df, id_columns, [m for m, _ in compiled], layout))
 
 
@@ -56,18 +62,20 @@ def _compile(index: int, entry: Mapping[str, Any]) -> tuple[CompiledModel, list[
             raise SpecError(f"models[{index}]: missing key '{key}'.")
     name, model, output = str(entry["name"]), entry["model"], entry.get("output")
     if isinstance(model, str):
-        compiled = compile_from_spec(name, model, sha256=entry.get("sha256"), output=output, version=entry.get("version"))
+        compiled = compile_from_spec(
+            name, model, sha256=entry.get("sha256"), output=output, version=entry.get("version")
+        )
     else:
-        kernel = compile_model(model, model_name=name)
-        digest = hashlib.sha256(pickle.dumps(model)).hexdigest()
-        default = "predict" if kernel.task == "regression" else "predict_proba"
-        compiled = CompiledModel(name, entry.get("version") or digest[:12], digest, kernel, output or default)
+        compiled = compile_from_object(name, model, output=output, version=entry.get("version"))
     return compiled, [str(f) for f in entry["features"]]
 
 
 def _require(df: DataFrame, column: str, what: str) -> None:
     if column not in df.columns:
-        raise SpecError(f"Unknown {what} '{column}': the DataFrame has no such column.{did_you_mean(column, df.columns)}")
+        raise SpecError(
+            f"Unknown {what} '{column}': the DataFrame has no such column."
+            f"{did_you_mean(column, df.columns)}"
+        )
 
 
 def _kind(df: DataFrame, column: str) -> str:
@@ -78,7 +86,10 @@ def _kind(df: DataFrame, column: str) -> str:
         return "vector"
     kind = column_kind(to_arrow_type(dtype))
     if kind is None:
-        raise DataError(f"Feature '{column}' is a {dtype.simpleString()} column; models read numbers, arrays or vectors.")
+        raise DataError(
+            f"Feature '{column}' is a {dtype.simpleString()} column; "
+            "models read numbers, arrays or vectors."
+        )
     return kind
 
 
@@ -98,7 +109,9 @@ def _widths(df: DataFrame, features: set[str]) -> dict[str, int]:
     return widths
 
 
-def _schema(df: DataFrame, ids: Sequence[str], models: Sequence[CompiledModel], layout: str) -> T.StructType:
+def _schema(
+    df: DataFrame, ids: Sequence[str], models: Sequence[CompiledModel], layout: str
+) -> T.StructType:
     id_fields = [T.StructField(c, df.schema[c].dataType, True) for c in ids]
     pred = [
         T.StructField("prediction", T.DoubleType()),
@@ -107,11 +120,12 @@ def _schema(df: DataFrame, ids: Sequence[str], models: Sequence[CompiledModel], 
     ]
     tail = [T.StructField("run_id", T.StringType()), T.StructField("scored_at", T.TimestampType())]
     if layout == "long":
-        head = [T.StructField("model", T.StringType()), T.StructField("model_version", T.StringType())]
+        head = [
+            T.StructField("model", T.StringType()),
+            T.StructField("model_version", T.StringType()),
+        ]
         return T.StructType([*id_fields, *head, *pred, *tail])
     fields = list(id_fields)
     for model in models:
         fields += [T.StructField(f"{model.name}__{f.name}", f.dataType) for f in pred]
     return T.StructType([*fields, *tail])
-
-

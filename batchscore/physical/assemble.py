@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,7 @@ import scipy.sparse as sp
 from batchscore.errors import DataError
 from batchscore.kernels.base import Matrix
 
-Block = np.ndarray | sp.csr_matrix
+Block: TypeAlias = "np.ndarray | sp.csr_matrix"
 SPARSE_MIN_WIDTH = 64
 
 
@@ -37,7 +38,9 @@ def assemble(batch: pa.RecordBatch, columns: Sequence[Column], cache: dict[str, 
     blocks = []
     for column in columns:
         if column.ref not in cache:
-            cache[column.ref] = _block(batch.column(batch.schema.get_field_index(column.ref)), column)
+            cache[column.ref] = _block(
+                batch.column(batch.schema.get_field_index(column.ref)), column
+            )
         blocks.append(cache[column.ref])
     if len(blocks) == 1:
         return blocks[0]
@@ -87,7 +90,11 @@ def _vector(array: pa.Array, column: Column) -> Block:
     kinds = pc.fill_null(array.field("type"), 1).to_numpy(zero_copy_only=False)
     sizes = array.field("size")
     values = array.field("values")
-    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    lengths = (
+        pc.fill_null(pc.list_value_length(values), 0)
+        .to_numpy(zero_copy_only=False)
+        .astype(np.int64)
+    )
     lengths[~valid] = 0
     _check_vector_width(column, valid, kinds, sizes, lengths)
     flat_values = _scalar(pc.list_flatten(values)) if lengths.sum() else np.zeros(0)
@@ -97,23 +104,26 @@ def _vector(array: pa.Array, column: Column) -> Block:
     sparse_rows = valid & (kinds == 0)
     if sparse_rows.any():
         element_sparse = np.repeat(sparse_rows, lengths)
-        cols[element_sparse] = pc.list_flatten(array.field("indices").filter(pa.array(sparse_rows))).to_numpy(
-            zero_copy_only=False
-        )
+        cols[element_sparse] = pc.list_flatten(
+            array.field("indices").filter(pa.array(sparse_rows))
+        ).to_numpy(zero_copy_only=False)
     matrix = sp.csr_matrix((flat_values, cols, indptr), shape=(n, width))
     if not valid.all():
         missing = np.flatnonzero(~valid)
         fill = sp.csr_matrix(
-            (np.full(len(missing) * width, np.nan), np.tile(np.arange(width), len(missing)),
-             np.arange(0, (len(missing) + 1) * width, width)),
+            (
+                np.full(len(missing) * width, np.nan),
+                np.tile(np.arange(width), len(missing)),
+                np.arange(0, (len(missing) + 1) * width, width),
+            ),
             shape=(len(missing), width),
         )
         pad = sp.lil_matrix((n, len(missing)))
         pad[missing, np.arange(len(missing))] = 1.0
         matrix = (matrix + pad.tocsr() @ fill).tocsr()
     if width < SPARSE_MIN_WIDTH:
-        return matrix.toarray()
-    return matrix
+        return np.asarray(matrix.toarray())
+    return sp.csr_matrix(matrix)
 
 
 def _check_vector_width(

@@ -23,7 +23,12 @@ BROADCAST_BYTES = 256 * 1024 * 1024
 
 
 def lower(
-    spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime, check_keys: bool = True
+    spark: SparkSession,
+    plan: LogicalPlan,
+    *,
+    run_id: str,
+    scored_at: datetime,
+    check_keys: bool = True,
 ) -> DataFrame:
     joined = lower_source(spark, plan, check_keys=check_keys)
     task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
@@ -44,7 +49,10 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
         _check_unique_keys(right, node)
     if _dimension_bytes(plan, node.right) <= BROADCAST_BYTES:
         right = F.broadcast(right)
-    condition = [F.col(qualified(node.parent, l)) == F.col(qualified(node.table, r)) for l, r in node.on]
+    condition = [
+        F.col(qualified(node.parent, left)) == F.col(qualified(node.table, right))
+        for left, right in node.on
+    ]
     return left.join(right, on=condition, how="left")
 
 
@@ -84,7 +92,9 @@ def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:
     return _dimension_bytes(plan, node.left) + _dimension_bytes(plan, node.right)
 
 
-def scoring_task(spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime) -> ScoringTask:
+def scoring_task(
+    spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime
+) -> ScoringTask:
     threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
     return ScoringTask(
         models=tuple(_scoring_model(b) for b in plan.models),
@@ -99,7 +109,9 @@ def scoring_task(spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_
 def _scoring_model(binding: ModelBinding) -> ScoringModel:
     model = binding.model
     columns = tuple(Column(f.ref, f.label, f.kind, f.width) for f in binding.features)
-    return ScoringModel(model.name, model.version, model.kernel, model.output == "predict_proba", columns)
+    return ScoringModel(
+        model.name, model.version, model.kernel, model.output == "predict_proba", columns
+    )
 
 
 def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
@@ -111,9 +123,15 @@ def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
         T.StructField("label", T.StringType(), True),
         T.StructField("probability", probability, True),
     ]
-    tail = [T.StructField("run_id", T.StringType(), True), T.StructField("scored_at", T.TimestampType(), True)]
+    tail = [
+        T.StructField("run_id", T.StringType(), True),
+        T.StructField("scored_at", T.TimestampType(), True),
+    ]
     if plan.output.layout == "long":
-        head = [T.StructField("model", T.StringType(), True), T.StructField("model_version", T.StringType(), True)]
+        head = [
+            T.StructField("model", T.StringType(), True),
+            T.StructField("model_version", T.StringType(), True),
+        ]
         fields = [*id_fields, *head, *prediction, *tail]
         assert [f.name for f in fields] == long_names(ids)
         return T.StructType(fields)
@@ -122,5 +140,3 @@ def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
         fields += [T.StructField(f"{binding.name}__{f.name}", f.dataType, True) for f in prediction]
     fields += tail
     return T.StructType(fields)
-
-

@@ -55,7 +55,9 @@ class ScoringTask:
             if batch.num_rows == 0:
                 continue
             outputs = self._score(batch)
-            yield (self._long(batch, outputs) if self.layout == "long" else self._wide(batch, outputs))
+            yield (
+                self._long(batch, outputs) if self.layout == "long" else self._wide(batch, outputs)
+            )
 
     def _score(self, batch: pa.RecordBatch) -> list[ScoreOutput]:
         cache: dict[str, Block] = {}
@@ -67,7 +69,9 @@ class ScoringTask:
             except BatchScoreError:
                 raise
             except Exception as exc:
-                raise StepError(f"Step 'score[{model.name}]' failed: {type(exc).__name__}: {exc}") from exc
+                raise StepError(
+                    f"Step 'score[{model.name}]' failed: {type(exc).__name__}: {exc}"
+                ) from exc
         return outputs
 
     def _ids(self, batch: pa.RecordBatch) -> list[pa.Array]:
@@ -101,7 +105,16 @@ class ScoringTask:
 
 
 def long_names(ids: Sequence[IdField]) -> list[str]:
-    return [*(i.name for i in ids), "model", "model_version", "prediction", "label", "probability", "run_id", "scored_at"]
+    return [
+        *(i.name for i in ids),
+        "model",
+        "model_version",
+        "prediction",
+        "label",
+        "probability",
+        "run_id",
+        "scored_at",
+    ]
 
 
 def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[str]:

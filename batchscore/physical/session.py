@@ -41,7 +41,9 @@ def get_spark(master: str | None = None, conf: dict[str, Any] | None = None) -> 
     elif not _under_submit():
         builder = builder.master("local[*]")
     settings = {**DEFAULT_CONF, **(conf or {})}
-    if (master is None and not _under_submit()) or (master or "").startswith(("local", "spark://127.0.0.1")):
+    if (master is None and not _under_submit()) or (master or "").startswith(
+        ("local", "spark://127.0.0.1")
+    ):
         settings.setdefault("spark.driver.host", "127.0.0.1")
         settings.setdefault("spark.driver.bindAddress", "127.0.0.1")
     settings.setdefault("spark.executorEnv.PYSPARK_PYTHON", os.environ["PYSPARK_PYTHON"])

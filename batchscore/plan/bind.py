@@ -52,7 +52,9 @@ def _bind_source(spec: JobSpec, tables: dict[str, TableInfo]) -> Node:
             )
     node: Node = _scan(fact, where or None)
     for join in spec.source.joins:
-        node = Join(node, _bind_dimension(join, tables), join.table, fact.name, _keys(join, fact, tables))
+        node = Join(
+            node, _bind_dimension(join, tables), join.table, fact.name, _keys(join, fact, tables)
+        )
     return node
 
 
@@ -61,11 +63,15 @@ def _bind_dimension(join: JoinSpec, tables: dict[str, TableInfo]) -> Node:
     info = tables[join.table]
     node: Node = _scan(info)
     for child in join.joins:
-        node = Join(node, _bind_dimension(child, tables), child.table, info.name, _keys(child, info, tables))
+        node = Join(
+            node, _bind_dimension(child, tables), child.table, info.name, _keys(child, info, tables)
+        )
     return node
 
 
-def _keys(join: JoinSpec, parent: TableInfo, tables: dict[str, TableInfo]) -> tuple[tuple[str, str], ...]:
+def _keys(
+    join: JoinSpec, parent: TableInfo, tables: dict[str, TableInfo]
+) -> tuple[tuple[str, str], ...]:
     dim = tables[join.table]
     pairs = []
     for left, right in join.on.items():
@@ -107,7 +113,9 @@ def _tables_in_job(spec: JobSpec) -> list[str]:
     return [spec.source.table, *(j.table for j in spec.all_joins())]
 
 
-def _resolve(spec: JobSpec, tables: dict[str, TableInfo], name: str, what: str) -> tuple[TableInfo, str]:
+def _resolve(
+    spec: JobSpec, tables: dict[str, TableInfo], name: str, what: str
+) -> tuple[TableInfo, str]:
     """`table.column` or a bare `column` that exactly one joined table has."""
     in_job = _tables_in_job(spec)
     if "." in name:
@@ -136,7 +144,9 @@ def _resolve(spec: JobSpec, tables: dict[str, TableInfo], name: str, what: str) 
     every = [c for t in in_job for c in tables[t].schema.names] + [
         f"{t}.{c}" for t in in_job for c in tables[t].schema.names
     ]
-    raise SpecError(f"Unknown {what.lower()} '{name}': no joined table has it.{did_you_mean(name, every)}")
+    raise SpecError(
+        f"Unknown {what.lower()} '{name}': no joined table has it.{did_you_mean(name, every)}"
+    )
 
 
 def _bind_id(spec: JobSpec, tables: dict[str, TableInfo], name: str) -> IdColumn:
@@ -153,7 +163,8 @@ def _bind_model(
         kind = column_kind(info.dtype(column))
         if kind is None:
             raise DataError(
-                f"Feature '{name}' of model '{model.name}' is a {info.dtype(column)} column; models "
+                f"Feature '{name}' of model '{model.name}' is a {info.dtype(column)} column; "
+                "models "
                 "read numbers, arrays of numbers or Spark ML vectors. Encode it first or drop it."
             )
         features.append(FeatureRef(info.name, column, kind, info.width(column)))

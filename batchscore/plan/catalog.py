@@ -31,10 +31,17 @@ def column_kind(dtype: pa.DataType) -> ColumnKind | None:
         return "scalar"
     if pa.types.is_decimal(dtype):
         return "scalar"
-    if pa.types.is_list(dtype) or pa.types.is_large_list(dtype) or pa.types.is_fixed_size_list(dtype):
+    if (
+        pa.types.is_list(dtype)
+        or pa.types.is_large_list(dtype)
+        or pa.types.is_fixed_size_list(dtype)
+    ):
         value = dtype.value_type
         return "array" if pa.types.is_floating(value) or pa.types.is_integer(value) else None
-    if pa.types.is_struct(dtype) and {dtype.field(i).name for i in range(dtype.num_fields)} == _VECTOR_FIELDS:
+    if (
+        pa.types.is_struct(dtype)
+        and {dtype.field(i).name for i in range(dtype.num_fields)} == _VECTOR_FIELDS
+    ):
         return "vector"
     return None
 
@@ -72,16 +79,32 @@ class TableInfo:
             for add in adds:
                 parts = {c: _as_str(add.get(f"partition.{c}")) for c in self.partition_columns}
                 rows = add.get("num_records")
-                out.append((str(add["path"]), parts, int(add["size_bytes"]), int(rows if rows is not None else -1)))
+                out.append(
+                    (
+                        str(add["path"]),
+                        parts,
+                        int(add["size_bytes"]),
+                        int(rows if rows is not None else -1),
+                    )
+                )
             return out
         dataset = _parquet_dataset(self.path)
         out = []
         for fragment in dataset.get_fragments():
             keys = ds.get_partition_keys(fragment.partition_expression)
-            out.append((fragment.path, {k: _as_str(v) for k, v in keys.items()}, os.path.getsize(fragment.path), -1))
+            out.append(
+                (
+                    fragment.path,
+                    {k: _as_str(v) for k, v in keys.items()},
+                    os.path.getsize(fragment.path),
+                    -1,
+                )
+            )
         return out
 
-    def select_files(self, filters: list[PartitionFilter]) -> list[tuple[str, dict[str, str | None], int, int]]:
+    def select_files(
+        self, filters: list[PartitionFilter]
+    ) -> list[tuple[str, dict[str, str | None], int, int]]:
         return [f for f in self.files if all(_matches(f[1].get(c), op, v) for c, op, v in filters)]
 
     def width(self, column: str) -> int:
@@ -127,8 +150,14 @@ def _matches(actual: str | None, op: str, value: object) -> bool:
     numbers = _both_numbers(actual, target)
     if numbers is not None:
         left, right = numbers
-        return {"=": left == right, "!=": left != right, "<": left < right,
-                "<=": left <= right, ">": left > right, ">=": left >= right}[op]
+        return {
+            "=": left == right,
+            "!=": left != right,
+            "<": left < right,
+            "<=": left <= right,
+            ">": left > right,
+            ">=": left >= right,
+        }[op]
     return {
         "=": actual == target,
         "!=": actual != target,
@@ -168,9 +197,11 @@ def _describe_delta(name: str, spec: TableSpec) -> TableInfo:
     from deltalake.exceptions import TableNotFoundError
 
     if "://" not in spec.path and not os.path.isdir(os.path.join(spec.path, "_delta_log")):
-        hint = " It holds Parquet files: set format: parquet." if glob.glob(
-            os.path.join(spec.path, "**", "*.parquet"), recursive=True
-        ) else ""
+        hint = (
+            " It holds Parquet files: set format: parquet."
+            if glob.glob(os.path.join(spec.path, "**", "*.parquet"), recursive=True)
+            else ""
+        )
         raise SpecError(
             f"Table '{name}': '{spec.path}' is not a Delta table (no _delta_log folder).{hint}"
         )
@@ -178,7 +209,7 @@ def _describe_delta(name: str, spec: TableSpec) -> TableInfo:
         table = DeltaTable(spec.path)
     except TableNotFoundError:
         raise SpecError(f"Table '{name}': '{spec.path}' is not a Delta table.") from None
-    schema = pa.schema(table.schema().to_arrow())  # type: ignore[arg-type]
+    schema = pa.schema(table.schema().to_arrow())
     parts = list(table.metadata().partition_columns)
     _check_declared_partitions(name, spec, parts)
     return TableInfo(name, spec, schema, parts, table.version())
@@ -192,10 +223,18 @@ def _describe_parquet(name: str, spec: TableSpec) -> TableInfo:
     if not dataset.files:
         raise SpecError(
             f"Table '{name}': no Parquet files under '{spec.path}'. "
-            + ("It is a Delta table: set format: delta." if os.path.isdir(os.path.join(spec.path, "_delta_log")) else "Check the path.")
+            + (
+                "It is a Delta table: set format: delta."
+                if os.path.isdir(os.path.join(spec.path, "_delta_log"))
+                else "Check the path."
+            )
         )
     schema = dataset.schema
-    parts = [f for f in schema.names if f in (dataset.partitioning.schema.names if dataset.partitioning else [])]
+    parts = [
+        f
+        for f in schema.names
+        if f in (dataset.partitioning.schema.names if dataset.partitioning else [])
+    ]
     _check_declared_partitions(name, spec, parts)
     return TableInfo(name, spec, schema, parts, None)
 

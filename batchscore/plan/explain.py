@@ -7,7 +7,11 @@ from batchscore.plan.nodes import LogicalPlan, ModelBinding, Node, Scan
 
 def explain(plan: LogicalPlan) -> str:
     spec = plan.spec
-    out = [f"== batchscore plan: {spec.name}" + (f" (run date {spec.run_date})" if spec.run_date else "") + " =="]
+    out = [
+        f"== batchscore plan: {spec.name}"
+        + (f" (run date {spec.run_date})" if spec.run_date else "")
+        + " =="
+    ]
     output = plan.output
     parts = f" partition_by={output.partition_by}" if output.partition_by else ""
     out.append(f"Write delta {output.path}  layout={output.layout} mode={output.mode}{parts}")
@@ -22,9 +26,12 @@ def explain(plan: LogicalPlan) -> str:
 
 def _model_line(binding: ModelBinding) -> str:
     model = binding.model
-    features = ", ".join(f.label if f.width == 1 else f"{f.label}[{f.width}]" for f in binding.features)
+    features = ", ".join(
+        f.label if f.width == 1 else f"{f.label}[{f.width}]" for f in binding.features
+    )
     return (
-        f"{model.name} (version {model.version}, output {model.output}): {model.kernel.describe()}; "
+        f"{model.name} (version {model.version}, output {model.output}): "
+        f"{model.kernel.describe()}; "
         f"{binding.n_inputs} inputs from {features}"
     )
 
@@ -54,5 +61,3 @@ def _scan_line(plan: LogicalPlan, scan: Scan) -> str:
     if scan.predicate:
         line += f" where: {scan.predicate}"
     return line
-
-

@@ -9,7 +9,7 @@ from sqlglot.errors import ParseError
 from batchscore.errors import SpecError
 from batchscore.plan.catalog import PartitionFilter
 
-_OPS: dict[type[exp.Expression], str] = {
+_OPS: dict[type[exp.Expr], str] = {
     exp.EQ: "=",
     exp.NEQ: "!=",
     exp.GT: ">",
@@ -20,13 +20,14 @@ _OPS: dict[type[exp.Expression], str] = {
 _FLIP = {">": "<", ">=": "<=", "<": ">", "<=": ">=", "=": "=", "!=": "!="}
 
 
-def parse_where(where: str) -> exp.Expression:
+def parse_where(where: str) -> exp.Expr:
     try:
         return sqlglot.parse_one(where, read="spark")
     except ParseError as exc:
         first = str(exc).splitlines()[0]
         raise SpecError(
-            f"source.where '{where}' is not a valid Spark SQL predicate ({first}). Fix the expression."
+            f"source.where '{where}' is not a valid Spark SQL predicate ({first}). "
+            "Fix the expression."
         ) from None
 
 
@@ -50,21 +51,33 @@ def partition_filters(where: str, partition_columns: list[str]) -> list[Partitio
     return out
 
 
-def _as_filters(term: exp.Expression, partitions: set[str]) -> list[PartitionFilter]:
+def _as_filters(term: exp.Expr, partitions: set[str]) -> list[PartitionFilter]:
     op = _OPS.get(type(term))
     if op is not None:
         left, right = term.this, term.expression
         if isinstance(right, exp.Column) and isinstance(left, exp.Literal):
             left, right, op = right, left, _FLIP[op]
-        if isinstance(left, exp.Column) and left.name in partitions and isinstance(right, exp.Literal):
+        if (
+            isinstance(left, exp.Column)
+            and left.name in partitions
+            and isinstance(right, exp.Literal)
+        ):
             return [(left.name, op, right.this)]
         return []
-    if isinstance(term, exp.In) and isinstance(term.this, exp.Column) and term.this.name in partitions:
+    if (
+        isinstance(term, exp.In)
+        and isinstance(term.this, exp.Column)
+        and term.this.name in partitions
+    ):
         values = term.expressions
         if values and all(isinstance(v, exp.Literal) for v in values):
             return [(term.this.name, "in", [v.this for v in values])]
         return []
-    if isinstance(term, exp.Between) and isinstance(term.this, exp.Column) and term.this.name in partitions:
+    if (
+        isinstance(term, exp.Between)
+        and isinstance(term.this, exp.Column)
+        and term.this.name in partitions
+    ):
         low, high = term.args.get("low"), term.args.get("high")
         if isinstance(low, exp.Literal) and isinstance(high, exp.Literal):
             return [(term.this.name, ">=", low.this), (term.this.name, "<=", high.this)]

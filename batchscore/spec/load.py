@@ -107,7 +107,8 @@ def _check_keys(
             hint = did_you_mean(str(key), allowed)
             raise ctx.error(
                 (*path, str(key)),
-                f"unknown key '{key}' in {_fmt_path(path)}.{hint} Valid keys: {', '.join(allowed)}.",
+                f"unknown key '{key}' in {_fmt_path(path)}.{hint} "
+                f"Valid keys: {', '.join(allowed)}.",
             )
     for key, value in data.items():
         annotation = model.model_fields[key].annotation
@@ -148,18 +149,23 @@ def _pydantic_error(ctx: _Context, exc: ValidationError) -> SpecError:
 
 
 def _resolve(base: Path, value: str) -> str:
-    if value.startswith(_PATH_PREFIXES) or _URI.match(value) and not re.match(r"^[A-Za-z]:\\", value):
+    if value.startswith(_PATH_PREFIXES) or (
+        _URI.match(value) and not re.match(r"^[A-Za-z]:\\", value)
+    ):
         return value
     path = Path(value).expanduser()
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-def _substitute(ctx: _Context, text: str, run_date: str | None, where: tuple[str | int, ...]) -> str:
+def _substitute(
+    ctx: _Context, text: str, run_date: str | None, where: tuple[str | int, ...]
+) -> str:
     names = set(_PLACEHOLDER.findall(text))
     unknown = names - {"run_date"}
     if unknown:
         raise ctx.error(
-            where, f"unknown placeholder '{{{sorted(unknown)[0]}}}'; only {{run_date}} is supported."
+            where,
+            f"unknown placeholder '{{{sorted(unknown)[0]}}}'; only {{run_date}} is supported.",
         )
     if "run_date" in names and run_date is not None:
         text = text.replace("{run_date}", run_date)
@@ -171,7 +177,7 @@ def parse_spec(
 ) -> JobSpec:
     """Parse and validate spec text. `base_dir` anchors relative paths (default: cwd)."""
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader derives from SafeLoader
+        raw = yaml.load(text, Loader=_Loader)
         lines = _line_index(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -180,7 +186,9 @@ def parse_spec(
         raise SpecError(f"Spec {source}{at}: malformed YAML ({problem}). Fix the syntax.") from None
     ctx = _Context(source, lines)
     if not isinstance(raw, dict):
-        raise ctx.error((), "a job spec must be a YAML mapping with keys name, tables, source, models, output.")
+        raise ctx.error(
+            (), "a job spec must be a YAML mapping with keys name, tables, source, models, output."
+        )
     if run_date is not None and not _RUN_DATE.match(run_date):
         raise SpecError(f"Run date '{run_date}' is not a date. Use the form YYYY-MM-DD.")
     _check_keys(ctx, raw, JobSpec, ())
@@ -223,11 +231,15 @@ def _check_joins(ctx: _Context, raw: dict[str, Any]) -> None:
         walk(source.get("joins"), ("source", "joins"))
 
 
-def _resolved(ctx: _Context, raw: dict[str, Any], base: Path, run_date: str | None) -> dict[str, Any]:
-    data = json.loads(json.dumps(raw, default=str))
+def _resolved(
+    ctx: _Context, raw: dict[str, Any], base: Path, run_date: str | None
+) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(json.dumps(raw, default=str))
     for name, table in (data.get("tables") or {}).items():
         if isinstance(table, dict) and isinstance(table.get("path"), str):
-            table["path"] = _resolve(base, _substitute(ctx, table["path"], run_date, ("tables", name, "path")))
+            table["path"] = _resolve(
+                base, _substitute(ctx, table["path"], run_date, ("tables", name, "path"))
+            )
     for i, model in enumerate(data.get("models") or []):
         if isinstance(model, dict) and isinstance(model.get("path"), str):
             model["path"] = _resolve(base, model["path"])
@@ -252,7 +264,9 @@ def load_spec(path: str | Path, *, run_date: str | None = None) -> JobSpec:
         raise SpecError(f"Spec file '{path}' does not exist. Check the path.") from None
     except OSError as exc:
         raise SpecError(f"Spec file '{path}' cannot be read: {exc.strerror}.") from None
-    return parse_spec(text, source=str(path), base_dir=spec_path.resolve().parent, run_date=run_date)
+    return parse_spec(
+        text, source=str(path), base_dir=spec_path.resolve().parent, run_date=run_date
+    )
 
 
 def with_run_date(spec: JobSpec, run_date: str | None) -> JobSpec:

@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import lightgbm
+import numpy as np
 
 from batchscore.errors import ModelError
 from batchscore.kernels.base import Kernel, Task
@@ -48,9 +49,9 @@ def booster(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel
     if objective == "binary":
         return _kernel(obj, model_str, objective, "binary", ("0", "1"), "Booster")
     if objective in ("multiclass", "multiclassova"):
-        k = _num_class(model_str)
-        classes = tuple(str(i) for i in range(k))
-        return _kernel(obj, model_str, objective, "multiclass", classes, "Booster")
+        classes = tuple(str(i) for i in range(_num_class(model_str)))
+        task: Task = "binary" if len(classes) == 2 else "multiclass"
+        return _kernel(obj, model_str, objective, task, classes, "Booster")
     if objective in REGRESSION_OBJECTIVES:
         return _kernel(obj, model_str, objective, "regression", None, "Booster")
     raise ModelError(
@@ -101,9 +102,8 @@ def classifier(obj: Any, *, model_name: str, n_features_hint: int | None) -> Ker
 def header(model_str: str) -> dict[str, str]:
     """The `key=value` lines at the top of a model string (before the first tree)."""
     out: dict[str, str] = {}
-    for line in model_str.splitlines():
-        if line.startswith("Tree="):
-            break
+    end = model_str.find("\nTree=")
+    for line in (model_str if end < 0 else model_str[:end]).splitlines():
         key, sep, value = line.partition("=")
         if sep:
             out.setdefault(key.strip(), value.strip())
@@ -165,7 +165,13 @@ _NODE_ARRAYS = (
     "internal_count",
 )
 _INT = re.compile(r"^[+-]?[0-9]+$")
-_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$|^[+-]?(inf|nan)$", re.I)
+# Bounded digit counts: LightGBM writes %.17g, and a bound keeps values without an exponent
+# inside double range, so only tokens with a 3-digit exponent need a closer look.
+_NUM = r"[+-]?(?:(?:[0-9]{1,40}\.?[0-9]{0,40}|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?|inf|nan)"
+_NUMBER = re.compile(rf"^{_NUM}$", re.I)
+_NUMBER_LIST = re.compile(rf"^ *(?:{_NUM}(?: +{_NUM})*)? *$", re.I)
+_INT_LIST = re.compile(r"^ *(?:[+-]?[0-9]{1,10}(?: +[+-]?[0-9]{1,10})*)? *$")
+_HUGE_OR_TINY = re.compile(r"[eE][+-]?0*[0-9]{3}")
 _PARAM_LINE = re.compile(rb"^\[[a-z0-9_]+: [^\n]*\]$")
 _NEEDED_HEADER = ("version", "num_class", "num_tree_per_iteration", "max_feature_idx")
 
@@ -246,7 +252,7 @@ def _tree_fields(text: str, where: str) -> dict[str, str]:
         key, sep, value = line.partition("=")
         if not sep:
             raise ModelTextError(f"{where} has a malformed line {line[:40]!r}")
-        _numbers(value.split(), f"{where} {key}")  # every field of a tree is numeric
+        _check_numbers(value, f"{where} {key}")  # every field of a tree is numeric
         fields[key] = value
     return fields
 
@@ -260,18 +266,19 @@ def _check_nodes(
     where: str,
 ) -> None:
     """Indices in range: out-of-range ones make the predictor read outside its arrays."""
-    ints: dict[str, list[int]] = {}
+    ints: dict[str, np.ndarray] = {}
     for key in ("split_feature", "decision_type", "left_child", "right_child"):
         if key not in arrays or "threshold" not in arrays:
             raise ModelTextError(f"{where} lacks {key} or threshold")
-        ints[key] = [_int(t, f"{where} {key}") for t in arrays[key]]
-    if any(not 0 <= f <= max_feature for f in ints["split_feature"]):
+        ints[key] = _ints(fields[key], f"{where} {key}")
+    features = ints["split_feature"]
+    if ((features < 0) | (features > max_feature)).any():
         raise ModelTextError(f"{where} splits on a feature beyond max_feature_idx")
     for key in ("left_child", "right_child"):
-        if any(not -leaves <= c < leaves - 1 for c in ints[key]):
+        if ((ints[key] < -leaves) | (ints[key] >= leaves - 1)).any():
             raise ModelTextError(f"{where} {key} points outside the tree")
-    categorical = [i for i, d in enumerate(ints["decision_type"]) if d & 1]
-    if not categorical:
+    categorical = np.flatnonzero(ints["decision_type"] & 1)
+    if categorical.size == 0:
         return
     bounds = [_int(b, f"{where} cat_boundaries") for b in fields.get("cat_boundaries", "").split()]
     cats = fields.get("cat_threshold", "").split()
@@ -287,8 +294,8 @@ def _check_linear(fields: dict[str, str], leaves: int, max_feature: int, where: 
     for key in ("leaf_features", "leaf_coeff"):
         if len(counts) != leaves or len(fields.get(key, "").split()) != sum(counts):
             raise ModelTextError(f"{where} has inconsistent linear leaves ({key})")
-    used = [_int(f, f"{where} leaf_features") for f in fields.get("leaf_features", "").split()]
-    if any(not 0 <= f <= max_feature for f in used):
+    used = _ints(fields.get("leaf_features", ""), f"{where} leaf_features")
+    if ((used < 0) | (used > max_feature)).any():
         raise ModelTextError(f"{where} leaf_features names a feature beyond max_feature_idx")
 
 
@@ -299,15 +306,33 @@ def _int(text: str, what: str) -> int:
     return int(text)
 
 
-def _numbers(tokens: list[str], what: str) -> None:
-    # A regex, not float(): Python also accepts "1_0" and " 1", which LightGBM's parser does not;
-    # and values outside double range make LightGBM's std::stod throw inside a parallel loop.
-    for token in tokens:
-        if not _NUMBER.match(token):
-            raise ModelTextError(f"{what} has a non-number {token[:40]!r}")
+def _ints(value: str, what: str) -> np.ndarray:
+    """A line of 32-bit integers as an array (vectorised: trees have thousands of nodes)."""
+    if not _INT_LIST.match(value):
+        raise ModelTextError(f"{what} is not a list of integers: {value[:40]!r}")
+    out = np.array(value.split(), dtype=np.int64)
+    if (np.abs(out) >= 2**31).any():
+        raise ModelTextError(f"{what} has a value beyond 32 bits")
+    return out
+
+
+def _check_numbers(value: str, what: str) -> None:
+    """Space-separated numbers LightGBM can parse: one regex per line keeps big models fast.
+
+    A regex, not float(): Python also accepts "1_0", which LightGBM does not; and a value
+    outside double range makes LightGBM's std::stod throw inside a parallel loop (abort).
+    """
+    if not _NUMBER_LIST.match(value):
+        bad = next((t for t in value.split() if not _NUMBER.match(t)), value)
+        raise ModelTextError(f"{what} has a non-number {bad[:40]!r}")
+    if not _HUGE_OR_TINY.search(value):
+        return
+    for token in value.split():
         if token.lstrip("+-").lower() in ("inf", "nan"):
             continue
-        value = abs(float(token))
+        magnitude = abs(float(token))
         mantissa = token.lower().partition("e")[0]
-        if math.isinf(value) or (value < sys.float_info.min and mantissa.strip("+-.0") != ""):
+        if math.isinf(magnitude) or (
+            magnitude < sys.float_info.min and mantissa.strip("+-.0") != ""
+        ):
             raise ModelTextError(f"{what} has a value outside double range {token[:40]!r}")

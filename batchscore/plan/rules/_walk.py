@@ -12,7 +12,9 @@ def replace_scans(node: Node, visit: Callable[[Scan], Scan]) -> Node:
     """Rebuild the tree with every Scan passed through `visit`."""
     if isinstance(node, Scan):
         return visit(node)
-    return replace(node, left=replace_scans(node.left, visit), right=replace_scans(node.right, visit))
+    return replace(
+        node, left=replace_scans(node.left, visit), right=replace_scans(node.right, visit)
+    )
 
 
 def root_table(node: Node) -> str:

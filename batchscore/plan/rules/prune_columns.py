@@ -21,7 +21,10 @@ def prune_columns(plan: LogicalPlan) -> LogicalPlan:
         info = plan.tables[scan.table]
         keep = tuple(c for c in info.schema.names if c in needed.get(scan.table, set()))
         decisions.append(
-            Decision("prune_columns", f"{scan.table}: reads {len(keep)} of {len(info.schema.names)} columns")
+            Decision(
+                "prune_columns",
+                f"{scan.table}: reads {len(keep)} of {len(info.schema.names)} columns",
+            )
         )
         return replace(scan, columns=keep)
 
@@ -49,5 +52,3 @@ def _needed_columns(plan: LogicalPlan) -> dict[str, set[str]]:
 
     walk(plan.source)
     return needed
-
-
