@@ -15,8 +15,18 @@ from pyspark.sql import types as T
 
 from batchscore.errors import DataError
 from batchscore.physical.assemble import Column
+from batchscore.physical.partial import PartialSpec, PartialTask
 from batchscore.physical.score import IdField, ScoringModel, ScoringTask, long_names
-from batchscore.plan.nodes import Join, LogicalPlan, ModelBinding, Node, Scan, qualified
+from batchscore.plan.nodes import (
+    Join,
+    LogicalPlan,
+    ModelBinding,
+    Node,
+    Partial,
+    Scan,
+    children,
+    qualified,
+)
 from batchscore.sinks.delta_table import read_delta
 
 BROADCAST_BYTES = 256 * 1024 * 1024
@@ -31,6 +41,8 @@ def lower(
     check_keys: bool = True,
 ) -> DataFrame:
     joined = lower_source(spark, plan, check_keys=check_keys)
+    inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
+    joined = joined.select(*dict.fromkeys(inputs))
     task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
     return joined.mapInArrow(task, output_schema(joined.schema, plan))
 
@@ -43,6 +55,8 @@ def lower_source(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = T
 def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) -> DataFrame:
     if isinstance(node, Scan):
         return _scan(spark, node)
+    if isinstance(node, Partial):
+        return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys)
     right = _node(spark, plan, node.right, check_keys)
     if check_keys:
@@ -74,6 +88,47 @@ def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
     return df.select(*(F.col(f"`{c}`").alias(qualified(scan.table, c)) for c in df.columns))
 
 
+def _partial(plan: LogicalPlan, node: Partial, child: DataFrame) -> DataFrame:
+    """Score the dimension's share of each affine model; keep only what is used above it."""
+    keep = tuple(c for c in child.columns if c in _needed_outside(plan, node))
+    partials = tuple(
+        PartialSpec(
+            tuple(Column(f.ref, f.label, f.kind, f.width) for f in model.inputs),
+            model.weights,
+            model.output.ref,
+        )
+        for model in node.models
+    )
+    schema = T.StructType(
+        [child.schema[c] for c in keep]
+        + [T.StructField(p.output, T.ArrayType(T.DoubleType()), True) for p in partials]
+    )
+    inputs = dict.fromkeys([*(c.ref for p in partials for c in p.columns), *keep])
+    return child.select(*inputs).mapInArrow(PartialTask(partials, keep), schema)
+
+
+def _needed_outside(plan: LogicalPlan, node: Partial) -> set[str]:
+    """Columns something outside this Partial's subtree reads: keys, features, ids, partials."""
+    inside = {id(n) for n in _walk(node.child)}
+    needed = {c.ref for c in plan.id_columns} | {f.ref for f in plan.features()}
+    for other in plan.nodes():
+        if isinstance(other, Join):
+            needed |= {qualified(other.parent, left) for left, _ in other.on}
+            needed |= {qualified(other.table, right) for _, right in other.on}
+        elif isinstance(other, Partial) and other is not node and id(other) not in inside:
+            needed |= {f.ref for m in other.models for f in m.inputs}
+    return needed
+
+
+def _walk(node: Node) -> list[Node]:
+    out, stack = [], [node]
+    while stack:
+        current = stack.pop()
+        out.append(current)
+        stack.extend(children(current))
+    return out
+
+
 def _check_unique_keys(dimension: DataFrame, join: Join) -> None:
     """Duplicate dimension keys would multiply fact rows: refuse before scoring anything."""
     keys = [qualified(join.table, r) for _, r in join.on]
@@ -87,9 +142,9 @@ def _check_unique_keys(dimension: DataFrame, join: Join) -> None:
 
 
 def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:
-    if isinstance(node, Scan):
-        return sum(f[2] for f in plan.tables[node.table].files)
-    return _dimension_bytes(plan, node.left) + _dimension_bytes(plan, node.right)
+    return sum(
+        sum(f[2] for f in plan.tables[s.table].files) for s in _walk(node) if isinstance(s, Scan)
+    )
 
 
 def scoring_task(

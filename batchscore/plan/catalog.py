@@ -56,6 +56,7 @@ class TableInfo:
     partition_columns: list[str]
     version: int | None
     _widths: dict[str, int] = field(default_factory=dict)
+    _nonzeros: dict[str, int] = field(default_factory=dict)
 
     @property
     def path(self) -> str:
@@ -107,6 +108,11 @@ class TableInfo:
     ) -> list[tuple[str, dict[str, str | None], int, int]]:
         return [f for f in self.files if all(_matches(f[1].get(c), op, v) for c, op, v in filters)]
 
+    def nonzeros(self, column: str) -> int:
+        """Stored values per row of a vector column (sparse: its non-zeros), from the sample."""
+        self.width(column)
+        return self._nonzeros.get(column, self._widths[column])
+
     def width(self, column: str) -> int:
         """Model inputs one value of `column` expands into (1 for numbers)."""
         if column not in self._widths:
@@ -129,6 +135,7 @@ class TableInfo:
                     continue
                 first = values[0].as_py()
                 if kind == "vector":
+                    self._nonzeros[column] = max(1, len(first["values"]))
                     return int(first["size"]) if first["type"] == 0 else len(first["values"])
                 return len(first)
         raise DataError(

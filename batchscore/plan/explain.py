@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchscore.plan.nodes import LogicalPlan, ModelBinding, Node, Scan
+from batchscore.plan.nodes import FeatureRef, LogicalPlan, ModelBinding, Node, Partial, Scan
 
 
 def explain(plan: LogicalPlan) -> str:
@@ -26,9 +26,7 @@ def explain(plan: LogicalPlan) -> str:
 
 def _model_line(binding: ModelBinding) -> str:
     model = binding.model
-    features = ", ".join(
-        f.label if f.width == 1 else f"{f.label}[{f.width}]" for f in binding.features
-    )
+    features = ", ".join(_input_label(f) for f in binding.features)
     return (
         f"{model.name} (version {model.version}, output {model.output}): "
         f"{model.kernel.describe()}; "
@@ -40,12 +38,29 @@ def _node_lines(plan: LogicalPlan, node: Node, depth: int) -> list[str]:
     pad = "  " * depth
     if isinstance(node, Scan):
         return [pad + _scan_line(plan, node)]
+    if isinstance(node, Partial):
+        parts = "; ".join(
+            f"{m.model}[{m.width}] <- {', '.join(_input_label(f) for f in m.inputs)}"
+            for m in node.models
+        )
+        floats = sum(m.width for m in node.models)
+        return [
+            f"{pad}PartialScore {node.table} ({floats} float(s) per row joined instead of "
+            f"features): {parts}",
+            *_node_lines(plan, node.child, depth + 1),
+        ]
     keys = " AND ".join(f"{node.parent}.{left} = {node.table}.{right}" for left, right in node.on)
     return [
         f"{pad}LeftJoin {node.table} ON {keys}",
         *_node_lines(plan, node.left, depth + 1),
         *_node_lines(plan, node.right, depth + 1),
     ]
+
+
+def _input_label(feature: FeatureRef) -> str:
+    if feature.column.startswith("partial__"):
+        return f"{feature.table}.{feature.column}[{feature.width}]"
+    return feature.label if feature.width == 1 else f"{feature.label}[{feature.width}]"
 
 
 def _scan_line(plan: LogicalPlan, scan: Scan) -> str:

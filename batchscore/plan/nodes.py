@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from batchscore.plan.catalog import ColumnKind, PartitionFilter, TableInfo
 from batchscore.spec.model import JobSpec, OutputSpec
 
@@ -39,7 +41,55 @@ class Join:
     on: tuple[tuple[str, str], ...]
 
 
-Node = Scan | Join
+@dataclass(frozen=True, eq=False)
+class PartialModel:
+    """One affine model's share of the decision that a dimension row contributes.
+
+    `inputs` are this dimension's features followed by partial columns of its own factorized
+    dimensions (snowflake); `weights` has one row per input value and `width` columns (the
+    model's decision columns), identity rows for the child partials.
+    """
+
+    model: str
+    inputs: tuple[FeatureRef, ...]
+    weights: np.ndarray
+    output: FeatureRef
+
+    @property
+    def width(self) -> int:
+        return int(self.weights.shape[1])
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Dimension-side partial scores: per row of `child`, one small array per affine model.
+
+    The join then carries `width` floats per model instead of the dimension's features.
+    """
+
+    child: Node
+    table: str
+    models: tuple[PartialModel, ...]
+
+
+Node = Scan | Join | Partial
+
+
+def subtree_tables(node: Node) -> set[str]:
+    """Every table a subtree reads."""
+    if isinstance(node, Scan):
+        return {node.table}
+    if isinstance(node, Partial):
+        return subtree_tables(node.child)
+    return subtree_tables(node.left) | subtree_tables(node.right)
+
+
+def children(node: Node) -> list[Node]:
+    if isinstance(node, Scan):
+        return []
+    if isinstance(node, Partial):
+        return [node.child]
+    return [node.left, node.right]
 
 
 @dataclass(frozen=True)
@@ -101,26 +151,24 @@ class LogicalPlan:
     output: OutputSpec
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
 
-    def scans(self) -> list[Scan]:
-        out: list[Scan] = []
+    def nodes(self) -> list[Node]:
+        """Every node, parents before children, left before right."""
+        out: list[Node] = []
         stack: list[Node] = [self.source]
         while stack:
             node = stack.pop()
-            if isinstance(node, Scan):
-                out.append(node)
-            else:
-                stack.extend([node.right, node.left])
+            out.append(node)
+            stack.extend(reversed(children(node)))
         return out
 
+    def scans(self) -> list[Scan]:
+        return [n for n in self.nodes() if isinstance(n, Scan)]
+
     def joins(self) -> list[Join]:
-        out: list[Join] = []
-        stack: list[Node] = [self.source]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, Join):
-                out.append(node)
-                stack.extend([node.right, node.left])
-        return out
+        return [n for n in self.nodes() if isinstance(n, Join)]
+
+    def partials(self) -> list[Partial]:
+        return [n for n in self.nodes() if isinstance(n, Partial)]
 
     def features(self) -> list[FeatureRef]:
         seen: dict[str, FeatureRef] = {}

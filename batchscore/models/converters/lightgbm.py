@@ -167,10 +167,14 @@ _NODE_ARRAYS = (
 _INT = re.compile(r"^[+-]?[0-9]+$")
 # Bounded digit counts: LightGBM writes %.17g, and a bound keeps values without an exponent
 # inside double range, so only tokens with a 3-digit exponent need a closer look.
-_NUM = r"[+-]?(?:(?:[0-9]{1,40}\.?[0-9]{0,40}|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?|inf|nan)"
+# Unambiguous (one way to match each token) and atomic, so a bad line fails in linear time
+# instead of backtracking through every token.
+_NUM = (
+    r"(?>[+-]?(?:(?:[0-9]{1,40}(?:\.[0-9]{0,40})?|\.[0-9]{1,40})(?:[eE][+-]?[0-9]{1,4})?|inf|nan))"
+)
 _NUMBER = re.compile(rf"^{_NUM}$", re.I)
-_NUMBER_LIST = re.compile(rf"^ *(?:{_NUM}(?: +{_NUM})*)? *$", re.I)
-_INT_LIST = re.compile(r"^ *(?:[+-]?[0-9]{1,10}(?: +[+-]?[0-9]{1,10})*)? *$")
+_NUMBER_LIST = re.compile(rf"^ *(?:{_NUM}(?> +{_NUM})*+)? *$", re.I)
+_INT_LIST = re.compile(r"^ *(?:(?>[+-]?[0-9]{1,10})(?> +(?>[+-]?[0-9]{1,10}))*+)? *$")
 _HUGE_OR_TINY = re.compile(r"[eE][+-]?0*[0-9]{3}")
 _PARAM_LINE = re.compile(rb"^\[[a-z0-9_]+: [^\n]*\]$")
 _NEEDED_HEADER = ("version", "num_class", "num_tree_per_iteration", "max_feature_idx")
@@ -278,14 +282,28 @@ def _check_nodes(
         if ((ints[key] < -leaves) | (ints[key] >= leaves - 1)).any():
             raise ModelTextError(f"{where} {key} points outside the tree")
     categorical = np.flatnonzero(ints["decision_type"] & 1)
-    if categorical.size == 0:
-        return
-    bounds = [_int(b, f"{where} cat_boundaries") for b in fields.get("cat_boundaries", "").split()]
-    cats = fields.get("cat_threshold", "").split()
-    if len(bounds) != num_cat + 1 or bounds[-1] != len(cats) or bounds != sorted(bounds):
+    if num_cat > 0 or categorical.size:
+        _check_categorical(fields, arrays["threshold"], categorical, num_cat, where)
+
+
+def _check_categorical(
+    fields: dict[str, str], thresholds: list[str], nodes: np.ndarray, num_cat: int, where: str
+) -> None:
+    """A categorical split's threshold indexes cat_boundaries, which indexes cat_threshold."""
+    if "cat_boundaries" not in fields or "cat_threshold" not in fields:
+        raise ModelTextError(f"{where} lacks cat_boundaries or cat_threshold")
+    bounds = _ints(fields["cat_boundaries"], f"{where} cat_boundaries")
+    bitsets = _ints(fields["cat_threshold"], f"{where} cat_threshold", limit=2**32)
+    if (
+        len(bounds) != num_cat + 1
+        or bounds[0] != 0
+        or bounds[-1] != len(bitsets)
+        or (np.diff(bounds) < 0).any()
+        or (bitsets < 0).any()
+    ):
         raise ModelTextError(f"{where} has inconsistent categorical splits")
-    for i in categorical:
-        if not 0 <= float(arrays["threshold"][i]) < num_cat:
+    for i in nodes:
+        if not 0 <= float(thresholds[i]) < num_cat:
             raise ModelTextError(f"{where} has a categorical split outside cat_boundaries")
 
 
@@ -306,12 +324,12 @@ def _int(text: str, what: str) -> int:
     return int(text)
 
 
-def _ints(value: str, what: str) -> np.ndarray:
-    """A line of 32-bit integers as an array (vectorised: trees have thousands of nodes)."""
+def _ints(value: str, what: str, *, limit: int = 2**31) -> np.ndarray:
+    """A line of integers below `limit` in magnitude (vectorised: trees have many nodes)."""
     if not _INT_LIST.match(value):
         raise ModelTextError(f"{what} is not a list of integers: {value[:40]!r}")
     out = np.array(value.split(), dtype=np.int64)
-    if (np.abs(out) >= 2**31).any():
+    if (np.abs(out) >= limit).any():
         raise ModelTextError(f"{what} has a value beyond 32 bits")
     return out
 

@@ -5,11 +5,25 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from batchscore.plan.nodes import LogicalPlan
+from batchscore.plan.rules.eliminate_unused_joins import eliminate_unused_joins
+from batchscore.plan.rules.factorize_linear import factorize_linear
 from batchscore.plan.rules.prune_columns import prune_columns
 from batchscore.plan.rules.prune_partitions import prune_partitions
 
 Rule = Callable[[LogicalPlan], LogicalPlan]
 
-RULES: tuple[Rule, ...] = (prune_partitions, prune_columns)
+RULES: tuple[Rule, ...] = (
+    eliminate_unused_joins,
+    prune_partitions,
+    factorize_linear,
+    prune_columns,
+)
 
-__all__ = ["RULES", "Rule", "prune_columns", "prune_partitions"]
+__all__ = [
+    "RULES",
+    "Rule",
+    "eliminate_unused_joins",
+    "factorize_linear",
+    "prune_columns",
+    "prune_partitions",
+]

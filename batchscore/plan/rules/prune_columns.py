@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from batchscore.plan.nodes import Decision, LogicalPlan, Node, Scan
+from batchscore.plan.nodes import Decision, LogicalPlan, Node, Partial, Scan, children
 from batchscore.plan.predicates import referenced_columns
 from batchscore.plan.rules._walk import replace_scans
 
@@ -37,18 +37,22 @@ def _needed_columns(plan: LogicalPlan) -> dict[str, set[str]]:
     for column in plan.id_columns:
         needed[column.table].add(column.column)
     for feature in plan.features():
-        needed[feature.table].add(feature.column)
+        needed.setdefault(feature.table, set()).add(feature.column)
 
     def walk(node: Node) -> None:
         if isinstance(node, Scan):
             if node.predicate:
                 needed[node.table] |= referenced_columns(node.predicate)
-            return
-        for left, right in node.on:
-            needed[node.parent].add(left)
-            needed[node.table].add(right)
-        walk(node.left)
-        walk(node.right)
+        elif isinstance(node, Partial):
+            for model in node.models:
+                for feature in model.inputs:
+                    needed.setdefault(feature.table, set()).add(feature.column)
+        else:
+            for left, right in node.on:
+                needed[node.parent].add(left)
+                needed[node.table].add(right)
+        for child in children(node):
+            walk(child)
 
     walk(plan.source)
     return needed
