@@ -12,6 +12,7 @@ import hashlib
 import pickle
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from batchscore.models import (
     register,
     supported_types,
 )
+from batchscore.models.converters.lightgbm import ModelTextError, _check_numbers
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -197,7 +199,7 @@ def fitted(case: str) -> Any:
 def reference(model: Any, X: Any, task: str) -> tuple[np.ndarray, np.ndarray | None, Any]:
     """What the estimator itself says: (prediction column, probability, labels)."""
     if isinstance(model, lgb.Booster):
-        raw = model.predict(X)
+        raw = np.asarray(model.predict(X), dtype=np.float64)
         if task == "regression":
             return raw, None, None
         proba = np.vstack((1.0 - raw, raw)).T if raw.ndim == 1 else raw
@@ -205,7 +207,7 @@ def reference(model: Any, X: Any, task: str) -> tuple[np.ndarray, np.ndarray | N
     elif task == "regression":
         return np.asarray(model.predict(X)).reshape(-1), None, None
     else:
-        proba = model.predict_proba(X)
+        proba = np.asarray(model.predict_proba(X))
         labels = np.asarray([str(v) for v in model.predict(X)], dtype=object)
     prediction = proba[:, 1] if task == "binary" else np.full(proba.shape[0], np.nan)
     return prediction, proba, labels
@@ -336,6 +338,32 @@ def test_affine_kernel_pickles() -> None:
     assert np.array_equal(clone.score(X).probability, kernel.score(X).probability)
 
 
+def test_early_stopped_lightgbm_uses_the_best_iteration() -> None:
+    X, y = dataset("binary")
+    model = lgb.LGBMClassifier(n_estimators=300, learning_rate=0.3, verbose=-1, n_jobs=1)
+    model.fit(
+        X[:400],
+        y[:400],
+        eval_set=[(X[400:], y[400:])],
+        callbacks=[lgb.early_stopping(3, verbose=False)],
+    )
+    assert 0 < model.best_iteration_ < 300
+    got = compile_model(model, model_name="m").score(X)
+    np.testing.assert_allclose(got.probability, model.predict_proba(X), rtol=RTOL, atol=0)
+
+
+def test_binary_softmax_link_matches_sklearn_formula() -> None:
+    """The link older scikit-learn used for a binary multinomial LogisticRegression."""
+    from sklearn.utils.extmath import softmax
+
+    rng = np.random.default_rng(3)
+    W, b, X = rng.normal(size=(4, 1)), rng.normal(size=1), rng.normal(size=(50, 4))
+    kernel = AffineKernel(W, b, "binary_softmax", ("a", "b"))
+    s = X @ W[:, 0] + b[0]
+    np.testing.assert_array_equal(kernel.score(X).probability, softmax(np.c_[-s, s]))
+    assert kernel.score(X).label.tolist() == np.where(s > 0, "b", "a").tolist()
+
+
 # ---------------------------------------------------------------- registry
 
 
@@ -383,6 +411,17 @@ def test_object_with_predict_is_opaque() -> None:
     assert kernel.kind == "opaque" and kernel.describe() == "opaque (CustomRegressor)"
     X = np.arange(6.0).reshape(2, 3)
     assert kernel.score(X).prediction.tolist() == [3.0, 12.0]
+
+
+class Undeclared:
+    def predict(self, X: Any) -> np.ndarray:
+        return np.zeros(X.shape[0])
+
+
+def test_opaque_input_count_comes_from_the_hint_when_undeclared() -> None:
+    assert compile_model(Undeclared(), model_name="m", n_features_hint=7).n_features == 7
+    unknown = compile_from_object("m", Undeclared())
+    check_feature_count(unknown, 12, "[a, b]")  # cannot know: the planner's count stands
 
 
 def test_opaque_densifies_when_sparse_is_refused() -> None:
@@ -586,6 +625,21 @@ for i in range(300):
         assert "\\n" not in str(exc)
 print("survived")
 """
+
+
+def test_damaged_numeric_line_is_refused_fast(tmp_path: Path) -> None:
+    """A bad token at the end of a long line must not send the checker's regex backtracking."""
+    text = fitted("LGBMClassifier-binary").booster_.model_to_string()
+    at = text.index("\nis_linear=")
+    path = tmp_path / "model.txt"
+    path.write_text(text[: at - 1] + "x" + text[at:])  # same length: passes the size checks
+    started = time.perf_counter()
+    with pytest.raises(ModelError, match="cannot be loaded"):
+        load_artifact(str(path), sha256=None, model_name="m")
+    long_line = " ".join(["1234567"] * 400) + "x"  # backtracking would try 7**400 splits
+    with pytest.raises(ModelTextError, match="non-number"):
+        _check_numbers(long_line, "leaf_count")
+    assert time.perf_counter() - started < 2.0
 
 
 def test_damaged_lightgbm_text_never_crashes_the_process(tmp_path: Path) -> None:
