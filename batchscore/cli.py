@@ -8,14 +8,16 @@ starting with "error:" to stderr, never a traceback (set BATCHSCORE_DEBUG=1 for 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from batchscore.commands import COMMAND_MODULES
 from batchscore.errors import BatchScoreError, SpecError
 
 
@@ -43,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="a table's commits with their lineage")
     history.add_argument("path")
     history.add_argument("--json", action="store_true", help="print JSON lines")
+    for name in COMMAND_MODULES:
+        COMMANDS.update(importlib.import_module(name).register(sub))
     return parser
 
 
@@ -149,7 +153,13 @@ def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
-COMMANDS = {"run": _cmd_run, "explain": _cmd_explain, "sql": _cmd_sql, "history": _cmd_history}
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, Handler] = {
+    "run": _cmd_run,
+    "explain": _cmd_explain,
+    "sql": _cmd_sql,
+    "history": _cmd_history,
+}
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
