@@ -16,7 +16,13 @@ from pyspark.sql import types as T
 from batchscore.errors import DataError
 from batchscore.physical.assemble import Column
 from batchscore.physical.partial import PartialSpec, PartialTask
-from batchscore.physical.score import IdField, ScoringModel, ScoringTask, long_names
+from batchscore.physical.score import (
+    IdField,
+    ScoringGroup,
+    ScoringModel,
+    ScoringTask,
+    long_names,
+)
 from batchscore.plan.nodes import (
     Join,
     LogicalPlan,
@@ -151,7 +157,17 @@ def scoring_task(
     spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime
 ) -> ScoringTask:
     threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    index = {b.name: i for i, b in enumerate(plan.models)}
+    groups = tuple(
+        ScoringGroup(
+            tuple(index[name] for name in g.names),
+            tuple(Column(f.ref, f.label, f.kind, f.width) for f in g.inputs),
+            g.group,
+        )
+        for g in plan.groups
+    )
     return ScoringTask(
+        groups=groups,
         models=tuple(_scoring_model(b) for b in plan.models),
         ids=tuple(IdField(c.ref, c.output_name) for c in plan.id_columns),
         layout=plan.output.layout,

@@ -11,12 +11,16 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from batchscore.errors import BatchScoreError, StepError
 from batchscore.kernels.base import Kernel, ScoreOutput
+
+if TYPE_CHECKING:
+    from batchscore.kernels.batched import AffineGroup
 from batchscore.physical.assemble import Block, Column, assemble
 
 PROBABILITY = pa.list_(pa.float64())
@@ -41,6 +45,15 @@ class IdField:
 
 
 @dataclass(frozen=True)
+class ScoringGroup:
+    """Models (by index into ScoringTask.models) scored from one union matrix."""
+
+    members: tuple[int, ...]
+    columns: tuple[Column, ...]
+    group: AffineGroup
+
+
+@dataclass(frozen=True)
 class ScoringTask:
     models: tuple[ScoringModel, ...]
     ids: tuple[IdField, ...]
@@ -48,6 +61,7 @@ class ScoringTask:
     run_id: str
     scored_at: datetime
     threads: int
+    groups: tuple[ScoringGroup, ...] = ()
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _limit_threads(self.threads)
@@ -61,8 +75,25 @@ class ScoringTask:
 
     def _score(self, batch: pa.RecordBatch) -> list[ScoreOutput]:
         cache: dict[str, Block] = {}
+        done: dict[int, ScoreOutput] = {}
+        for group in self.groups:
+            matrix = assemble(batch, group.columns, cache)
+            flags = [self.models[i].proba for i in group.members]
+            try:
+                scored = group.group.score(matrix, flags)
+            except BatchScoreError:
+                raise
+            except Exception as exc:
+                names = ", ".join(self.models[i].name for i in group.members)
+                raise StepError(
+                    f"Step 'score[{names}]' failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            done.update(zip(group.members, scored, strict=True))
         outputs = []
-        for model in self.models:
+        for index, model in enumerate(self.models):
+            if index in done:
+                outputs.append(done[index])
+                continue
             matrix = assemble(batch, model.columns, cache)
             try:
                 outputs.append(model.kernel.score(matrix, proba=model.proba))

@@ -2,8 +2,10 @@
 
 The unit is bytes moved (scan, join payload, Arrow transfer to Python) plus floating-point work
 weighted by FLOP_WEIGHT: on a Spark executor moving a byte through a join and the Arrow bridge
-costs far more than a multiply-add, so a plan that moves fewer bytes wins unless it multiplies
-much more. Row counts come from Delta statistics or Parquet footers, feature sizes from a sampled
+(~10 ns) costs far more than a BLAS multiply-add (~0.5 ns), so a plan that moves fewer bytes wins
+unless it multiplies much more. An extra pass over a dimension (one more stage and Python
+worker round trip) costs a fixed PASS_BYTES on top, so tiny inputs stay materialized.
+Row counts come from Delta statistics or Parquet footers, feature sizes from a sampled
 row (sparse vectors count their non-zeros).
 """
 
@@ -17,7 +19,8 @@ import pyarrow.parquet as pq
 from batchscore.plan.catalog import TableInfo
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, Scan
 
-FLOP_WEIGHT = 0.25
+FLOP_WEIGHT = 0.05
+PASS_BYTES = 20e6
 FOOTERS_READ = 64
 
 

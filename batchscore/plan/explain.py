@@ -17,6 +17,11 @@ def explain(plan: LogicalPlan) -> str:
     out.append(f"Write delta {output.path}  layout={output.layout} mode={output.mode}{parts}")
     out.append(f"  Score {len(plan.models)} model(s) with mapInArrow")
     out.extend("    " + _model_line(binding) for binding in plan.models)
+    for group in plan.groups:
+        out.append(
+            f"    batched group [{', '.join(group.names)}]: union of {len(group.inputs)} inputs, "
+            f"W {group.group.weights.shape[0]} x {group.group.weights.shape[1]}"
+        )
     out.extend(_node_lines(plan, plan.source, depth=1))
     if plan.decisions:
         out.append("Decisions:")

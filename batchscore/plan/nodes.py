@@ -11,6 +11,7 @@ from batchscore.plan.catalog import ColumnKind, PartitionFilter, TableInfo
 from batchscore.spec.model import JobSpec, OutputSpec
 
 if TYPE_CHECKING:
+    from batchscore.kernels.batched import AffineGroup
     from batchscore.models.compiled import CompiledModel
 
 
@@ -142,6 +143,15 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class ModelGroup:
+    """Affine models scored from one union matrix (see kernels.batched.AffineGroup)."""
+
+    names: tuple[str, ...]
+    inputs: tuple[FeatureRef, ...]
+    group: AffineGroup
+
+
+@dataclass(frozen=True)
 class LogicalPlan:
     spec: JobSpec
     tables: dict[str, TableInfo]
@@ -150,6 +160,7 @@ class LogicalPlan:
     id_columns: tuple[IdColumn, ...]
     output: OutputSpec
     decisions: tuple[Decision, ...] = field(default_factory=tuple)
+    groups: tuple[ModelGroup, ...] = ()
 
     def nodes(self) -> list[Node]:
         """Every node, parents before children, left before right."""

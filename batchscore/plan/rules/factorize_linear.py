@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from batchscore.kernels.affine import AffineKernel
-from batchscore.plan.cost import JoinCost, fact_rows, table_rows, value_bytes
+from batchscore.plan.cost import PASS_BYTES, JoinCost, fact_rows, table_rows, value_bytes
 from batchscore.plan.nodes import (
     Decision,
     FeatureRef,
@@ -146,7 +146,7 @@ class _Rewrite:
                 else:
                     fact_values += values
             flops_f += 2.0 * k * self.fact_rows
-        dim_bytes = dim_rows * (sum(moved.values()) + 8.0 * columns)
+        dim_bytes = dim_rows * (sum(moved.values()) + 8.0 * columns) + PASS_BYTES
         return JoinCost(
             table=table,
             fact_rows=self.fact_rows,

@@ -1,0 +1,201 @@
+"""Reruns and housekeeping at benchmark size.
+
+1. reruns: the demo job (~20k sales/day, 3 models) committed for one run date, then N reruns of
+   that same date (N=100; quick: 10). A rerun of a committed (job, run date) must be a no-op:
+   the row shows the time per rerun, and the table must hold exactly one copy of each
+   (sale_id, model). A few forced reruns (which replace the partition) follow, with the same
+   check.
+2. daily + optimize: 30 daily runs (quick: 10) into one table, then `optimize`: the live file
+   count and the time of an aggregate query over the whole table, before and after compaction
+   (the query answers must be identical).
+
+`python -m bench.reruns [--quick]` runs it alone; `bench/run.py` runs it with the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Context, Row, peak_rss_mb, timed
+
+QUERY = (
+    "SELECT model, count(*) AS n, round(avg(prediction), 9) AS mean "
+    "FROM preds GROUP BY model ORDER BY model"
+)
+
+
+def _build(root: Path, *, days: int, rows_per_day: int) -> Path:
+    from batchscore.datasets.demo import build_demo
+
+    if root.exists():
+        shutil.rmtree(root)
+    conf = root / "conf" / "demo.yaml"
+    build_demo(root, conf_path=conf, days=days, rows_per_day=rows_per_day, seed=11)
+    return conf
+
+
+def _one_copy(out: Path) -> tuple[int, bool]:
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    table = pa.table(DeltaTable(str(out)).to_pyarrow_table(columns=["sale_id", "model", "ds"]))
+    keys = Counter(zip(table["sale_id"].to_pylist(), table["model"].to_pylist(), strict=True))
+    return table.num_rows, all(n == 1 for n in keys.values())
+
+
+def reruns(ctx: Context) -> list[Row]:
+    import batchscore as bs
+    from batchscore.sinks.delta_table import table_version
+
+    n = 10 if ctx.quick else 100
+    forced = 2 if ctx.quick else 5
+    rows_per_day = 20_000
+    conf = _build(ctx.workdir / "reruns_demo", days=1, rows_per_day=rows_per_day)
+    spec = bs.load_spec(conf)
+    day = "2026-11-21"
+    start = time.perf_counter()
+    first = bs.run(spec, run_date=day, spark=ctx.spark)
+    first_s = time.perf_counter() - start
+    assert first.status == "committed", first.summary()
+    out = Path(first.output_path)
+    version = table_version(out)
+    start = time.perf_counter()
+    statuses = Counter(bs.run(spec, run_date=day, spark=ctx.spark).status for _ in range(n))
+    noop_s = time.perf_counter() - start
+    assert statuses == Counter({"skipped": n}), statuses
+    assert table_version(out) == version
+    rows, single = _one_copy(out)
+    assert single and rows == first.rows, (rows, first.rows)
+    start = time.perf_counter()
+    for _ in range(forced):
+        assert bs.run(spec, run_date=day, spark=ctx.spark, force=True).status == "committed"
+    forced_s = time.perf_counter() - start
+    rows, single = _one_copy(out)
+    assert single and rows == first.rows, (rows, first.rows)
+    ctx.notes.append(
+        f"reruns: {n} reruns of one committed run date left {rows:,} rows, each (sale_id, "
+        f"model) once; {forced} forced reruns (partition replaced) too."
+    )
+    return [
+        Row("reruns", "first run (commit)", first.rows, first_s, peak_rss_mb=peak_rss_mb()),
+        Row(
+            "reruns",
+            f"{n} reruns of a committed date (no-op)",
+            n,
+            noop_s,
+            baseline="first run",
+            baseline_seconds=first_s * n,
+            extra=f"{noop_s / n * 1000:.0f} ms per rerun; one copy of each row: {single}",
+            peak_rss_mb=peak_rss_mb(),
+        ),
+        Row(
+            "reruns",
+            f"{forced} forced reruns (overwrite partition)",
+            first.rows * forced,
+            forced_s,
+            extra=f"{forced_s / forced:.1f} s per rerun; one copy of each row: {single}",
+            peak_rss_mb=peak_rss_mb(),
+        ),
+    ]
+
+
+def daily_then_optimize(ctx: Context) -> list[Row]:
+    import batchscore as bs
+    from batchscore.jobs.backfill import run_range
+    from batchscore.sinks.maintenance import live_files, optimize
+
+    days = 10 if ctx.quick else 30
+    rows_per_day = 2_000 if ctx.quick else 5_000
+    conf = _build(ctx.workdir / "daily_demo", days=days, rows_per_day=rows_per_day)
+    spec = bs.load_spec(conf)
+    from datetime import date, timedelta
+
+    last = date(2026, 11, 21)
+    first_day = (last - timedelta(days=days - 1)).isoformat()
+    start = time.perf_counter()
+    results = run_range(
+        spec, start=first_day, end=last.isoformat(), spark=ctx.spark, echo=lambda _: None
+    )
+    daily_s = time.perf_counter() - start
+    assert all(r.status == "committed" for r in results), [r.summary() for r in results]
+    out = Path(results[-1].output_path)
+    total = sum(r.rows for r in results)
+    files_before = len(live_files(out))
+
+    def query() -> list[tuple[Any, ...]]:
+        df = bs.sql(QUERY, tables={"preds": str(out)}, spark=ctx.spark)
+        return [tuple(r) for r in df.collect()]
+
+    query()  # warm the Python workers
+    before_s, before = timed(query, ctx.repeats)
+    start = time.perf_counter()
+    result = optimize(out)
+    optimize_s = time.perf_counter() - start
+    files_after = len(live_files(out))
+    after_s, after = timed(query, ctx.repeats)
+    assert before == after, (before, after)
+    ctx.notes.append(
+        f"daily+optimize: {days} daily runs, {total:,} rows; live files {files_before} -> "
+        f"{files_after}; query answers identical before and after."
+    )
+    return [
+        Row(
+            "daily+optimize",
+            f"{days} daily runs (backfill)",
+            total,
+            daily_s,
+            extra=f"{daily_s / days:.1f} s per run date",
+            peak_rss_mb=peak_rss_mb(),
+        ),
+        Row(
+            "daily+optimize",
+            "optimize (compact)",
+            total,
+            optimize_s,
+            extra=f"files {files_before} -> {files_after}; {result.summary()}",
+            peak_rss_mb=peak_rss_mb(),
+        ),
+        Row(
+            "daily+optimize",
+            "query after optimize",
+            total,
+            after_s,
+            baseline="query before optimize",
+            baseline_seconds=before_s,
+            extra=f"{files_after} files vs {files_before}; same answer",
+            peak_rss_mb=peak_rss_mb(),
+        ),
+    ]
+
+
+def run(ctx: Context) -> list[Row]:
+    return reruns(ctx) + daily_then_optimize(ctx)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="N=10, 10 days, smaller data")
+    args = parser.parse_args()
+    from batchscore.cli import hard_exit
+    from batchscore.physical.session import get_spark, prepare_environment
+    from bench.harness import OUT
+    from bench.run import _fmt
+
+    prepare_environment()
+    OUT.mkdir(parents=True, exist_ok=True)
+    spark = get_spark("local[2]", {"spark.sql.shuffle.partitions": "4"})
+    ctx = Context(quick=args.quick, repeats=1 if args.quick else 3, workdir=OUT, spark=spark)
+    for row in run(ctx):
+        print(_fmt(row), flush=True)
+    for note in ctx.notes:
+        print(note, flush=True)
+    hard_exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Walmart end to end through Spark: factorized vs materialized vs the peer vs the bound.
+
+Variants, all in one Spark session on the same tables and the same Delta sink:
+  peer        the materialized join, then `pyspark.ml.functions.predict_batch_udf` per model
+              (features flattened into one array column, as that API requires)
+  naive       batchscore with every optimizer rule off (materialize, then score)
+  optimized   batchscore with its rules (factorized where the cost model says so)
+  bound       the same scans, joins and Delta write, scoring replaced by a constant
+Two jobs: the multinomial logistic regression alone (where factorization applies to the whole
+model), and both models (the LightGBM model still needs the dimension features joined).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Context, Row, peak_rss_mb, timed
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "morpheus"
+
+
+def _only_logreg(spec_text: str) -> str:
+    models = re.search(r"models:\n(.*?)\noutput:", spec_text, re.S)
+    assert models is not None
+    blocks = re.split(r"\n(?=- name:|  - name:)", models.group(1))
+    keep = [b for b in blocks if "walmart_logreg" in b]
+    return spec_text.replace(models.group(1), "\n".join(keep))
+
+
+def _peer(spark: Any, plan: Any, out: Path) -> int:
+    import joblib
+    import lightgbm as lgb
+    from pyspark.ml.functions import predict_batch_udf, vector_to_array
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from batchscore.physical.lower import lower_source
+    from batchscore.sinks.delta_table import write_delta
+
+    joined = lower_source(spark, plan, check_keys=False)
+    parts = []
+    for feature in plan.models[0].features:
+        column = F.col(feature.ref)
+        if feature.kind == "vector":
+            parts.append(vector_to_array(column))
+        elif feature.kind == "array":
+            parts.append(column)
+        else:
+            parts.append(F.array(column.cast("double")))
+    width = sum(f.width for f in plan.models[0].features)
+    df = joined.select(
+        *(F.col(c.ref).alias(c.output_name) for c in plan.id_columns), F.concat(*parts).alias("x")
+    )
+    for binding in plan.models:
+        path = binding.model.sha256 and _artifact(plan, binding.name)
+
+        def make_predict_fn(path: str = path) -> Any:
+            model = lgb.Booster(model_file=path) if path.endswith(".txt") else joblib.load(path)
+
+            def predict(x: Any) -> Any:
+                return model.predict(x) if path.endswith(".txt") else model.predict_proba(x)
+
+            return predict
+
+        udf = predict_batch_udf(
+            make_predict_fn, return_type=T.ArrayType(T.DoubleType()), batch_size=4096,
+            input_tensor_shapes=[[width]],
+        )  # fmt: skip
+        df = df.withColumn(f"{binding.name}__probability", udf("x"))
+    result = write_delta(df.drop("x"), str(out), mode="overwrite", partition_by=["ds"])
+    return result.rows
+
+
+def _artifact(plan: Any, name: str) -> str:
+    return next(m.path for m in plan.spec.models if m.name == name)
+
+
+def _bound(spark: Any, plan: Any, out: Path) -> int:
+    from pyspark.sql import functions as F
+
+    from batchscore.physical.lower import lower_source
+    from batchscore.sinks.delta_table import write_delta
+
+    joined = lower_source(spark, plan, check_keys=False)
+    inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
+    df = joined.select(*dict.fromkeys(inputs))
+    consumed = df.select(
+        *(F.col(c.ref).alias(c.output_name) for c in plan.id_columns),
+        F.lit(0.5).alias("prediction"),
+        *(F.hash(F.col(f.ref)).alias(f"h{i}") for i, f in enumerate(plan.features())),
+    )
+    return write_delta(consumed, str(out), mode="overwrite", partition_by=["ds"]).rows
+
+
+JOBS = (
+    ("walmart, logistic regression", "glm.yaml"),
+    ("walmart, logreg + LightGBM", "walmart.yaml"),
+)
+PEER = "peer: join + predict_batch_udf"
+BOUND = "bound (scan+join+write, constant score)"
+
+
+def run(ctx: Context) -> list[Row]:
+    from batchscore.datasets.morpheus import build_walmart
+
+    root = ctx.workdir / "walmart"
+    conf = root / "conf" / "walmart.yaml"
+    if not conf.exists():
+        build_walmart(root, conf_path=conf, shared=SHARED, spark=ctx.spark)
+    glm = _only_logreg(conf.read_text()).replace("walmart_predictions", "glm_predictions")
+    (root / "conf" / "glm.yaml").write_text(glm)
+    rows: list[Row] = []
+    for job, spec_name in JOBS:
+        rows += _job(ctx, job, root / "conf" / spec_name, root / "bench_out")
+    return rows
+
+
+def _job(ctx: Context, job: str, spec_path: Path, out: Path) -> list[Row]:
+    from batchscore.jobs.run import plan_job, run_job
+    from batchscore.plan.rules import eliminate_unused_joins, prune_columns, prune_partitions
+    from batchscore.spec import load_spec
+
+    spec = load_spec(spec_path)
+    plan = plan_job(spec, rules=(eliminate_unused_joins, prune_partitions, prune_columns))
+    n_rows = 421_570 * len(spec.models)
+    variants: dict[str, Any] = {
+        BOUND: lambda: _bound(ctx.spark, plan, out),
+        "batchscore naive (no rules)": lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
+        "batchscore optimized": lambda: run_job(spec, spark=ctx.spark, force=True),
+    }
+    if not ctx.quick:
+        variants[PEER] = lambda: _peer(ctx.spark, plan, out)
+    times = {}
+    for name, fn in variants.items():
+        repeats = 1 if name == PEER else ctx.repeats
+        times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
+    peer, bound = times.get(PEER), times[BOUND]
+    return [
+        Row(
+            job,
+            name,
+            n_rows,
+            sec,
+            "peer" if peer else "",
+            peer,
+            f"{sec / bound:.2f}x the bound",
+            peak_rss_mb(),
+        )
+        for name, sec in times.items()
+    ]
+
+
+def _fresh(out: Path, fn: Any) -> Any:
+    shutil.rmtree(out, ignore_errors=True)
+    return fn()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    from bench.run import run_modules
+
+    run_modules(["bench.walmart"], quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
