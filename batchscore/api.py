@@ -45,6 +45,23 @@ def run(
     return run_job(_as_spec(spec, run_date), master=master, spark=spark, force=force)
 
 
+def run_range(
+    spec: JobSpec | str | Path,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    only_new: bool = False,
+    master: str | None = None,
+    spark: SparkSession | None = None,
+) -> list[RunResult]:
+    """Backfill: run each date of [start, end] in order, one commit per date; committed dates
+    are skipped (an interrupted backfill resumes). only_new: see `batchscore.jobs.backfill`."""
+    from batchscore.jobs.backfill import run_range as _run_range
+
+    loaded = spec if isinstance(spec, JobSpec) else _load_spec(spec)
+    return _run_range(loaded, start=start, end=end, only_new=only_new, master=master, spark=spark)
+
+
 def explain(spec: JobSpec | str | Path, *, run_date: str | None = None) -> str:
     """The optimized plan as text: the same text `batchscore explain` prints."""
     from batchscore.plan import bind, optimize

@@ -33,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="score again even if this run date was committed"
     )
+    run.add_argument(
+        "--from", dest="date_from", metavar="D1", help="backfill: first run date (with --to)"
+    )
+    run.add_argument("--to", dest="date_to", metavar="D2", help="backfill: last run date, included")
+    run.add_argument(
+        "--only-new",
+        action="store_true",
+        help="only dates with source partitions that are not yet committed with the current "
+        "models (see batchscore/jobs/backfill.py)",
+    )
     explain = sub.add_parser("explain", help="print the optimized plan with its decisions")
     explain.add_argument("spec")
     explain.add_argument("--run-date", dest="run_date")
@@ -63,8 +73,26 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     import batchscore as bs
 
+    if args.date_from or args.date_to or args.only_new:
+        return _cmd_run_range(args)
     result = bs.run(args.spec, run_date=args.run_date, master=args.master, force=args.force)
     print(result.summary())
+    return 0
+
+
+def _cmd_run_range(args: argparse.Namespace) -> int:
+    from batchscore.api import load_spec
+    from batchscore.jobs.backfill import run_range
+
+    if args.run_date and (args.date_from or args.date_to):
+        raise SpecError("--run-date does not go with --from/--to; pass one or the other.")
+    if args.force:
+        raise SpecError("--force does not go with --from/--to/--only-new; run dates one by one.")
+    spec = load_spec(args.spec, run_date=args.run_date)
+    start = args.run_date or args.date_from
+    end = args.run_date or args.date_to
+    flush = lambda line: print(line, flush=True)  # noqa: E731
+    run_range(spec, start=start, end=end, only_new=args.only_new, master=args.master, echo=flush)
     return 0
 
 

@@ -37,7 +37,9 @@ def _vectors(values: np.ndarray) -> pa.Array:
     rows = []
     for row in values:
         nz = np.flatnonzero(row)
-        rows.append({"type": 0, "size": len(row), "indices": nz.tolist(), "values": row[nz].tolist()})
+        rows.append(
+            {"type": 0, "size": len(row), "indices": nz.tolist(), "values": row[nz].tolist()}
+        )
     return pa.array(rows, VECTOR_STRUCT)
 
 
@@ -47,6 +49,7 @@ def build_star(root: Path, *, seed: int, fact_rows: int, a_rows: int, b_rows: in
     root.mkdir(parents=True, exist_ok=True)
     a_vec = rng.normal(size=(a_rows, 3))
     b_vec = (rng.random((b_rows, 8)) < 0.3) * rng.normal(size=(b_rows, 8))
+
     def keys(rows: int, n: int) -> np.ndarray:
         """Foreign keys into a table of `rows` rows; a share `missing` points past its end."""
         out = rng.integers(0, rows, n)
@@ -87,14 +90,21 @@ def build_star(root: Path, *, seed: int, fact_rows: int, a_rows: int, b_rows: in
     a_cols = np.c_[dim_a["a0"], a_vec]
     c_for_a = lookup(dim_a["fk_c"], np.ones(a_rows, bool), dim_c["c0"][:, None])
     a_full = np.c_[a_cols, c_for_a]
-    X = np.c_[f0, f1, lookup(fk_a, valid_a, a_full), lookup(fk_b, np.ones(fact_rows, bool), np.c_[dim_b["b0"], b_vec])]
+    X = np.c_[
+        f0,
+        f1,
+        lookup(fk_a, valid_a, a_full),
+        lookup(fk_b, np.ones(fact_rows, bool), np.c_[dim_b["b0"], b_vec]),
+    ]
     complete = ~np.isnan(X).any(axis=1)
     y = X[complete] @ rng.normal(size=X.shape[1])
     classes = np.digitize(y, np.quantile(y, [0.33, 0.66]))
     models = {
         "ridge": Ridge(alpha=0.5).fit(X[complete], y),
         "multi": LogisticRegression(max_iter=2000).fit(X[complete], classes),
-        "binary": LogisticRegression(max_iter=2000).fit(X[complete], np.where(classes > 0, "yes", "no")),
+        "binary": LogisticRegression(max_iter=2000).fit(
+            X[complete], np.where(classes > 0, "yes", "no")
+        ),
     }
     lines = [
         "name: star_job",

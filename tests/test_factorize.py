@@ -37,7 +37,10 @@ def _variant(star: Star, name: str, mode: str) -> Path:
 
 def _predictions(path: Path) -> dict[str, pa.Table]:
     table = pa.table(DeltaTable(str(path)).to_pyarrow_table())
-    return {m: table.filter(pc.equal(table["model"], m)).sort_by("id") for m in ("ridge", "multi", "binary")}
+    return {
+        m: table.filter(pc.equal(table["model"], m)).sort_by("id")
+        for m in ("ridge", "multi", "binary")
+    }
 
 
 def _check_against_models(star: Star, out: dict[str, pa.Table]) -> None:
@@ -106,11 +109,18 @@ def test_explain_shows_eliminated_joins_and_cost_numbers(tmp_path: Path) -> None
     pq.write_table(pa.table({"d_id": pa.array([0, 1], pa.int32()), "d0": [1.0, 2.0]}),
                    tmp_path / "dim_d" / "part-0.parquet")  # fmt: skip
     text = star.spec.read_text()
-    text = text.replace("  dim_c: {", "  dim_d: {path: dim_d, format: parquet, key: d_id}\n  dim_c: {")
-    text = text.replace("    - {table: dim_b, on: {fk_b: b_id}}", "    - {table: dim_b, on: {fk_b: b_id}}\n    - {table: dim_d, on: {fk_b: d_id}}")
+    text = text.replace(
+        "  dim_c: {", "  dim_d: {path: dim_d, format: parquet, key: d_id}\n  dim_c: {"
+    )
+    text = text.replace(
+        "    - {table: dim_b, on: {fk_b: b_id}}",
+        "    - {table: dim_b, on: {fk_b: b_id}}\n    - {table: dim_d, on: {fk_b: d_id}}",
+    )
     star.spec.write_text(text)
     plan = bs.explain(star.spec, run_date=DAY)
-    assert "[eliminate_unused_joins] dim_d: no model or output column reads it; join removed" in plan
+    assert (
+        "[eliminate_unused_joins] dim_d: no model or output column reads it; join removed" in plan
+    )
     assert "Scan dim_d" not in plan
     assert "[factorize_linear] dim_a:" in plan and "tuple ratio" in plan and "cost" in plan
     assert "[prune_partitions] fact: ds = '2026-11-21' keeps 1 of 2 files" in plan

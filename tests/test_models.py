@@ -170,10 +170,10 @@ CASES: dict[str, tuple[str, Callable[[], Any], dict[str, Any]]] = {
         TREES,
     ),
     "Booster-gamma": ("regression", fitted_booster("regression", objective="gamma"), TREES),
-    "Pipeline-opaque": (
+    "Pipeline-folded": (
         "binary",
         lambda: make_pipeline(StandardScaler(), LogisticRegression()),
-        {"kind": "opaque", "forms": ("dense", "csr")},
+        {"kind": "affine", "forms": ("dense", "csr")},
     ),
 }
 
@@ -681,7 +681,7 @@ def test_predict_proba_on_regressor_is_refused(tmp_path: Path) -> None:
 def test_classifier_without_proba_defaults_to_predict() -> None:
     X, y = dataset("binary")
     model = compile_from_object("svm", LinearSVC().fit(X, y))
-    assert model.output == "predict" and model.kernel.kind == "opaque"
+    assert model.output == "predict" and model.kernel.kind == "affine"
     out = model.score(X)
     assert out.probability is None and np.isnan(out.prediction).all()
     with pytest.raises(ModelError, match="has no predict_proba; set output: predict"):

@@ -7,4 +7,4 @@ that maps errors to exit codes.
 
 from __future__ import annotations
 
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("batchscore.commands.tables", "batchscore.commands.models")

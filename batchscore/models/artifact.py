@@ -9,6 +9,7 @@ LightGBM's text format is data, not code: it loads without a pin (a given pin is
 from __future__ import annotations
 
 import hashlib
+import importlib
 import io
 import re
 import warnings
@@ -36,7 +37,16 @@ class LoadedArtifact:
 
 
 def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:
-    """Load a model file; refuse unpinned or mismatched pickles, and unreadable files."""
+    """Load a model file; refuse unpinned or mismatched pickles, and unreadable files.
+
+    `registry:NAME@VERSION` / `registry:NAME@latest` load a registered version (the registry's
+    sha256 is the pin; a spec pin, if given, must equal it). `models:/NAME/VERSION` and
+    `runs:/RUN_ID/PATH` load through MLflow (optional dependency, batchscore[mlflow]).
+    """
+    if path.startswith("registry:"):
+        return _load_registered(path, sha256=sha256, model_name=model_name)
+    if path.startswith(("models:/", "runs:/")):
+        return _load_mlflow(path, sha256=sha256, model_name=model_name)
     local = _local_path(path, model_name)
     where = f"Model '{model_name}' ({path})"
     try:
@@ -55,6 +65,13 @@ def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedAr
             f"{where} has sha256 {actual} but the spec pins {expected}; the file changed. "
             "Restore the pinned file, or pin the new one after checking where it came from."
         )
+    return _load_bytes(data, actual, expected, where, path)
+
+
+def _load_bytes(
+    data: bytes, actual: str, expected: str | None, where: str, path: str
+) -> LoadedArtifact:
+    """Load already-read bytes whose pin (if any) has been checked against `actual`."""
     if is_lightgbm_text(data):
         return LoadedArtifact(_load_lightgbm_text(data, where), actual, "lightgbm_text", path)
     if expected is None:
@@ -64,6 +81,66 @@ def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedAr
         )
     obj, caught = _unpickle(data, where)
     return LoadedArtifact(obj, actual, "pickle", path, caught)
+
+
+def _load_registered(ref: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:
+    """Resolve through the model registry; the manifest's sha256 pins the copied file."""
+    from batchscore.models.store import ModelStore, check_signature
+
+    store = ModelStore()
+    mv = store.resolve(ref)
+    where = f"Model '{model_name}' ({ref})"
+    expected = _normalise_pin(sha256, where)
+    if expected is not None and expected != mv.sha256:
+        raise ModelError(
+            f"{where}: the spec pins sha256 {expected} but the registry has {mv.sha256} for "
+            f"{mv.ref}; fix the spec's pin or point it at the version it meant."
+        )
+    data = store.read_verified(mv)  # tampered bytes are refused here, before any unpickling
+    loaded = _load_bytes(data, mv.sha256, mv.sha256, f"{where} -> {mv.file}", mv.file)
+    check_signature(loaded.obj, mv, model_name)
+    return loaded
+
+
+def _load_mlflow(uri: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:
+    """Download an MLflow model (local tracking dir) and load its sklearn or LightGBM file."""
+    where = f"Model '{model_name}' ({uri})"
+    try:
+        mlflow_artifacts = importlib.import_module("mlflow.artifacts")
+    except ImportError:
+        raise ModelError(
+            f"{where} is an MLflow URI, and MLflow is not installed; install batchscore[mlflow] "
+            "(pip install 'batchscore[mlflow]') or point the spec at the model file."
+        ) from None
+    try:
+        local = Path(mlflow_artifacts.download_artifacts(artifact_uri=uri))
+    except Exception as exc:  # MlflowException, missing run or version
+        raise ModelError(
+            f"{where} cannot be resolved by MLflow: {_one_line(exc)}; check MLFLOW_TRACKING_URI."
+        ) from None
+    file = _mlflow_model_file(local, where)
+    return load_artifact(str(file), sha256=sha256, model_name=model_name)
+
+
+def _mlflow_model_file(local: Path, where: str) -> Path:
+    if local.is_file():
+        return local
+    import yaml
+
+    try:
+        meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
+    except OSError:
+        raise ModelError(
+            f"{where} has no MLmodel file; log it with mlflow.<flavor>.log_model."
+        ) from None
+    flavors = meta.get("flavors") or {}
+    if "lightgbm" in flavors:
+        return local / str(flavors["lightgbm"].get("data", "model.lgb"))
+    if "sklearn" in flavors:
+        return local / str(flavors["sklearn"].get("pickled_model", "model.pkl"))
+    raise ModelError(
+        f"{where} has flavors {sorted(flavors)}; batchscore loads the sklearn and lightgbm ones."
+    )
 
 
 def sha256_of(path: str) -> str:

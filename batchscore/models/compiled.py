@@ -15,6 +15,7 @@ from typing import Any, Literal
 from batchscore.errors import ModelError
 from batchscore.kernels.base import Kernel, Matrix, ScoreOutput
 from batchscore.kernels.opaque import UNKNOWN_N_FEATURES
+from batchscore.kernels.trees.kernel import forced_strategy
 from batchscore.models.artifact import load_artifact
 from batchscore.models.registry import compile_model
 
@@ -55,12 +56,15 @@ def compile_from_spec(
     *,
     n_features_hint: int | None = None,
     opaque: bool = False,
+    strategy: str | None = None,
 ) -> CompiledModel:
-    """Load (pin-checked) and compile a spec's model; `path` must already be resolved."""
+    """Load (pin-checked) and compile a spec's model; `path` must already be resolved.
+
+    `strategy` is the spec's tree strategy (native, traversal, perfect, gemm, bitvector);
+    None lets batchscore choose. It is refused for models that are not tree ensembles.
+    """
     artifact = load_artifact(path, sha256=sha256, model_name=name)
-    kernel = compile_model(
-        artifact.obj, model_name=name, n_features_hint=n_features_hint, opaque=opaque
-    )
+    kernel = _compile(artifact.obj, name, n_features_hint, opaque, strategy)
     return CompiledModel(
         name=name,
         version=version or artifact.sha256[:12],
@@ -78,12 +82,13 @@ def compile_from_object(
     version: str | None = None,
     n_features_hint: int | None = None,
     opaque: bool = False,
+    strategy: str | None = None,
 ) -> CompiledModel:
     """Compile an in-memory fitted estimator (notebooks: `bs.score(df, models=[...])`).
 
     Its sha256 is that of its pickle, so lineage still tells two different models apart.
     """
-    kernel = compile_model(obj, model_name=name, n_features_hint=n_features_hint, opaque=opaque)
+    kernel = _compile(obj, name, n_features_hint, opaque, strategy)
     digest = _object_sha256(name, obj, kernel)
     return CompiledModel(
         name=name,
@@ -91,6 +96,23 @@ def compile_from_object(
         sha256=digest,
         kernel=kernel,
         output=resolve_output(name, kernel, output),
+    )
+
+
+def _compile(
+    obj: Any, name: str, n_features_hint: int | None, opaque: bool, strategy: str | None
+) -> Kernel:
+    """compile_model with the spec's tree strategy visible to the tree converters."""
+    with forced_strategy(strategy):
+        kernel = compile_model(obj, model_name=name, n_features_hint=n_features_hint, opaque=opaque)
+    if strategy is None or kernel.kind == "tree_ensemble":
+        return kernel
+    if strategy == "native" and kernel.kind in ("opaque", "lightgbm_native") and not opaque:
+        return kernel
+    raise ModelError(
+        f"Model '{name}' sets strategy: {strategy}, but it is scored as {kernel.describe()}; "
+        "strategy applies to tree ensembles (DecisionTree, RandomForest, ExtraTrees, "
+        "GradientBoosting, HistGradientBoosting, LightGBM) only. Remove strategy."
     )
 
 

@@ -96,8 +96,12 @@ def compile_model(
 def parity_problem(obj: Any, kernel: Kernel) -> str | None:
     """None when `kernel` reproduces `obj` on a probe batch, else what differs (one phrase)."""
     rng = np.random.default_rng(20240611)
-    probe = rng.normal(0.0, 3.0, size=(_PROBE_ROWS, kernel.n_features))
-    probe[: _PROBE_ROWS // 8] = 0.0
+    own_probe = getattr(kernel, "probe", None)
+    if callable(own_probe):  # kernels with categorical inputs know which values are valid
+        probe = np.asarray(own_probe(rng, _PROBE_ROWS), dtype=np.float64)
+    else:
+        probe = rng.normal(0.0, 3.0, size=(_PROBE_ROWS, kernel.n_features))
+        probe[: _PROBE_ROWS // 8] = 0.0
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -115,6 +119,8 @@ def _compare(obj: Any, kernel: Kernel, probe: np.ndarray) -> str | None:
         labels = np.asarray([str(v) for v in obj.predict(probe)], dtype=object)
         if got.label is None or not np.array_equal(got.label, labels):
             return "labels differ"
+        if got.probability is None:  # a labels-only classifier (LinearSVC, hinge SGD, ...)
+            return None
         want = np.asarray(obj.predict_proba(probe), dtype=np.float64)
     else:  # a bare LightGBM Booster: predict gives P(class 1), or one column per class
         raw = np.asarray(obj.predict(probe), dtype=np.float64)

@@ -22,7 +22,7 @@ from batchscore.physical.assemble import Column
 from batchscore.physical.score import IdField, ScoringModel, ScoringTask
 from batchscore.plan.catalog import column_kind
 
-_KEYS = {"name", "model", "features", "output", "sha256", "version"}
+_KEYS = {"name", "model", "features", "output", "sha256", "version", "strategy"}
 
 
 def score_dataframe(
@@ -61,12 +61,15 @@ def _compile(index: int, entry: Mapping[str, Any]) -> tuple[CompiledModel, list[
         if key not in entry:
             raise SpecError(f"models[{index}]: missing key '{key}'.")
     name, model, output = str(entry["name"]), entry["model"], entry.get("output")
+    version, strategy = entry.get("version"), entry.get("strategy")
     if isinstance(model, str):
         compiled = compile_from_spec(
-            name, model, sha256=entry.get("sha256"), output=output, version=entry.get("version")
+            name, model, entry.get("sha256"), output, version, strategy=strategy
         )
     else:
-        compiled = compile_from_object(name, model, output=output, version=entry.get("version"))
+        compiled = compile_from_object(
+            name, model, output=output, version=version, strategy=strategy
+        )
     return compiled, [str(f) for f in entry["features"]]
 
 

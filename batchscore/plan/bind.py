@@ -22,7 +22,12 @@ ModelLoader = Callable[[ModelSpec], CompiledModel]
 
 def _load_model(model: ModelSpec) -> CompiledModel:
     return compile_from_spec(
-        model.name, model.path, sha256=model.sha256, output=model.output, version=model.version
+        model.name,
+        model.path,
+        sha256=model.sha256,
+        output=model.output,
+        version=model.version,
+        strategy=model.strategy,
     )
 
 

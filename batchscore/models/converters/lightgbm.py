@@ -19,6 +19,12 @@ import numpy as np
 from batchscore.errors import ModelError
 from batchscore.kernels.base import Kernel, Task
 from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
+from batchscore.kernels.trees.ir import Link, Tree, TreeEnsemble, UnsupportedTree, build_tree
+from batchscore.kernels.trees.kernel import (
+    make_tree_kernel,
+    refuse_or_native,
+    requested_strategy,
+)
 from batchscore.models.registry import register
 
 REGRESSION_OBJECTIVES = frozenset(
@@ -47,13 +53,13 @@ def booster(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel
     model_str = obj.model_to_string()
     objective = objective_of(model_str)
     if objective == "binary":
-        return _kernel(obj, model_str, objective, "binary", ("0", "1"), "Booster")
+        return _kernel(obj, model_str, objective, "binary", ("0", "1"), "Booster", model_name)
     if objective in ("multiclass", "multiclassova"):
         classes = tuple(str(i) for i in range(_num_class(model_str)))
         task: Task = "binary" if len(classes) == 2 else "multiclass"
-        return _kernel(obj, model_str, objective, task, classes, "Booster")
+        return _kernel(obj, model_str, objective, task, classes, "Booster", model_name)
     if objective in REGRESSION_OBJECTIVES:
-        return _kernel(obj, model_str, objective, "regression", None, "Booster")
+        return _kernel(obj, model_str, objective, "regression", None, "Booster", model_name)
     raise ModelError(
         f"Model '{model_name}' is a LightGBM Booster with objective '{objective}', so "
         "batchscore cannot tell what its scores mean. Save it from an LGBMRegressor or "
@@ -74,7 +80,9 @@ def regressor(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kern
             "whose output is not one value per row; use an LGBMClassifier for multiclass "
             "objectives."
         )
-    return _kernel(obj.booster_, model_str, objective, "regression", None, type(obj).__name__)
+    return _kernel(
+        obj.booster_, model_str, objective, "regression", None, type(obj).__name__, model_name
+    )
 
 
 @register(lightgbm.LGBMClassifier)
@@ -96,7 +104,7 @@ def classifier(obj: Any, *, model_name: str, n_features_hint: int | None) -> Ker
             f"booster predicts {expected}; re-fit and save it again."
         )
     task: Task = "binary" if len(classes) == 2 else "multiclass"
-    return _kernel(obj.booster_, model_str, objective, task, classes, "LGBMClassifier")
+    return _kernel(obj.booster_, model_str, objective, task, classes, "LGBMClassifier", model_name)
 
 
 def header(model_str: str) -> dict[str, str]:
@@ -135,8 +143,15 @@ def _kernel(
     task: Task,
     classes: tuple[str, ...] | None,
     source: str,
-) -> LightGBMNativeKernel:
-    return LightGBMNativeKernel(
+    model_name: str,
+) -> Kernel:
+    """LightGBM's own predictor, unless the spec forces an array strategy on the IR.
+
+    With no `strategy:` the native C++ predictor is kept: it is the fastest at every batch size
+    (bench/kernels.py), and the IR can be parsed from its model string whenever the planner
+    wants to look inside.
+    """
+    native = LightGBMNativeKernel(
         model_str,
         task=task,
         classes=classes,
@@ -145,6 +160,13 @@ def _kernel(
         num_trees=len(header(model_str).get("tree_sizes", "").split()),
         source=source,
     )
+    if requested_strategy() is None:
+        return native
+    try:
+        ir = lightgbm_ir(model_str, task=task, classes=classes, source=source)
+    except UnsupportedTree as exc:
+        return refuse_or_native(str(exc), lambda: native, model_name=model_name, what=source)
+    return make_tree_kernel(ir, lambda: native, model_name=model_name)
 
 
 # --- text-model validation -------------------------------------------------------------------
@@ -354,3 +376,140 @@ def _check_numbers(value: str, what: str) -> None:
             magnitude < sys.float_info.min and mantissa.strip("+-.0") != ""
         ):
             raise ModelTextError(f"{what} has a value outside double range {token[:40]!r}")
+
+
+# --- text model -> tree-ensemble IR ------------------------------------------------------------
+# Node semantics are LightGBM 4's Tree::NumericalDecision / CategoricalDecision on doubles:
+# NaN -> 0.0 unless missing_type is NaN; missing_type Zero sends |x| <= 1e-35f the default way;
+# then `x <= threshold`. Categorical: NaN or int(x) < 0 -> right; bit int(x) of the node's
+# cat_threshold words -> left; anything else -> right.
+
+_IR_LINKS: dict[str, Link] = {
+    "regression": "identity",
+    "regression_l1": "identity",
+    "huber": "identity",
+    "fair": "identity",
+    "quantile": "identity",
+    "mape": "identity",
+    "lambdarank": "identity",
+    "rank_xendcg": "identity",
+    "poisson": "exp",
+    "gamma": "exp",
+    "tweedie": "exp",
+    "binary": "sigmoid",
+    "multiclassova": "sigmoid",
+    "multiclass": "softmax",
+}
+
+
+def lightgbm_ir(
+    model_str: str, *, task: Task, classes: tuple[str, ...] | None, source: str
+) -> TreeEnsemble:
+    """The IR of a LightGBM text model; UnsupportedTree for what it cannot reproduce exactly."""
+    end = model_str.find("\nTree=")
+    head = header(model_str)
+    tokens = head.get("objective", "").split()
+    objective = tokens[0] if tokens else "custom"
+    link = _IR_LINKS.get(objective)
+    if link is None:
+        raise UnsupportedTree(f"objective '{objective}' has no link the IR reproduces")
+    if "sqrt" in tokens[1:]:
+        raise UnsupportedTree("objective 'regression sqrt' squares its raw output")
+    if (task == "regression") != (link in ("identity", "exp")):
+        raise UnsupportedTree(f"objective '{objective}' does not give a {task} output")
+    if "\naverage_output" in model_str[: max(end, 0)]:
+        raise UnsupportedTree("random-forest mode (average_output) is not supported")
+    options = dict(t.split(":", 1) for t in tokens[1:] if ":" in t)
+    per_iteration = int(head.get("num_tree_per_iteration", "1"))
+    bitsets: list[np.ndarray] = []
+    trees: list[Tree] = []
+    for i, block in enumerate(_tree_blocks(model_str)):
+        trees.append(_lightgbm_tree(block, i % per_iteration, bitsets))
+    width = max((b.shape[0] for b in bitsets), default=1)
+    cat = np.zeros((len(bitsets), width), dtype=np.uint32)
+    for r, b in enumerate(bitsets):
+        cat[r, : b.shape[0]] = b
+    return TreeEnsemble(
+        trees=tuple(trees),
+        n_features=int(head["max_feature_idx"]) + 1,
+        n_outputs=per_iteration,
+        base_score=np.zeros(per_iteration),
+        link=link,
+        link_scale=float(options.get("sigmoid", "1")),
+        task=task,
+        classes=classes,
+        source=source,
+        objective=objective,
+        input_rule="lightgbm",
+        category_rule="truncate",
+        cat_bitsets=cat if bitsets else np.zeros((0, 1), dtype=np.uint32),
+    )
+
+
+def _tree_blocks(model_str: str) -> list[dict[str, str]]:
+    start = model_str.find("\nTree=")
+    stop = model_str.find("\nend of trees")
+    body = model_str[start + 1 : stop if stop >= 0 else len(model_str)]
+    blocks: list[dict[str, str]] = []
+    for chunk in body.split("\nTree=")[0:]:
+        fields: dict[str, str] = {}
+        for line in chunk.splitlines()[1:]:
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key.strip()] = value.strip()
+        if fields:
+            blocks.append(fields)
+    return blocks
+
+
+def _lightgbm_tree(f: dict[str, str], output: int, bitsets: list[np.ndarray]) -> Tree:
+    if f.get("is_linear", "0") == "1":
+        raise UnsupportedTree("linear_tree models have linear leaves")
+    leaves = int(f["num_leaves"])
+    m = leaves - 1
+    values = np.array(f["leaf_value"].split(), dtype=np.float64)
+    n = m + leaves
+
+    def ints(key: str) -> np.ndarray:
+        return np.array(f.get(key, "").split(), dtype=np.int64)
+
+    feature, dtype = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    threshold = np.zeros(n)
+    children = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    if m:
+        feature[:m], dtype[:m] = ints("split_feature"), ints("decision_type")
+        threshold[:m] = np.array(f["threshold"].split(), dtype=np.float64)
+        for arr, key in zip(children, ("left_child", "right_child"), strict=True):
+            c = ints(key)
+            arr[:m] = np.where(c >= 0, c, m + ~c)
+    categorical = (dtype & 1) == 1
+    default_left = ((dtype >> 1) & 1) == 1
+    missing = (dtype >> 2) & 3
+    with np.errstate(invalid="ignore"):
+        nan_left = np.where(missing == 0, 0.0 <= threshold, default_left)
+    cat_left = np.full(n, -1)
+    if categorical.any():
+        bounds, words = ints("cat_boundaries"), ints("cat_threshold")
+        for node in np.flatnonzero(categorical):
+            k = int(threshold[node])
+            cat_left[node] = len(bitsets)
+            bitsets.append(words[bounds[k] : bounds[k + 1]].astype(np.uint32))
+        threshold[categorical] = 0.0
+        nan_left[categorical] = False
+    leaf_value = np.zeros(n)
+    leaf_value[m:] = values
+    return build_tree(
+        root=0 if m else m,
+        children=children,
+        is_leaf=np.arange(n) >= m,
+        feature=feature,
+        threshold=threshold,
+        default_left=default_left,
+        nan_left=nan_left,
+        zero_missing=(missing == 1) & ~categorical,
+        cat_left=cat_left,
+        cat_known=np.full(n, -1),
+        leaf_value=leaf_value,
+        native_leaf=np.arange(n) - m,
+        output=output,
+    )
