@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from batchscore.errors import ModelError
+from batchscore.errors import ModelError, did_you_mean
 from batchscore.kernels.base import Kernel
 
 _SCORING_METHODS = ("predict", "predict_proba", "decision_function", "_decision_function")
@@ -67,10 +67,14 @@ def compile_model(
     if converter is None:
         if callable(getattr(obj, "predict", None)):
             return to_opaque(obj, model_name=model_name, n_features_hint=n_features_hint)
+        short = [name.rsplit(".", 1)[-1] for name in supported_types()]
+        closest = did_you_mean(type(obj).__name__, short).replace(
+            "Did you mean", "Closest supported:"
+        )
         raise ModelError(
             f"Model '{model_name}' is a {_qualname(obj)}, which batchscore cannot score: it has "
-            f"no predict() method. Supported natively: {', '.join(supported_types())}; any "
-            "other object with predict() is scored as an opaque model."
+            f"no predict() method.{closest} Save a fitted estimator with predict()/"
+            "predict_proba() (any such object is scored as an opaque model)."
         )
     kernel = converter(obj, model_name=model_name, n_features_hint=n_features_hint)
     if kernel.kind == "opaque":
