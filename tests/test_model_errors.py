@@ -13,5 +13,8 @@ class RandomForestClasifier:  # a misspelt, unscorable class: no predict()
 
 
 def test_unsupported_estimator_names_the_closest_supported_one() -> None:
-    with pytest.raises(ModelError, match=r"Model 'm' is a .*RandomForestClasifier.*no predict\(\).*Closest supported: 'RandomForestClassifier'"):
+    with pytest.raises(
+        ModelError,
+        match=r"Model 'm' is a .*RandomForestClasifier.*no predict\(\).*Closest supported: 'RandomForestClassifier'",
+    ):
         compile_model(RandomForestClasifier(), model_name="m")
