@@ -68,8 +68,16 @@ def compile_model(
         if callable(getattr(obj, "predict", None)):
             return to_opaque(obj, model_name=model_name, n_features_hint=n_features_hint)
         short = [name.rsplit(".", 1)[-1] for name in supported_types()]
-        closest = did_you_mean(type(obj).__name__, short).replace(
-            "Did you mean", "Closest supported:"
+        closest = did_you_mean(type(obj).__name__, short)
+        hint = (
+            closest.replace("Did you mean", "Closest supported:")
+            if closest
+            else f" Supported natively: {', '.join(short)}."
+        )
+        raise ModelError(
+            f"Model '{model_name}' is a {_qualname(obj)}, which batchscore cannot score: it has "
+            f"no predict() method.{hint} Save a fitted estimator with predict()/"
+            "predict_proba() (any such object is scored as an opaque model)."
         )
         raise ModelError(
             f"Model '{model_name}' is a {_qualname(obj)}, which batchscore cannot score: it has "
