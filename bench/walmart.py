@@ -56,7 +56,7 @@ def _peer(spark: Any, plan: Any, out: Path) -> int:
         *(F.col(c.ref).alias(c.output_name) for c in plan.id_columns), F.concat(*parts).alias("x")
     )
     for binding in plan.models:
-        path = binding.model.sha256 and _artifact(plan, binding.name)
+        path = _artifact(plan, binding.name)
 
         def make_predict_fn(path: str = path) -> Any:
             model = lgb.Booster(model_file=path) if path.endswith(".txt") else joblib.load(path)
