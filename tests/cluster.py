@@ -18,6 +18,22 @@ import pyspark
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def loopback_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process of the suite: this interpreter, loopback Spark."""
+    env = dict(os.environ)
+    env.update(
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+        PYTHONPATH=str(REPO),
+        **extra,
+    )
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

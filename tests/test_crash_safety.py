@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.cluster import loopback_env
+
 pytestmark = pytest.mark.spark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,14 +70,7 @@ os._exit(0)
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        SPARK_LOCAL_IP="127.0.0.1",
-        PYSPARK_PYTHON=sys.executable,
-        PYSPARK_DRIVER_PYTHON=sys.executable,
-        PYTHONPATH=str(REPO),
-    )
-    return env
+    return loopback_env()
 
 
 def _start(*args: str, log: Path) -> subprocess.Popen[bytes]:

@@ -20,6 +20,7 @@ import pytest
 
 import batchscore as bs
 from batchscore.sinks.sql_server import wait_for_port
+from tests.cluster import loopback_env
 
 from .cluster import free_port
 
@@ -32,15 +33,7 @@ QUERY = "SELECT model, count(*) AS n FROM global_temp.preds GROUP BY model ORDER
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        SPARK_LOCAL_IP="127.0.0.1",
-        PYSPARK_PYTHON=sys.executable,
-        PYSPARK_DRIVER_PYTHON=sys.executable,
-        PYTHONPATH=str(REPO),
-        SPARK_HOME=str(BEELINE.parent.parent),
-    )
-    return env
+    return loopback_env(SPARK_HOME=str(BEELINE.parent.parent))
 
 
 def _beeline(port: int) -> dict[str, int]:
