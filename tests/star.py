@@ -1,4 +1,4 @@
-"""Random star and snowflake schemas with linear models, for the factorization property tests.
+"""Random star and snowflake schemas with linear (and tree) models, for the factorization tests.
 
 fact (Delta, partitioned by ds): id, fk_a, fk_b, f0, f1 (NaN-able)
   dim_a (Delta, key a_id): a0, a_vec (array<double>), fk_c   -- dim_c hangs below dim_a
@@ -44,7 +44,8 @@ def _vectors(values: np.ndarray) -> pa.Array:
 
 
 def build_star(root: Path, *, seed: int, fact_rows: int, a_rows: int, b_rows: int, c_rows: int,
-               missing: float, nan_rate: float, mode: str = "always") -> Star:  # fmt: skip
+               missing: float, nan_rate: float, mode: str = "always",
+               trees: bool = False) -> Star:  # fmt: skip
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     a_vec = rng.normal(size=(a_rows, 3))
@@ -106,6 +107,17 @@ def build_star(root: Path, *, seed: int, fact_rows: int, a_rows: int, b_rows: in
             X[complete], np.where(classes > 0, "yes", "no")
         ),
     }
+    if trees:  # tree ensembles see every row: NaN is their missing value
+        import lightgbm as lgb
+        from sklearn.ensemble import RandomForestRegressor
+
+        target = np.nan_to_num(X) @ rng.normal(size=X.shape[1])
+        models["lgbm"] = lgb.LGBMClassifier(
+            n_estimators=25, num_leaves=12, min_child_samples=3, verbose=-1, random_state=seed
+        ).fit(X, np.digitize(target, np.quantile(target, [0.4, 0.7])))
+        models["forest"] = RandomForestRegressor(
+            n_estimators=8, max_depth=6, random_state=seed
+        ).fit(np.nan_to_num(X), target)
     lines = [
         "name: star_job",
         "tables:",

@@ -15,7 +15,7 @@ from pyspark.sql import types as T
 
 from batchscore.errors import DataError
 from batchscore.physical.assemble import Column
-from batchscore.physical.partial import PartialSpec, PartialTask
+from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
 from batchscore.physical.score import (
     IdField,
     ScoringGroup,
@@ -29,7 +29,9 @@ from batchscore.plan.nodes import (
     ModelBinding,
     Node,
     Partial,
+    PartialModel,
     Scan,
+    TreePartialModel,
     children,
     qualified,
 )
@@ -95,22 +97,26 @@ def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
 
 
 def _partial(plan: LogicalPlan, node: Partial, child: DataFrame) -> DataFrame:
-    """Score the dimension's share of each affine model; keep only what is used above it."""
+    """Score the dimension's share of each model; keep only what is used above it."""
     keep = tuple(c for c in child.columns if c in _needed_outside(plan, node))
-    partials = tuple(
-        PartialSpec(
-            tuple(Column(f.ref, f.label, f.kind, f.width) for f in model.inputs),
-            model.weights,
-            model.output.ref,
-        )
-        for model in node.models
-    )
+    partials = tuple(_partial_spec(model) for model in node.models)
     schema = T.StructType(
         [child.schema[c] for c in keep]
-        + [T.StructField(p.output, T.ArrayType(T.DoubleType()), True) for p in partials]
+        + [
+            T.StructField(name, T.ArrayType(T.DoubleType()), True)
+            for p in partials
+            for name in p.outputs
+        ]
     )
     inputs = dict.fromkeys([*(c.ref for p in partials for c in p.columns), *keep])
     return child.select(*inputs).mapInArrow(PartialTask(partials, keep), schema)
+
+
+def _partial_spec(model: PartialModel | TreePartialModel) -> PartialSpec:
+    columns = tuple(Column(f.ref, f.label, f.kind, f.width) for f in model.inputs)
+    if isinstance(model, TreePartialModel):
+        return PartialSpec(columns, model.partial, tuple(f.ref for f in model.outputs))
+    return PartialSpec(columns, AffineShare(model.weights), (model.output.ref,))
 
 
 def _needed_outside(plan: LogicalPlan, node: Partial) -> set[str]:

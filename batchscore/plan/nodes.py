@@ -12,6 +12,7 @@ from batchscore.spec.model import JobSpec, OutputSpec
 
 if TYPE_CHECKING:
     from batchscore.kernels.batched import AffineGroup
+    from batchscore.kernels.trees.factorized import TablePartial
     from batchscore.models.compiled import CompiledModel
 
 
@@ -61,16 +62,35 @@ class PartialModel:
         return int(self.weights.shape[1])
 
 
+@dataclass(frozen=True, eq=False)
+class TreePartialModel:
+    """One tree ensemble's share of a dimension (kernels.trees.factorized.TablePartial).
+
+    `outputs`: the words of the trees split across tables, then the summed leaf values of the
+    trees that read this dimension alone (either may be absent).
+    """
+
+    model: str
+    inputs: tuple[FeatureRef, ...]
+    partial: TablePartial
+    outputs: tuple[FeatureRef, ...]
+
+    @property
+    def width(self) -> int:
+        return sum(f.width for f in self.outputs)
+
+
 @dataclass(frozen=True)
 class Partial:
     """Dimension-side partial scores: per row of `child`, one small array per affine model.
 
-    The join then carries `width` floats per model instead of the dimension's features.
+    The join then carries `width` floats per model instead of the dimension's features: decision
+    values for affine models, leaf words and collapsed leaf sums for tree ensembles.
     """
 
     child: Node
     table: str
-    models: tuple[PartialModel, ...]
+    models: tuple[PartialModel | TreePartialModel, ...]
 
 
 Node = Scan | Join | Partial

@@ -219,7 +219,12 @@ def leaves_bitvector(P: Packed, X: np.ndarray) -> np.ndarray:
         false = ~tests[:, cols] & live[None, :]  # (n, T): node j of each tree tested false
         if false.any():
             v &= np.where(false[:, :, None], masks[None, :, j, :], ALL_ONES)
-    if W == 1:
+    return first_set_leaf(v)
+
+
+def first_set_leaf(v: np.ndarray) -> np.ndarray:
+    """(n, T, W) uint64 leaf masks -> (n, T) index of the lowest set bit: the exit leaf."""
+    if v.shape[2] == 1:
         return _lowest_bit(v[:, :, 0])
     word = np.argmax(v != 0, axis=2)
     low = np.take_along_axis(v, word[:, :, None], axis=2)[:, :, 0]
