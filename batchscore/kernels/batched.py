@@ -43,6 +43,10 @@ class AffineGroup:
     columns: tuple[np.ndarray, ...]
     finishers: tuple[AffineKernel, ...]
 
+    def describe(self) -> str:
+        d, k = self.weights.shape
+        return f"one X @ W product, W {d} x {k}, instead of {len(self.names)}"
+
     def score(self, X: Matrix, proba: Sequence[bool]) -> list[ScoreOutput]:
         X = as_float_matrix(X, self.weights.shape[0], f"model group {', '.join(self.names)}")
         nan_rows, clean = _nan_rows(X)

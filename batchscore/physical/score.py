@@ -21,6 +21,7 @@ from batchscore.kernels.base import Kernel, ScoreOutput
 
 if TYPE_CHECKING:
     from batchscore.kernels.batched import AffineGroup
+    from batchscore.kernels.trees.merged import TreeGroup
 from batchscore.physical.assemble import Block, Column, assemble
 
 PROBABILITY = pa.list_(pa.float64())
@@ -50,7 +51,7 @@ class ScoringGroup:
 
     members: tuple[int, ...]
     columns: tuple[Column, ...]
-    group: AffineGroup
+    group: AffineGroup | TreeGroup
 
 
 @dataclass(frozen=True)

@@ -69,6 +69,9 @@ class JoinCost:
     materialize_flops: float
     factorize_bytes: float
     factorize_flops: float
+    joined_anyway: tuple[str, ...] = ()
+    """Models outside this decision that read the dimension's features: those features are
+    joined whatever is decided here, so they count no bytes on either side."""
 
     @property
     def materialize(self) -> float:
@@ -87,6 +90,11 @@ class JoinCost:
         return self.feature_values / max(self.fact_values, 1)
 
     def describe(self) -> str:
+        anyway = (
+            f"; features joined anyway for {', '.join(self.joined_anyway)}"
+            if self.joined_anyway
+            else ""
+        )
         return (
             f"tuple ratio {self.tuple_ratio:,.1f} ({self.fact_rows:,} fact / {self.dim_rows:,} "
             f"dimension rows), feature ratio {self.feature_ratio:,.2f} ({self.feature_values:,} "
@@ -94,7 +102,7 @@ class JoinCost:
             f"materialize: join {_mb(self.materialize_bytes)}, "
             f"{_mflop(self.materialize_flops)}, cost {_mb(self.materialize)}; factorize: join + "
             f"dimension pass {_mb(self.factorize_bytes)}, {_mflop(self.factorize_flops)}, "
-            f"cost {_mb(self.factorize)}"
+            f"cost {_mb(self.factorize)}{anyway}"
         )
 
 

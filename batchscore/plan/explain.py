@@ -20,7 +20,7 @@ def explain(plan: LogicalPlan) -> str:
     for group in plan.groups:
         out.append(
             f"    batched group [{', '.join(group.names)}]: union of {len(group.inputs)} inputs, "
-            f"W {group.group.weights.shape[0]} x {group.group.weights.shape[1]}"
+            f"{group.group.describe()}"
         )
     out.extend(_node_lines(plan, plan.source, depth=1))
     if plan.decisions:

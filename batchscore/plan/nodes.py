@@ -13,6 +13,7 @@ from batchscore.spec.model import JobSpec, OutputSpec
 if TYPE_CHECKING:
     from batchscore.kernels.batched import AffineGroup
     from batchscore.kernels.trees.factorized import TablePartial
+    from batchscore.kernels.trees.merged import TreeGroup
     from batchscore.models.compiled import CompiledModel
 
 
@@ -164,11 +165,12 @@ class Decision:
 
 @dataclass(frozen=True)
 class ModelGroup:
-    """Affine models scored from one union matrix (see kernels.batched.AffineGroup)."""
+    """Models scored from one union matrix (kernels.batched.AffineGroup: one product;
+    kernels.trees.merged.TreeGroup: one leaf search)."""
 
     names: tuple[str, ...]
     inputs: tuple[FeatureRef, ...]
-    group: AffineGroup
+    group: AffineGroup | TreeGroup
 
 
 @dataclass(frozen=True)

@@ -163,7 +163,10 @@ class TreeEnsembleKernel(Kernel):
 
     def raw(self, X: Matrix) -> np.ndarray:
         """base + sum of exit-leaf values / divisor: (n, n_outputs) float64, before the link."""
-        leaves = self.leaves(X)
+        return self.raw_from_leaves(self.leaves(X))
+
+    def raw_from_leaves(self, leaves: np.ndarray) -> np.ndarray:
+        """`raw` given the exit leaves (n, T) (kernels.trees.merged finds them for many models)."""
         P, ir = self.packed, self.ir
         vals = P.leaf_values[leaves + P.leaf_offset[:-1][None, :]]  # (n, T, width)
         n, width = leaves.shape[0], vals.shape[2]
@@ -183,7 +186,10 @@ class TreeEnsembleKernel(Kernel):
         if self.strategy == "native":
             assert self.native is not None
             return self.native.score(X, proba=proba)
-        raw = self.raw(X)
+        return self.finish(self.raw(X), proba=proba)
+
+    def finish(self, raw: np.ndarray, *, proba: bool = True) -> ScoreOutput:
+        """The link, labels and output layout, from the raw sums."""
         ir = self.ir
         if ir.task == "regression":
             return regressor_output(np.exp(raw[:, 0]) if ir.link == "exp" else raw[:, 0])

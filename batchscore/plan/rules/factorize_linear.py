@@ -78,6 +78,7 @@ class _Rewrite:
         self.decisions: list[Decision] = []
         self.fact_rows = fact_rows(plan)
         others = [b for b in plan.models if b.name not in affine]
+        self.others = others
         self.shared = {f.ref for b in others for f in b.features} | {c.ref for c in plan.id_columns}
 
     def node(self, node: Node) -> Node:
@@ -159,6 +160,9 @@ class _Rewrite:
             materialize_flops=flops_m,
             factorize_bytes=self.fact_rows * 8.0 * columns + dim_bytes,
             factorize_flops=flops_f,
+            joined_anyway=tuple(
+                b.name for b in self.others if any(f.table in tables for f in b.features)
+            ),
         )
 
     def binding(self, binding: ModelBinding) -> ModelBinding:

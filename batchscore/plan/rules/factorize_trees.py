@@ -198,6 +198,13 @@ def _cost(
         materialize_flops=flops_m,
         factorize_bytes=rows * 8.0 * columns + dim_bytes,
         factorize_flops=flops_f,
+        joined_anyway=tuple(
+            b.name
+            for b in plan.models
+            if b not in users
+            and ensemble_of(b.model.kernel) is None
+            and any(f.table in dim.tables for f in b.features)
+        ),
     )
 
 
