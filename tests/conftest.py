@@ -38,3 +38,13 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     build_demo(root, conf_path=root / "conf" / "demo.yaml", days=3, rows_per_day=3_000, seed=7)
     return root
+
+
+@pytest.fixture(scope="session")
+def walmart(tmp_path_factory: pytest.TempPathFactory, spark: object) -> object:
+    """The Walmart star schema (421,570 sales) with its two models: built once per session."""
+    from batchscore.datasets.morpheus import build_walmart
+
+    root = tmp_path_factory.mktemp("walmart")
+    return build_walmart(root, conf_path=root / "conf" / "walmart.yaml", shared=SHARED_DATA,
+                         spark=spark)  # fmt: skip

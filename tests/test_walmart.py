@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import joblib
@@ -21,12 +20,10 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 @pytest.mark.skipif(
     not (SHARED_DATA / "Walmart").exists(), reason="../shared/data/morpheus is not beside the repo"
 )
-def test_walmart_scores_every_row_exactly(spark: Any, tmp_path: Path) -> None:
-    from batchscore.datasets.morpheus import build_walmart, materialize_walmart
+def test_walmart_scores_every_row_exactly(spark: Any, walmart: Any) -> None:
+    from batchscore.datasets.morpheus import materialize_walmart
 
-    info = build_walmart(
-        tmp_path, conf_path=tmp_path / "conf" / "walmart.yaml", shared=SHARED_DATA, spark=spark
-    )
+    info = walmart
     result = bs.run(info.conf_path, spark=spark)
     assert result.status == "committed"
     table = pa.table(DeltaTable(str(info.output_path)).to_pyarrow_table())
