@@ -23,6 +23,8 @@ class RunResult:
     seconds: float
     models: dict[str, str] = field(default_factory=dict)
     message: str = ""
+    quarantined: int = 0
+    """Fact rows a join with `on_missing: quarantine` kept out of scoring (see output.quarantine)."""
 
     @property
     def committed(self) -> bool:
@@ -38,8 +40,9 @@ class RunResult:
         if self.status == "empty":
             return f"{head}: {self.message} Nothing to score; no commit made."
         models = ", ".join(f"{k}@{v}" for k, v in self.models.items())
+        held = f"; {self.quarantined:,} row(s) quarantined" if self.quarantined else ""
         return (
             f"{head}: wrote {self.rows:,} prediction rows to {self.output_path} "
             f"(Delta version {self.table_version}) in {self.seconds:.1f} s; run {self.run_id}; "
-            f"models {models}"
+            f"models {models}{held}"
         )

@@ -4,8 +4,11 @@ For k = 1, 8, 32 models (half Ridge, half binary LogisticRegression) over the sa
 Spark session, each writing the wide layout to Delta:
   peer        one `predict_batch_udf` column per model over the features as one array column
   naive       batchscore with every optimizer rule off (each model multiplies on its own)
-  optimized   batchscore with its rules (the k models share one X @ W per batch)
-  bound       the same scan and Delta write with scoring replaced by a constant
+  optimized   batchscore with its rules (the k models share one X @ W per batch), scoring inside
+              the Delta writer (the job's fused path)
+  unfused     optimized, but scored in mapInArrow and written as a second pass (the old path)
+  bound       the same scan and Delta write (same columns and types) with constant scores
+One untimed bound and job run first, so no variant pays for Spark's first jobs.
 The acceptance asks for k = 32 within 1.3x of k = 1 (optimized) and >= 15x faster than 32 peer
 passes on 10M rows; this 2-core machine runs ROWS (500k; 200k with --quick) and the peer at
 k = 32 only, to keep `make bench` under 15 minutes.
@@ -14,6 +17,7 @@ k = 32 only, to keep `make bench` under 15 minutes.
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -114,23 +118,60 @@ def _peer(spark: Any, plan: Any, out: Path) -> int:
 
 
 def _bound(spark: Any, plan: Any, out: Path) -> int:
+    """The scan and the Delta write of the scored variants with the matmul taken out: the same
+    columns and types (array<double> probabilities included), filled with constants. The first
+    prediction hashes every feature so the scan still reads them all."""
     from pyspark.sql import functions as F
 
-    from batchscore.physical.lower import lower_source
+    from batchscore.physical.lower import lower_source, output_schema
     from batchscore.sinks.delta_table import write_delta
 
-    df = lower_source(spark, plan, check_keys=False).select(
-        *(F.col(c.ref).alias(c.output_name) for c in plan.id_columns),
-        F.lit(0.5).alias("prediction"),
-        F.xxhash64(*(F.col(f.ref) for f in plan.models[0].features)).alias("touch"),
-    )
+    joined = lower_source(spark, plan, check_keys=False)
+    ids = {c.output_name: c.ref for c in plan.id_columns}
+    touch: Any = F.xxhash64(*(F.col(f.ref) for f in plan.models[0].features)) % 1
+    columns = []
+    for field in output_schema(joined.schema, plan).fields:
+        name = field.name
+        if name in ids:
+            value = F.col(ids[name])
+        elif name.endswith("__probability"):
+            value = F.array(F.lit(0.25), F.lit(0.75))
+        elif name.endswith("__label") or name == "run_id":
+            value = F.lit("1")
+        elif name == "scored_at":
+            value = F.lit(datetime(2026, 11, 21, tzinfo=UTC))
+        else:  # a prediction: the first one carries the hash of the features
+            value = F.lit(0.5) if touch is None else F.lit(0.5) + touch
+            touch = None
+        columns.append(value.cast(field.dataType).alias(name))
     shutil.rmtree(out, ignore_errors=True)
-    return write_delta(df, str(out), mode="overwrite", partition_by=["ds"]).rows
+    return write_delta(
+        joined.select(*columns), str(out), mode="overwrite", partition_by=["ds"]
+    ).rows
+
+
+def _unfused(spark: Any, spec: Any) -> int:
+    """The job's write as it was before the fused writer: score in a mapInArrow pass, send the
+    scored DataFrame back through the JVM to a second Python pass that writes it."""
+    from batchscore.jobs.run import lineage, plan_job
+    from batchscore.physical.lower import lower
+    from batchscore.sinks.delta_table import write_delta
+
+    plan = plan_job(spec)
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    run_id = f"{scored_at:%Y%m%dT%H%M%SZ}-unfused"
+    predictions = lower(spark, plan, run_id=run_id, scored_at=scored_at)
+    meta = lineage(plan, run_id=run_id, scored_at=scored_at)
+    out = plan.output
+    return write_delta(
+        predictions, out.path, mode=out.mode, partition_by=out.partition_by, metadata=meta
+    ).rows
 
 
 PEER = "peer: predict_batch_udf per model"
 BOUND = "bound (scan+write, constant score)"
 OPTIMIZED = "batchscore optimized (batched)"
+UNFUSED = "batchscore optimized, unfused (mapInArrow, then write)"
 
 
 def run(ctx: Context) -> list[Row]:
@@ -138,11 +179,24 @@ def run(ctx: Context) -> list[Row]:
     root = ctx.workdir / "glms"
     root.mkdir(parents=True, exist_ok=True)
     table = _table(root, rows)
+    _warm_up(ctx, root, table)
     out: list[Row] = []
     baseline: list[float] = []
     for k in KS:
         out += _scenario(ctx, root, table, k, rows, baseline)
     return out
+
+
+def _warm_up(ctx: Context, root: Path, table: Path) -> None:
+    """One untimed bound and one scoring job, so the first timed variant does not pay for
+    Spark's first jobs (JIT, Python workers, imports on the workers)."""
+    from batchscore.jobs.run import plan_job, run_job
+    from batchscore.plan.rules import prune_columns, prune_partitions
+    from batchscore.spec import load_spec
+
+    spec = load_spec(_spec(root, table, KS[0]))
+    _bound(ctx.spark, plan_job(spec, rules=(prune_partitions, prune_columns)), root / "bound")
+    run_job(spec, spark=ctx.spark, force=True)
 
 
 def _scenario(
@@ -158,18 +212,28 @@ def _scenario(
         BOUND: lambda: _bound(ctx.spark, plan, root / "bound"),
         "batchscore naive (no rules)": lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
         OPTIMIZED: lambda: run_job(spec, spark=ctx.spark, force=True),
+        UNFUSED: lambda: _unfused(ctx.spark, spec),
     }
     if k == KS[-1]:
         variants[PEER] = lambda: _peer(ctx.spark, plan, root / "peer")
     times = {}
     for name, fn in variants.items():
         times[name], _ = timed(fn, 1 if name == PEER else ctx.repeats)
+        print(f"   k={k} {name}: {times[name]:.2f} s", flush=True)
     if not baseline:
         baseline.append(times[OPTIMIZED])
     peer, bound = times.get(PEER), times[BOUND]
     rows_out = []
     for name, seconds in times.items():
         extra = f"{seconds / bound:.2f}x the bound; {seconds / baseline[0]:.2f}x optimized k=1"
+        if name == OPTIMIZED and k == KS[-1]:
+            extra += f"; k={k}/k={KS[0]} = {seconds / baseline[0]:.2f} (target <= 1.3)"
+            if peer is not None:
+                extra += f"; peer/optimized = {peer / seconds:.1f}"
+                ctx.notes.append(
+                    f"glms: optimized k={k} / k={KS[0]} = {seconds / baseline[0]:.2f} (target "
+                    f"<= 1.3); peer / optimized at k={k} = {peer / seconds:.1f}."
+                )
         rows_out.append(Row(f"{k} GLMs x {FEATURES} features", name, rows, seconds,
                             "peer" if peer else "", peer, extra, peak_rss_mb()))  # fmt: skip
     return rows_out

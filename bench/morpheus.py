@@ -1,13 +1,16 @@
-"""Walmart end to end through Spark: factorized vs materialized vs the peer vs the bound.
+"""Walmart and Flights (Morpheus) end to end through Spark: factorized vs materialized vs the
+peer vs the bound.
 
 Variants, all in one Spark session on the same tables and the same Delta sink:
   peer        the materialized join, then `pyspark.ml.functions.predict_batch_udf` per model
               (features flattened into one array column, as that API requires)
   naive       batchscore with every optimizer rule off (materialize, then score)
   optimized   batchscore with its rules (factorized where the cost model says so)
+  always      batchscore with `planner.factorize: always` (GLM and trees factorized whatever
+              the cost model says: what factorizing costs where the planner would not)
   bound       the same scans, joins and Delta write, scoring replaced by a constant
-Two jobs: the multinomial logistic regression alone (where factorization applies to the whole
-model), and both models (the LightGBM model still needs the dimension features joined).
+Two jobs per dataset: the logistic regression alone (where factorization applies to the whole
+model), and both models (logistic regression + LightGBM).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from bench.harness import Context, Row, peak_rss_mb, timed
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "morpheus"
 
 
-def _only_logreg(spec_text: str) -> str:
+def _only(spec_text: str, model: str) -> str:
     models = re.search(r"models:\n(.*?)\noutput:", spec_text, re.S)
     assert models is not None
     blocks = re.split(r"\n(?=- name:|  - name:)", models.group(1))
-    keep = [b for b in blocks if "walmart_logreg" in b]
+    keep = [b for b in blocks if model in b]
     return spec_text.replace(models.group(1), "\n".join(keep))
 
 
@@ -96,48 +99,62 @@ def _bound(spark: Any, plan: Any, out: Path) -> int:
     return write_delta(consumed, str(out), mode="overwrite", partition_by=["ds"]).rows
 
 
-JOBS = (
-    ("walmart, logistic regression", "glm.yaml"),
-    ("walmart, logreg + LightGBM", "walmart.yaml"),
-)
+DATASETS = {
+    # name: (builder, fact rows, logistic regression model name)
+    "walmart": ("build_walmart", 421_570, "walmart_logreg"),
+    "flights": ("build_flights", 66_548, "flights_logreg"),
+}
 PEER = "peer: join + predict_batch_udf"
 BOUND = "bound (scan+join+write, constant score)"
 
 
 def run(ctx: Context) -> list[Row]:
-    from batchscore.datasets.morpheus import build_walmart
+    from batchscore.datasets import morpheus
 
-    root = ctx.workdir / "walmart"
-    conf = root / "conf" / "walmart.yaml"
-    if not conf.exists():
-        build_walmart(root, conf_path=conf, shared=SHARED, spark=ctx.spark)
-    glm = _only_logreg(conf.read_text()).replace("walmart_predictions", "glm_predictions")
-    (root / "conf" / "glm.yaml").write_text(glm)
     rows: list[Row] = []
-    for job, spec_name in JOBS:
-        rows += _job(ctx, job, root / "conf" / spec_name, root / "bench_out")
+    for name, (builder, n_rows, logreg) in DATASETS.items():
+        root = ctx.workdir / name
+        conf = root / "conf" / f"{name}.yaml"
+        if not conf.exists():
+            getattr(morpheus, builder)(root, conf_path=conf, shared=SHARED, spark=ctx.spark)
+        text = conf.read_text()
+        glm = _only(text, logreg).replace(f"{name}_predictions", f"{name}_glm_predictions")
+        (root / "conf" / "glm.yaml").write_text(glm)
+        jobs = ((f"{name}, logistic regression", "glm.yaml"),
+                (f"{name}, logreg + LightGBM", f"{name}.yaml"))  # fmt: skip
+        for job, spec_name in jobs:
+            rows += _job(ctx, job, root / "conf" / spec_name, root / "bench_out", n_rows)
     return rows
 
 
-def _job(ctx: Context, job: str, spec_path: Path, out: Path) -> list[Row]:
+def _job(ctx: Context, job: str, spec_path: Path, out: Path, fact_rows: int) -> list[Row]:
     from batchscore.jobs.run import plan_job, run_job
     from batchscore.plan.rules import eliminate_unused_joins, prune_columns, prune_partitions
     from batchscore.spec import load_spec
 
     spec = load_spec(spec_path)
     plan = plan_job(spec, rules=(eliminate_unused_joins, prune_partitions, prune_columns))
-    n_rows = 421_570 * len(spec.models)
+    n_rows = fact_rows * len(spec.models)
+    always = spec.model_copy(
+        update={"planner": spec.planner.model_copy(update={"factorize": "always"})}
+    )
     variants: dict[str, Any] = {
         BOUND: lambda: _bound(ctx.spark, plan, out),
         "batchscore naive (no rules)": lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
         "batchscore optimized": lambda: run_job(spec, spark=ctx.spark, force=True),
+        "batchscore factorize: always": lambda: run_job(always, spark=ctx.spark, force=True),
     }
     if not ctx.quick:
         variants[PEER] = lambda: _peer(ctx.spark, plan, out)
-    times = {}
+    times, same = {}, {}
+    reference = None
     for name, fn in variants.items():
         repeats = 1 if name == PEER else ctx.repeats
         times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
+        if name.startswith("batchscore"):
+            got = _snapshot(spec.output.path)
+            reference = reference or got
+            same[name] = _equal(reference, got)
     peer, bound = times.get(PEER), times[BOUND]
     return [
         Row(
@@ -147,11 +164,32 @@ def _job(ctx: Context, job: str, spec_path: Path, out: Path) -> list[Row]:
             sec,
             "peer" if peer else "",
             peer,
-            f"{sec / bound:.2f}x the bound",
+            f"{sec / bound:.2f}x the bound"
+            + (f"; output == naive's (rtol 1e-9): {same[name]}" if name in same else ""),
             peak_rss_mb(),
         )
         for name, sec in times.items()
     ]
+
+
+def _snapshot(path: str) -> tuple[list[Any], list[Any], Any]:
+    """The table's rows in a fixed order: (model, id) keys, labels, probabilities."""
+    import numpy as np
+    import pyarrow as pa
+    from deltalake import DeltaTable
+
+    table = pa.table(DeltaTable(path).to_pyarrow_table())
+    ids = [c for c in table.column_names if c.endswith("_id")][:1]
+    table = table.sort_by([("model", "ascending"), *((c, "ascending") for c in ids)])
+    proba = np.asarray([p for p in table["probability"].to_pylist()], dtype=np.float64)
+    keys = list(zip(table["model"].to_pylist(), table[ids[0]].to_pylist(), strict=True))
+    return keys, table["label"].to_pylist(), proba
+
+
+def _equal(a: Any, b: Any) -> bool:
+    import numpy as np
+
+    return bool(a[0] == b[0] and a[1] == b[1] and np.allclose(a[2], b[2], rtol=1e-9, atol=1e-12))
 
 
 def _fresh(out: Path, fn: Any) -> Any:
@@ -165,7 +203,7 @@ def main() -> None:
     args = parser.parse_args()
     from bench.run import run_modules
 
-    run_modules(["bench.walmart"], quick=args.quick)
+    run_modules(["bench.morpheus"], quick=args.quick)
 
 
 if __name__ == "__main__":

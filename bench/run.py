@@ -9,8 +9,9 @@ from pathlib import Path
 
 from bench.harness import OUT, Context, Row, machine, versions
 
-SCENARIOS: tuple[str, ...] = ("bench.kernels", "bench.glms", "bench.walmart", "bench.reruns")
+SCENARIOS: tuple[str, ...] = ("bench.kernels", "bench.glms", "bench.morpheus", "bench.reruns")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PARTIAL = OUT / "RESULTS.partial.md"
 
 
 def _fmt(row: Row) -> str:
@@ -21,7 +22,7 @@ def _fmt(row: Row) -> str:
     )
 
 
-def run_modules(modules: list[str], *, quick: bool) -> list[Row]:
+def run_modules(modules: list[str], *, quick: bool, out: Path = RESULTS) -> list[Row]:
     from batchscore.physical.session import get_spark
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -52,8 +53,9 @@ def run_modules(modules: list[str], *, quick: bool) -> list[Row]:
         "| scenario | variant | rows | seconds | rows/s | vs baseline | notes | peak RSS MB |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
-    RESULTS.write_text("\n".join(header + [_fmt(r) for r in rows] + [""] + ctx.notes) + "\n")
-    print(f"wrote {RESULTS}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(header + [_fmt(r) for r in rows] + [""] + ctx.notes) + "\n")
+    print(f"wrote {out}")
     return rows
 
 
@@ -61,11 +63,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller data, one run per variant")
     parser.add_argument("--only", action="append", help="run only these modules (bench.NAME)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"results file (default: {RESULTS.name} for a full run, {PARTIAL.name} under "
+        "bench/out/ with --only, so a partial run never replaces the published table)",
+    )
     args = parser.parse_args()
     from batchscore.physical.session import prepare_environment
 
     prepare_environment()
-    run_modules(args.only or list(SCENARIOS), quick=args.quick)
+    out = args.out or (PARTIAL if args.only else RESULTS)
+    run_modules(args.only or list(SCENARIOS), quick=args.quick, out=out)
 
 
 if __name__ == "__main__":

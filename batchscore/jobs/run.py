@@ -14,10 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pyspark.sql import SparkSession
-from pyspark.sql.pandas.types import to_arrow_schema
 
 from batchscore import __version__
-from batchscore.physical.lower import lower
+from batchscore.physical.lower import lower_for_write, quarantined_rows
 from batchscore.physical.session import get_spark
 from batchscore.plan import RULES, bind, optimize
 from batchscore.plan.nodes import LogicalPlan, Scan
@@ -56,6 +55,8 @@ def run_job(
     done = transaction_version(out, app_id)
     versions = {b.name: b.model.version for b in plan.models}
 
+    held = 0
+
     def result(status: RunStatus, rows: int, version: int | None, message: str = "") -> RunResult:
         return RunResult(
             run_id,
@@ -68,6 +69,7 @@ def run_job(
             time.monotonic() - started,
             versions,
             message,
+            held,
         )
 
     if done is not None and not force:
@@ -78,26 +80,73 @@ def run_job(
     if empty:
         return result("empty", 0, None, empty)
     session = spark or get_spark(master)
-    predictions = lower(session, plan, run_id=run_id, scored_at=scored_at)
+    held = _write_quarantine(session, plan, app_id, (done or 0) + 1, run_id, scored_at)
+    joined, task, schema = lower_for_write(session, plan, run_id=run_id, scored_at=scored_at)
+    fill_missing = _model_output_column if plan.output.layout == "wide" else None
     check_schema_compatible(
         out,
-        to_arrow_schema(predictions.schema, timezone="UTC"),
+        schema,
         partition_by=plan.output.partition_by,
+        evolve_schema=plan.output.evolve_schema,
+        fill_missing=fill_missing,
     )
     commit = write_delta(
-        predictions,
+        joined,
         out,
+        transform=task,
+        transform_schema=schema,
         mode=plan.output.mode,
         partition_by=plan.output.partition_by,
         app_id=app_id,
         app_version=(done or 0) + 1,
         metadata=lineage(plan, run_id=run_id, scored_at=scored_at),
+        evolve_schema=plan.output.evolve_schema,
+        fill_missing=fill_missing,
     )
     if commit.reason == "empty":
-        return result("empty", 0, None, "the source selection produced no rows.")
+        why = f"all {held:,} selected rows were quarantined." if held else "the source "
+        return result("empty", 0, None, why if held else why + "selection produced no rows.")
     if commit.reason == "already_committed":
         return result("skipped", 0, commit.version)
     return result("committed", commit.rows, commit.version)
+
+
+def _write_quarantine(
+    spark: SparkSession,
+    plan: LogicalPlan,
+    app_id: str,
+    app_version: int,
+    run_id: str,
+    scored_at: datetime,
+) -> int:
+    """Commit the rows the quarantine joins refused, before the predictions.
+
+    Its own idempotency key (the job's, plus ':quarantine') makes a rerun after a failed
+    predictions commit skip it instead of writing the rows twice.
+    """
+    rows = quarantined_rows(spark, plan, run_id=run_id, scored_at=scored_at)
+    if rows is None or plan.output.quarantine is None:
+        return 0
+    partition_by = [c for c in plan.output.partition_by if c in rows.columns]
+    commit = write_delta(
+        rows,
+        plan.output.quarantine,
+        mode="overwrite_partitions" if partition_by and plan.output.mode != "append" else "append",
+        partition_by=partition_by,
+        app_id=f"{app_id}:quarantine",
+        app_version=app_version,
+        metadata={"batchscore.run_id": run_id, "batchscore.job": plan.spec.name},
+    )
+    return commit.rows
+
+
+_MODEL_COLUMN_SUFFIXES = ("__prediction", "__label", "__probability")
+
+
+def _model_output_column(name: str) -> bool:
+    """A wide-layout model column: a model dropped from the spec leaves them null in new rows
+    (the table keeps them, so older rows keep their predictions)."""
+    return any(name.endswith(s) and len(name) > len(s) for s in _MODEL_COLUMN_SUFFIXES)
 
 
 def _empty_selection(plan: LogicalPlan) -> str:

@@ -21,6 +21,23 @@ UNKNOWN_N_FEATURES = -1
 """`n_features` of a model that does not say how many inputs it takes (no n_features_in_)."""
 
 
+ARGMAX_PREDICTORS = (
+    ("sklearn.ensemble._forest", "ForestClassifier"),
+    ("sklearn.tree._classes", "DecisionTreeClassifier"),
+)
+"""scikit-learn classifiers whose `predict` IS `classes_[argmax(predict_proba)]` (single
+output): their label can come from the probabilities already computed."""
+
+
+def _predict_is_proba_argmax(estimator: Any) -> bool:
+    if getattr(estimator, "n_outputs_", 1) != 1:
+        return False
+    for cls in type(estimator).__mro__:
+        if (cls.__module__, cls.__name__) in ARGMAX_PREDICTORS:
+            return True
+    return False
+
+
 class OpaqueKernel(Kernel):
     """Scores by calling the estimator. `classes` None means a regressor."""
 
@@ -47,6 +64,7 @@ class OpaqueKernel(Kernel):
         )
         # Set once a sparse batch was refused, so later batches skip the failing attempt.
         self.densify = False
+        self.label_is_argmax = self.supports_proba and _predict_is_proba_argmax(estimator)
 
     @property
     def class_name(self) -> str:
@@ -86,17 +104,27 @@ class OpaqueKernel(Kernel):
                     "batchscore scores one value per row (fit one model per target)."
                 )
             return ScoreOutput(values, None, None)
-        label = np.asarray([str(v) for v in self._call("predict", X)], dtype=object)
-        if not proba:
-            return ScoreOutput(np.full(n, np.nan), label, None)
+        if proba and self.label_is_argmax:  # one call instead of two (forests: half the time)
+            probability = self._probability(X, n)
+            codes = np.argmax(probability, axis=1)
+            label = np.asarray(self.classes, dtype=object)[codes]
+        else:
+            label = np.asarray([str(v) for v in self._call("predict", X)], dtype=object)
+            if not proba:
+                return ScoreOutput(np.full(n, np.nan), label, None)
+            probability = self._probability(X, n)
+        prediction = probability[:, 1].copy() if self.task == "binary" else np.full(n, np.nan)
+        return ScoreOutput(prediction, label, probability)
+
+    def _probability(self, X: Matrix, n: int) -> np.ndarray:
+        assert self.classes is not None
         probability = self._call("predict_proba", X).astype(np.float64, copy=False)
         if probability.shape != (n, len(self.classes)):
             raise DataError(
                 f"{self._who()} returned predict_proba of shape {probability.shape}, expected "
                 f"({n}, {len(self.classes)}); score it with output: predict instead."
             )
-        prediction = probability[:, 1].copy() if self.task == "binary" else np.full(n, np.nan)
-        return ScoreOutput(prediction, label, probability)
+        return probability
 
     def describe(self) -> str:
         note = f"; {self.note}" if self.note else ""

@@ -4,6 +4,8 @@ Unpickling runs arbitrary code, so a pickle/joblib file is opened only when the 
 sha256 and the file's bytes match the pin. The bytes are read once, hashed, and unpickled from
 that same in-memory buffer, so the file cannot change between the check and the load.
 LightGBM's text format is data, not code: it loads without a pin (a given pin is still checked).
+MLflow models (`models:/`, `runs:/`) follow the same rule for the flavor's data file; skops
+files count as code, since MLflow stores their trusted types inside the model.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import importlib
 import io
 import re
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +23,11 @@ from urllib.parse import unquote, urlparse
 
 from batchscore.errors import ModelError
 
-ArtifactFormat = Literal["pickle", "lightgbm_text"]
+ArtifactFormat = Literal["pickle", "lightgbm_text", "skops"]
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_ZIP_MAGIC = b"PK\x03\x04"  # skops files are zip archives; pickles start with 0x80
+_MLFLOW_FLAVORS = (("lightgbm", "data", "model.lgb"), ("sklearn", "pickled_model", "model.pkl"))
 
 
 @dataclass(frozen=True)
@@ -74,6 +79,8 @@ def _load_bytes(
     """Load already-read bytes whose pin (if any) has been checked against `actual`."""
     if is_lightgbm_text(data):
         return LoadedArtifact(_load_lightgbm_text(data, where), actual, "lightgbm_text", path)
+    if data.startswith(_ZIP_MAGIC):
+        return _load_skops(data, actual, expected, where, path)
     if expected is None:
         raise ModelError(
             f"{where} is a pickle and has no sha256 pin; pickles can run code on load. "
@@ -103,26 +110,81 @@ def _load_registered(ref: str, *, sha256: str | None, model_name: str) -> Loaded
 
 
 def _load_mlflow(uri: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:
-    """Download an MLflow model (local tracking dir) and load its sklearn or LightGBM file."""
+    """Download an MLflow model (MLFLOW_TRACKING_URI) and load its sklearn or LightGBM file.
+
+    The pin covers the flavor's data file (model.skops, model.pkl or model.lgb), the bytes that
+    are deserialized: MLflow records no digest, and `models:/NAME/latest` may move. Skops files
+    need the pin too, because MLflow reads their trusted types from the model itself. We load
+    the bytes ourselves, so MLflow's own deserialization gate is not involved.
+    """
     where = f"Model '{model_name}' ({uri})"
+    expected = _normalise_pin(sha256, where)
+    mlflow_artifacts = _import_optional(
+        "mlflow.artifacts", where, "is an MLflow URI, and MLflow", " or point the spec at the file"
+    )
+    with tempfile.TemporaryDirectory(prefix="batchscore-mlflow-") as tmp:
+        local = _download_mlflow(mlflow_artifacts, uri, tmp, where)
+        file = _mlflow_model_file(local, where)
+        try:
+            data = file.read_bytes()
+        except OSError as exc:
+            raise ModelError(f"{where}: {file.name} cannot be read: {_one_line(exc)}.") from None
+    where = f"Model '{model_name}' ({uri}, file {file.name})"
+    actual = hashlib.sha256(data).hexdigest()
+    if expected is not None and expected != actual:
+        raise ModelError(
+            f"{where} has sha256 {actual} but the spec pins {expected}; the artifact changed "
+            "or the URI now resolves to another model version. Point the spec at the pinned "
+            "version, or pin the new one after checking where it came from."
+        )
+    return _load_bytes(data, actual, expected, where, f"{uri}/{file.name}")
+
+
+def _import_optional(module: str, where: str, what: str, alternative: str = "") -> Any:
+    """Import an optional dependency, or say which extra brings it."""
     try:
-        mlflow_artifacts = importlib.import_module("mlflow.artifacts")
+        return importlib.import_module(module)
     except ImportError:
         raise ModelError(
-            f"{where} is an MLflow URI, and MLflow is not installed; install batchscore[mlflow] "
-            "(pip install 'batchscore[mlflow]') or point the spec at the model file."
+            f"{where} {what} is not installed; install batchscore[mlflow] "
+            f"(pip install 'batchscore[mlflow]'){alternative}."
         ) from None
+
+
+def _download_mlflow(mlflow_artifacts: Any, uri: str, dst: str, where: str) -> Path:
     try:
-        local = Path(mlflow_artifacts.download_artifacts(artifact_uri=uri))
-    except Exception as exc:  # MlflowException, missing run or version
+        return Path(mlflow_artifacts.download_artifacts(artifact_uri=uri, dst_path=dst))
+    except Exception as exc:  # MlflowException, missing run or version, unreachable server
+        text = " ".join(str(exc).split())
+        tracking = _tracking_uri()
+        if "MLFLOW_ALLOW_FILE_STORE" in text:
+            raise ModelError(
+                f"{where}: MLflow refuses the file tracking store {tracking} unless "
+                "MLFLOW_ALLOW_FILE_STORE=true; set it, or point MLFLOW_TRACKING_URI at a "
+                "tracking server."
+            ) from None
+        if "unsupported URI" in text and tracking.startswith("sqlite:"):
+            raise ModelError(
+                f"{where}: the tracking URI {tracking} (MLflow's default when "
+                "MLFLOW_TRACKING_URI is unset) needs the full mlflow package, and batchscore "
+                "installs mlflow-skinny; set MLFLOW_TRACKING_URI to your tracking server or "
+                "file store, or pip install mlflow."
+            ) from None
         raise ModelError(
-            f"{where} cannot be resolved by MLflow: {_one_line(exc)}; check MLFLOW_TRACKING_URI."
+            f"{where} cannot be resolved by MLflow (tracking URI {tracking}): "
+            f"{_one_line(text)}; check the URI and MLFLOW_TRACKING_URI."
         ) from None
-    file = _mlflow_model_file(local, where)
-    return load_artifact(str(file), sha256=sha256, model_name=model_name)
+
+
+def _tracking_uri() -> str:
+    try:
+        return str(importlib.import_module("mlflow").get_tracking_uri())
+    except Exception:  # an unusable configuration is reported by the caller
+        return "unknown"
 
 
 def _mlflow_model_file(local: Path, where: str) -> Path:
+    """The data file of the model's sklearn or lightgbm flavor, inside the downloaded folder."""
     if local.is_file():
         return local
     import yaml
@@ -131,16 +193,57 @@ def _mlflow_model_file(local: Path, where: str) -> Path:
         meta = yaml.safe_load((local / "MLmodel").read_text()) or {}
     except OSError:
         raise ModelError(
-            f"{where} has no MLmodel file; log it with mlflow.<flavor>.log_model."
+            f"{where} has no MLmodel file; log it with mlflow.sklearn.log_model or "
+            "mlflow.lightgbm.log_model."
         ) from None
-    flavors = meta.get("flavors") or {}
-    if "lightgbm" in flavors:
-        return local / str(flavors["lightgbm"].get("data", "model.lgb"))
-    if "sklearn" in flavors:
-        return local / str(flavors["sklearn"].get("pickled_model", "model.pkl"))
+    except yaml.YAMLError as exc:
+        raise ModelError(f"{where} has an unreadable MLmodel file: {_one_line(exc)}.") from None
+    flavors = meta.get("flavors") if isinstance(meta, dict) else None
+    flavors = flavors if isinstance(flavors, dict) else {}
+    for flavor, key, default in _MLFLOW_FLAVORS:
+        conf = flavors.get(flavor)
+        if isinstance(conf, dict):
+            return _inside(local, str(conf.get(key) or default), where)
     raise ModelError(
-        f"{where} has flavors {sorted(flavors)}; batchscore loads the sklearn and lightgbm ones."
+        f"{where} has flavors {sorted(flavors)}; batchscore loads the sklearn and lightgbm "
+        "ones. Log the model with mlflow.sklearn or mlflow.lightgbm, or export its file."
     )
+
+
+def _inside(folder: Path, name: str, where: str) -> Path:
+    """`folder/name`, refusing a name in MLmodel that points outside the model's folder."""
+    file = (folder / name).resolve()
+    if not file.is_relative_to(folder.resolve()):
+        raise ModelError(
+            f"{where}: its MLmodel names the data file '{name}', outside the model's folder; "
+            "re-log the model."
+        )
+    return file
+
+
+def _load_skops(
+    data: bytes, actual: str, expected: str | None, where: str, path: str
+) -> LoadedArtifact:
+    """A skops file (MLflow's default for sklearn-API models): loaded only when pinned."""
+    if expected is None:
+        raise ModelError(
+            f"{where} is a skops file and has no sha256 pin; loading it can run code (its "
+            f"trusted types come from the model itself). Add sha256: {actual} to the spec "
+            "after checking the model's origin."
+        )
+    sio = _import_optional("skops.io", where, "was saved in the skops format, and skops")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            # The pin vouches for these exact bytes, so every type they name is trusted.
+            obj = sio.loads(data, trusted=sio.get_untrusted_types(data=data))
+        except Exception as exc:  # corrupt zip, missing module, version clash
+            raise ModelError(
+                f"{where} cannot be loaded: {type(exc).__name__}: {_one_line(exc)}. "
+                "Install the packages the model was logged with, or re-log it."
+            ) from None
+    notes = tuple(dict.fromkeys(_one_line(w.message) for w in caught))
+    return LoadedArtifact(obj, actual, "skops", path, notes)
 
 
 def sha256_of(path: str) -> str:

@@ -8,10 +8,13 @@ dimensions small enough are broadcast; one mapInArrow pass scores every model.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from batchscore.errors import DataError
 from batchscore.physical.assemble import Column
@@ -33,11 +36,13 @@ from batchscore.plan.nodes import (
     Scan,
     TreePartialModel,
     children,
+    present_flag,
     qualified,
 )
 from batchscore.sinks.delta_table import read_delta
 
 BROADCAST_BYTES = 256 * 1024 * 1024
+PRESENT = present_flag("")
 
 
 def lower(
@@ -48,9 +53,12 @@ def lower(
     scored_at: datetime,
     check_keys: bool = True,
 ) -> DataFrame:
-    joined = lower_source(spark, plan, check_keys=check_keys)
-    inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
-    joined = joined.select(*dict.fromkeys(inputs))
+    """The predictions as a DataFrame (one mapInArrow pass), for callers that go on in Spark.
+
+    A job that only writes them uses `lower_for_write`: scoring inside the writer saves the
+    outputs' trip through the JVM and a second pass through Python workers.
+    """
+    joined = scoring_input(spark, plan, check_keys=check_keys)
     task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
     return joined.mapInArrow(task, output_schema(joined.schema, plan))
 
@@ -69,6 +77,8 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
     right = _node(spark, plan, node.right, check_keys)
     if check_keys:
         _check_unique_keys(right, node)
+    if node.on_missing == "quarantine":
+        right = right.withColumn(present_flag(node.table), F.lit(True))
     if _dimension_bytes(plan, node.right) <= BROADCAST_BYTES:
         right = F.broadcast(right)
     condition = [
@@ -98,7 +108,8 @@ def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
 
 def _partial(plan: LogicalPlan, node: Partial, child: DataFrame) -> DataFrame:
     """Score the dimension's share of each model; keep only what is used above it."""
-    keep = tuple(c for c in child.columns if c in _needed_outside(plan, node))
+    needed = _needed_outside(plan, node)
+    keep = tuple(c for c in child.columns if c in needed or c.startswith(PRESENT))
     partials = tuple(_partial_spec(model) for model in node.models)
     schema = T.StructType(
         [child.schema[c] for c in keep]
@@ -217,3 +228,66 @@ def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
         fields += [T.StructField(f"{binding.name}__{f.name}", f.dataType, True) for f in prediction]
     fields += tail
     return T.StructType(fields)
+
+
+def scoring_input(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = True) -> DataFrame:
+    """The joined rows, narrowed to the id columns and the features the scoring task reads
+    (rows that a join with `on_missing: quarantine` refused left out)."""
+    joined = lower_source(spark, plan, check_keys=check_keys)
+    flags = _quarantine_flags(plan)
+    if flags:
+        joined = joined.where(~_any_missing(flags))
+    inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
+    return joined.select(*dict.fromkeys(inputs))
+
+
+def lower_for_write(
+    spark: SparkSession,
+    plan: LogicalPlan,
+    *,
+    run_id: str,
+    scored_at: datetime,
+    check_keys: bool = True,
+) -> tuple[DataFrame, ScoringTask, pa.Schema]:
+    """(unscored input, scoring task, Arrow schema of its output) for a fused Delta write:
+    `write_delta(input, ..., transform=task, transform_schema=schema)` scores in the writer."""
+    joined = scoring_input(spark, plan, check_keys=check_keys)
+    task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
+    schema = to_arrow_schema(output_schema(joined.schema, plan), timezone="UTC")
+    return joined, task, schema
+
+
+def _quarantine_flags(plan: LogicalPlan) -> dict[str, str]:
+    """Flag column per join with `on_missing: quarantine` (null where no row matched)."""
+    return {j.table: present_flag(j.table) for j in plan.joins() if j.on_missing == "quarantine"}
+
+
+def _any_missing(flags: dict[str, str]) -> Any:
+    condition = None
+    for flag in flags.values():
+        term = F.col(flag).isNull()
+        condition = term if condition is None else condition | term
+    return condition
+
+
+def quarantined_rows(
+    spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime
+) -> DataFrame | None:
+    """The rows the quarantine joins refused: their ids, which joins found nothing, the run.
+
+    None when no join quarantines. Computed from the same plan as `scoring_input`, so the two
+    partition the fact rows exactly.
+    """
+    flags = _quarantine_flags(plan)
+    if not flags:
+        return None
+    joined = lower_source(spark, plan, check_keys=False).where(_any_missing(flags))
+    missing = F.concat_ws(
+        ",", *(F.when(F.col(flag).isNull(), F.lit(table)) for table, flag in flags.items())
+    )
+    return joined.select(
+        *(F.col(c.ref).alias(c.output_name) for c in plan.id_columns),
+        missing.alias("missing_join"),
+        F.lit(run_id).alias("run_id"),
+        F.lit(scored_at).cast("timestamp").alias("quarantined_at"),
+    )

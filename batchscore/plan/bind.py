@@ -58,7 +58,12 @@ def _bind_source(spec: JobSpec, tables: dict[str, TableInfo]) -> Node:
     node: Node = _scan(fact, where or None)
     for join in spec.source.joins:
         node = Join(
-            node, _bind_dimension(join, tables), join.table, fact.name, _keys(join, fact, tables)
+            node,
+            _bind_dimension(join, tables),
+            join.table,
+            fact.name,
+            _keys(join, fact, tables),
+            join.on_missing,
         )
     return node
 
@@ -69,7 +74,12 @@ def _bind_dimension(join: JoinSpec, tables: dict[str, TableInfo]) -> Node:
     node: Node = _scan(info)
     for child in join.joins:
         node = Join(
-            node, _bind_dimension(child, tables), child.table, info.name, _keys(child, info, tables)
+            node,
+            _bind_dimension(child, tables),
+            child.table,
+            info.name,
+            _keys(child, info, tables),
+            child.on_missing,
         )
     return node
 

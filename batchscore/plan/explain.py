@@ -55,8 +55,11 @@ def _node_lines(plan: LogicalPlan, node: Node, depth: int) -> list[str]:
             *_node_lines(plan, node.child, depth + 1),
         ]
     keys = " AND ".join(f"{node.parent}.{left} = {node.table}.{right}" for left, right in node.on)
+    held = ""
+    if node.on_missing == "quarantine":
+        held = f"  (no match: quarantined to {plan.output.quarantine})"
     return [
-        f"{pad}LeftJoin {node.table} ON {keys}",
+        f"{pad}LeftJoin {node.table} ON {keys}{held}",
         *_node_lines(plan, node.left, depth + 1),
         *_node_lines(plan, node.right, depth + 1),
     ]

@@ -22,6 +22,11 @@ def qualified(table: str, column: str) -> str:
     return f"{table}__{column}"
 
 
+def present_flag(table: str) -> str:
+    """The column a join with `on_missing: quarantine` adds: true where the row was found."""
+    return f"__present__{table}"
+
+
 @dataclass(frozen=True)
 class Scan:
     table: str
@@ -42,6 +47,7 @@ class Join:
     table: str
     parent: str
     on: tuple[tuple[str, str], ...]
+    on_missing: str = "null"
 
 
 @dataclass(frozen=True, eq=False)

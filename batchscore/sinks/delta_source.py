@@ -18,6 +18,11 @@ Options (all strings):
   write: write_id      id put into file names and the commit info (default: random)
   write: overwrite_schema  "true": mode overwrite may replace the table's schema
   write: max_file_rows, max_file_bytes, row_group_rows   file sizing (defaults 1M, 128MB, 256k)
+  write: transform, transform_sha256, transform_schema   a fused write: each task writes
+         `transform(its batches)` instead of the batches themselves; transform is the path
+         (relative to the table) of the pickled callable, checked against transform_sha256 before
+         it is unpickled; transform_schema (base64 Arrow IPC) is what it yields and what the
+         table gets (see sinks/transform.py; write_delta(transform=...) sets all three)
   read:  version, partition_filters (JSON [[col, op, value], ...]), columns (JSON list or
          comma-separated), split_bytes (default 128MB a task), min_partitions (spread small
          tables over at least this many tasks, file count permitting)
@@ -52,7 +57,7 @@ from pyspark.sql.datasource import (
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
 from pyspark.sql.types import StructType
 
-from batchscore.errors import BatchScoreError, SinkError, did_you_mean
+from batchscore.errors import BatchScoreError, SinkError, StepError, did_you_mean
 from batchscore.sinks.delta_table import (
     SOURCE_NAME,
     WRITE_MODES,
@@ -68,6 +73,7 @@ from batchscore.sinks.delta_table import (
     load_snapshot,
     mark_error,
     normalize_path,
+    one_line,
     open_table,
     partition_dir,
     partition_string,
@@ -75,6 +81,13 @@ from batchscore.sinks.delta_table import (
     table_partition_columns,
     transaction_version,
     written_files,
+)
+from batchscore.sinks.transform import (
+    TASKS_DIR,
+    BatchTransform,
+    TransformRef,
+    decode_schema,
+    load_transform,
 )
 
 MAX_FILE_ROWS = 1_000_000
@@ -320,6 +333,8 @@ class WriteConfig:
     max_file_rows: int = MAX_FILE_ROWS
     max_file_bytes: int = MAX_FILE_BYTES
     row_group_rows: int = ROW_GROUP_ROWS
+    transform: TransformRef | None = None
+    """A fused write: tasks write what this transform makes of their batches (schema: its own)."""
 
     @property
     def file_schema(self) -> pa.Schema:
@@ -340,7 +355,9 @@ def _write_config(options: Mapping[str, str], schema: StructType, overwrite: boo
             f"Delta table {path}: overwrite_schema needs mode 'overwrite'; change the mode or "
             "drop overwrite_schema."
         )
-    arrow = to_arrow_schema(schema, timezone="UTC")
+    transform = _transform_ref(options, path)
+    # A fused write's table gets the transform's output schema; the DataFrame is its input.
+    arrow = transform.schema if transform is not None else to_arrow_schema(schema, timezone="UTC")
     partition_by = _name_list(options.get("partition_by"))
     check_schema_compatible(
         path, arrow, partition_by=partition_by, overwrite_schema=overwrite_schema
@@ -383,7 +400,32 @@ def _write_config(options: Mapping[str, str], schema: StructType, overwrite: boo
         max_file_rows=_int_option(options, "max_file_rows", path) or MAX_FILE_ROWS,
         max_file_bytes=_int_option(options, "max_file_bytes", path) or MAX_FILE_BYTES,
         row_group_rows=_int_option(options, "row_group_rows", path) or ROW_GROUP_ROWS,
+        transform=transform,
     )
+
+
+def _transform_ref(options: Mapping[str, str], path: str) -> TransformRef | None:
+    names = ("transform", "transform_sha256", "transform_schema")
+    values = [options.get(name) or None for name in names]
+    if all(v is None for v in values):
+        return None
+    rel, digest, schema = values
+    if rel is None or digest is None or schema is None:
+        raise SinkError(
+            f"Delta table {path}: options {', '.join(names)} go together; pass all three "
+            "(write_delta(transform=..., transform_schema=...) does) or none."
+        )
+    if not rel.startswith(TASKS_DIR + "/") or ".." in rel.split("/"):
+        raise SinkError(
+            f"Delta table {path}: option transform={rel!r} is not a task file under "
+            f"{TASKS_DIR}/; pass the path write_delta stored."
+        )
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise SinkError(
+            f"Delta table {path}: option transform_sha256={digest[:80]!r} is not a sha256 hex "
+            "digest; pass the 64 lowercase hex digits of the task file."
+        )
+    return TransformRef(rel, digest, decode_schema(schema, table_path=path))
 
 
 @dataclass
@@ -408,8 +450,9 @@ class DeltaArrowWriter(DataSourceArrowWriter):
         task = _TaskWriter(self.config)
         try:
             with _marked():
+                batches = _transformed(self.config, iterator)
                 try:
-                    for batch in iterator:
+                    for batch in batches:
                         task.add(batch)
                     files = task.finish()
                 except OSError as exc:
@@ -461,6 +504,30 @@ class DeltaArrowWriter(DataSourceArrowWriter):
                 delete_files(config.path, written_files(config.path, config.write_id))
             except OSError:
                 pass
+
+
+def _transformed(
+    config: WriteConfig, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """The task's own batches, or (fused write) what the transform makes of them."""
+    if config.transform is None:
+        return batches
+    return _scored(load_transform(config.path, config.transform), batches)
+
+
+def _scored(
+    transform: BatchTransform, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Failures of the transform are a step's failure, not the sink's (an OSError in scoring
+    must not read as "writing a data file failed")."""
+    try:
+        yield from transform(batches)
+    except BatchScoreError:
+        raise
+    except Exception as exc:
+        raise StepError(
+            f"Step 'score' failed in a write task: {type(exc).__name__}: {one_line(str(exc))}"
+        ) from exc
 
 
 def _remove_strays(config: WriteConfig, *, keep: set[str], files: Sequence[FileAdd]) -> None:

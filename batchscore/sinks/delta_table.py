@@ -18,7 +18,7 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +41,8 @@ from batchscore.errors import BatchScoreError, CommitConflictError, SinkError, d
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from batchscore.sinks.transform import BatchTransform
 
 WriteMode = Literal["append", "overwrite_partitions", "overwrite"]
 CommitReason = Literal["committed", "empty", "already_committed"]
@@ -388,6 +390,77 @@ def is_partition_type(dtype: pa.DataType) -> bool:
     )
 
 
+ColumnFilter = Callable[[str], bool]
+"""Which of the table's columns a write may leave out (they are written as nulls)."""
+
+
+@dataclass(frozen=True)
+class SchemaDiff:
+    """How a write's columns differ from the table's (Delta type JSON, nullability stripped)."""
+
+    added: dict[str, Any]
+    """Columns of the write that the table lacks."""
+    changed: dict[str, tuple[Any, Any]]
+    """Columns whose type differs: name -> (table type, write type)."""
+    missing: dict[str, Any]
+    """Columns of the table that the write lacks."""
+
+
+def schema_diff(table: DeltaTable, schema: pa.Schema) -> SchemaDiff:
+    """Compare a normalized Arrow `schema` with the table's, by column name."""
+    old = {f["name"]: _strip(f["type"]) for f in _delta_fields(table.schema().to_json())}
+    new = {
+        f["name"]: _strip(f["type"])
+        for f in _delta_fields(DeltaSchema.from_arrow(schema).to_json())
+    }
+    return SchemaDiff(
+        added={name: dtype for name, dtype in new.items() if name not in old},
+        changed={
+            name: (old[name], dtype)
+            for name, dtype in new.items()
+            if name in old and old[name] != dtype
+        },
+        missing={name: dtype for name, dtype in old.items() if name not in new},
+    )
+
+
+def _schema_problems(
+    diff: SchemaDiff, *, evolve_schema: bool, fill_missing: ColumnFilter | None
+) -> tuple[list[str], list[str]]:
+    """(what is wrong, how to fix it) for the differences this write may not have."""
+    problems: list[str] = []
+    fixes: list[str] = []
+    for name, (old, new) in diff.changed.items():
+        problems.append(
+            f"column '{name}' changes type from {render_delta_type(old)} to "
+            f"{render_delta_type(new)}"
+        )
+    if diff.changed:
+        fixes.append(
+            "a column's type never changes in place: cast it back to the table's type, write "
+            "to a new path, or use mode='overwrite' with overwrite_schema=True to replace the "
+            "whole table"
+        )
+    added = {} if evolve_schema else diff.added
+    for name, dtype in added.items():
+        problems.append(
+            f"new column '{name}' ({render_delta_type(dtype)}) is not in the table"
+            f"{did_you_mean(name, diff.missing)}"
+        )
+    if added:
+        fixes.append(
+            "to add the new column(s) (existing rows read them as null) set "
+            "`output.evolve_schema: true` in the job spec (write_delta(..., "
+            "evolve_schema=True)), or write to a new path"
+        )
+    absent = {n: t for n, t in diff.missing.items() if fill_missing is None or not fill_missing(n)}
+    for name, dtype in absent.items():
+        problems.append(f"column '{name}' ({render_delta_type(dtype)}) is missing from the data")
+    if absent:
+        fixes.append("write every column of the table")
+    return problems, fixes
+
+
 def _check_against_table(
     table: DeltaTable,
     schema: pa.Schema,
@@ -395,8 +468,11 @@ def _check_against_table(
     path: str,
     partition_by: Sequence[str] | None,
     overwrite_schema: bool,
-) -> None:
-    """Raise SinkError when `schema` (normalized) or `partition_by` do not fit `table`."""
+    evolve_schema: bool = False,
+    fill_missing: ColumnFilter | None = None,
+) -> SchemaDiff:
+    """Raise SinkError when `schema` (normalized) or `partition_by` do not fit `table`;
+    otherwise return how the write differs from the table (what evolution would add)."""
     table_partitions = list(table.metadata().partition_columns)
     if partition_by is not None and list(partition_by) != table_partitions:
         raise SinkError(
@@ -410,36 +486,26 @@ def _check_against_table(
                 f"Delta table {path}: the data lacks partition column(s) {missing}; keep them, "
                 "or write to a new path to change the partitioning."
             )
-        return
-    old = {f["name"]: _strip(f["type"]) for f in _delta_fields(table.schema().to_json())}
-    new = {
-        f["name"]: _strip(f["type"])
-        for f in _delta_fields(DeltaSchema.from_arrow(schema).to_json())
-    }
-    problems: list[str] = []
-    for name, dtype in new.items():
-        if name not in old:
-            problems.append(
-                f"new column '{name}' ({render_delta_type(dtype)}) is not in the table"
-                f"{did_you_mean(name, old)}"
-            )
-        elif old[name] != dtype:
-            problems.append(
-                f"column '{name}' changes type from {render_delta_type(old[name])} to "
-                f"{render_delta_type(dtype)}"
-            )
-    for name, dtype in old.items():
-        if name not in new:
-            problems.append(
-                f"column '{name}' ({render_delta_type(dtype)}) is missing from the data"
-            )
+        return SchemaDiff({}, {}, {})
+    diff = schema_diff(table, schema)
+    # A partition column can never be filled with nulls: the rows would land in another
+    # partition (and _check_partition_columns refuses the write anyway).
+    keep = None if fill_missing is None else _not_in(table_partitions, fill_missing)
+    problems, fixes = _schema_problems(diff, evolve_schema=evolve_schema, fill_missing=keep)
     if problems:
         raise SinkError(
             f"Delta table {path}: the write's schema does not match the table: "
             + "; ".join(problems)
-            + ". Fix: write the table's exact columns and types, write to a new path, or use "
-            "mode='overwrite' with overwrite_schema=True to replace the whole table."
+            + ". Fix: "
+            + "; ".join(fixes)
+            + "."
         )
+    return diff
+
+
+def _not_in(names: Sequence[str], predicate: ColumnFilter) -> ColumnFilter:
+    excluded = frozenset(names)
+    return lambda name: name not in excluded and predicate(name)
 
 
 def check_schema_compatible(
@@ -448,30 +514,83 @@ def check_schema_compatible(
     *,
     partition_by: Sequence[str] | None = None,
     overwrite_schema: bool = False,
-) -> None:
+    evolve_schema: bool = False,
+    fill_missing: ColumnFilter | None = None,
+) -> SchemaDiff:
     """Raise SinkError unless data of `arrow_schema` can be written to the table at `path`.
 
     Checks that every type is storable and that the partition columns exist and are of a
     partitionable type. Against an existing table: same column names and types (nullability may
     differ, order may differ) and the same partition columns. `partition_by=None` means "the
     table's own partitioning" for an existing table and "unpartitioned" for a new one.
+    evolve_schema: new columns are allowed (the write adds them, nullable). fill_missing: the
+    table's columns this predicate accepts may be absent from the data (written as nulls).
+    A type change is refused in every case. Returns the differences (empty for a new table).
     """
     table_path = normalize_path(path)
     schema = delta_arrow_schema(arrow_schema, path=table_path)
+    diff = SchemaDiff({}, {}, {})
     if is_delta_table(table_path):
         table = DeltaTable(table_path)
         check_table_features(table, path=table_path, for_write=True)
-        _check_against_table(
+        diff = _check_against_table(
             table,
             schema,
             path=table_path,
             partition_by=partition_by,
             overwrite_schema=overwrite_schema,
+            evolve_schema=evolve_schema,
+            fill_missing=fill_missing,
         )
         parts = list(partition_by) if partition_by is not None else table_partition_columns(table)
     else:
         parts = list(partition_by or [])
     _check_partition_columns(table_path, schema, parts)
+    return diff
+
+
+def add_columns(
+    path: str | os.PathLike[str],
+    arrow_schema: pa.Schema,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Add the columns of `arrow_schema` that the table lacks, nullable, in one metadata-only
+    commit (old rows read them as null); returns their names (none: no commit).
+
+    Type changes are refused as in check_schema_compatible. A concurrent writer that added the
+    same columns with the same types first is fine.
+    """
+    table_path = normalize_path(path)
+    schema = delta_arrow_schema(arrow_schema, path=table_path)
+    table = open_table(table_path)
+    check_table_features(table, path=table_path, for_write=True)
+    diff = _check_against_table(
+        table,
+        schema,
+        path=table_path,
+        partition_by=None,
+        overwrite_schema=False,
+        evolve_schema=True,
+        fill_missing=lambda _: True,
+    )
+    if not diff.added:
+        return []
+    names = [name for name in schema.names if name in diff.added]
+    fields = list(DeltaSchema.from_arrow(pa.schema([schema.field(n) for n in names])).fields)
+    custom = dict(metadata or {})
+    custom["batchscore.schema_evolution"] = {"added": names}
+    try:
+        table.alter.add_columns(fields, commit_properties=CommitProperties(custom_metadata=custom))
+    except Exception as exc:
+        again = schema_diff(DeltaTable(table_path), schema)
+        if not set(names) & set(again.added) and not again.changed:
+            return []  # another writer added exactly these columns first
+        raise SinkError(
+            f"Delta table {table_path}: adding column(s) {names} failed ({one_line(str(exc))}); "
+            "nothing was written, check the table and rerun."
+        ) from None
+    return names
 
 
 def table_partition_columns(table: DeltaTable) -> list[str]:
@@ -915,86 +1034,112 @@ def commit_files(
     app_version: int | None = None,
     metadata: Mapping[str, Any] | None = None,
     overwrite_schema: bool = False,
-    max_retries: int = 4,
+    read_version: int | None = None,
+    max_retries: int = 8,
 ) -> int | None:
     """Make ONE Delta commit adding `files` (already on disk under `path`); returns its version.
 
     Returns None without committing when there are no files, or when `app_id` already committed
     `app_version` or later (then the files are deleted). On failure the files are deleted and a
     SinkError (CommitConflictError for a lost race) is raised.
+
+    read_version: the table version the write started from (-1: no table yet). An overwrite
+    (of partitions, or of the whole table) is refused with CommitConflictError when a commit
+    after it changed data in the partitions it replaces: the later writer must not silently
+    replace rows it never saw. Commits elsewhere in the table are fine (the commit is retried
+    on top of them). None: taken from `metadata["batchscore"]["read_version"]` (how
+    `write_delta` passes it through Spark), else the version when the commit starts.
     """
     if mode not in WRITE_MODES:
         raise SinkError(f"Delta table {path}: unknown mode '{mode}'; use one of {WRITE_MODES}.")
     if not files:
         return None
-    rows = sum(f.rows for f in files)
     custom: dict[str, Any] = dict(metadata or {})
-    custom[METADATA_KEY] = {"write_id": write_id, "mode": mode, "files": len(files), "rows": rows}
-    adds = [f.to_action() for f in files]
-    delta_schema = DeltaSchema.from_arrow(schema)
+    carried = custom.pop(METADATA_KEY, None)
+    if read_version is None and isinstance(carried, dict):
+        value = carried.get("read_version")
+        read_version = value if isinstance(value, int) else None
+    if read_version is None:
+        read_version = _current_version(path)
+    custom[METADATA_KEY] = {
+        "write_id": write_id,
+        "mode": mode,
+        "files": len(files),
+        "rows": sum(f.rows for f in files),
+        "read_version": read_version,
+    }
+    write = _Write(
+        path=path,
+        files=list(files),
+        mode=mode,
+        schema=schema,
+        partition_by=list(partition_by),
+        write_id=write_id,
+        app_id=app_id,
+        app_version=app_version,
+        custom=custom,
+        overwrite_schema=overwrite_schema,
+        read_version=read_version,
+    )
+    return _commit_with_retries(write, max_retries=max_retries)
+
+
+def _current_version(path: str) -> int:
+    version = table_version(path)
+    return -1 if version is None else version
+
+
+@dataclass(frozen=True)
+class _Write:
+    """Everything one commit attempt needs (see commit_files)."""
+
+    path: str
+    files: list[FileAdd]
+    mode: str
+    schema: pa.Schema
+    partition_by: list[str]
+    write_id: str
+    app_id: str | None
+    app_version: int | None
+    custom: dict[str, Any]
+    overwrite_schema: bool
+    read_version: int
+
+    def properties(self) -> CommitProperties:
+        txns = (
+            [Transaction(self.app_id, int(self.app_version), int(time.time() * 1000))]
+            if self.app_id is not None and self.app_version is not None
+            else None
+        )
+        # An overwrite, or an idempotent append, commits exactly on the snapshot it checked
+        # (conflicts, app transaction): delta-rs must not rebase it over a concurrent commit
+        # it never checked; commit_files re-reads and re-checks instead. Plain appends
+        # conflict with nothing, so delta-rs may rebase them.
+        retries = None if self.mode == "append" and txns is None else 0
+        return CommitProperties(
+            custom_metadata=self.custom, app_transactions=txns, max_commit_retries=retries
+        )
+
+
+def _commit_with_retries(write: _Write, *, max_retries: int) -> int | None:
+    path, files = write.path, write.files
     attempt = 0
     committed = False
     keep_files = False
     try:
         while True:
             attempt += 1
-            now_ms = int(time.time() * 1000)
-            txns = (
-                [Transaction(app_id, int(app_version), now_ms)]
-                if app_id is not None and app_version is not None
-                else None
-            )
-            props = CommitProperties(custom_metadata=custom, app_transactions=txns)
             creating = not is_delta_table(path)
             try:
                 if creating:
-                    _check_partition_columns(path, schema, partition_by)
-                    create_table_with_add_actions(
-                        path,
-                        delta_schema,
-                        adds,
-                        mode="error",
-                        partition_by=list(partition_by) or None,
-                        commit_properties=props,
-                    )
-                else:
-                    table = DeltaTable(path)
-                    check_table_features(table, path=path, for_write=True)
-                    if app_id is not None and app_version is not None:
-                        done = table.transaction_version(app_id)
-                        if done is not None and int(done) >= app_version:
-                            delete_files(path, [f.path for f in files])
-                            return None
-                    _check_against_table(
-                        table,
-                        schema,
-                        path=path,
-                        partition_by=partition_by,
-                        overwrite_schema=overwrite_schema and mode == "overwrite",
-                    )
-                    if mode == "overwrite":
-                        table.create_write_transaction(
-                            [*adds],
-                            mode="overwrite",
-                            schema=delta_schema if overwrite_schema else table.schema(),
-                            partition_by=list(partition_by),
-                            commit_properties=props,
-                        )
-                    else:
-                        actions: list[AddAction | RemoveAction] = list(adds)
-                        if mode == "overwrite_partitions":
-                            actions = [*_remove_actions(table, files), *adds]
-                        table.create_write_transaction(
-                            actions,
-                            mode="append",
-                            schema=table.schema(),
-                            partition_by=list(partition_by),
-                            commit_properties=props,
-                        )
+                    _create(write)
+                elif not _commit_once(write):
+                    delete_files(path, [f.path for f in files])
+                    return None
             except BatchScoreError:
                 raise
             except Exception as exc:
-                landed, known = _lookup_commit(path, write_id)
+                landed, known = _lookup_commit(path, write.write_id)
                 if landed is not None:
                     committed = True
                     return landed
@@ -1005,19 +1150,19 @@ def commit_files(
                         "outcome cannot be read back; the new files were left in place, check "
                         "`batchscore history` and rerun the job if the write is missing."
                     ) from None
-                if isinstance(exc, CommitFailedError):
-                    if mode == "append" and attempt <= max_retries:
-                        time.sleep(min(0.2 * 2**attempt, 3.0))
-                        continue
-                    raise CommitConflictError(
-                        f"Delta table {path}: another writer committed first and this {mode} "
-                        f"write conflicts with it ({one_line(str(exc))}); nothing was committed "
-                        "and the new files were deleted, rerun the job."
-                    ) from None
-                if creating and is_delta_table(path) and attempt <= max_retries:
-                    # The table appeared between the check and the create (a concurrent first
-                    # write): go round again and append to it.
+                if attempt <= max_retries and (
+                    isinstance(exc, CommitFailedError) or (creating and is_delta_table(path))
+                ):
+                    # Another commit landed first (or created the table): the next attempt
+                    # re-reads the table and re-checks for conflicts before committing again.
+                    time.sleep(min(0.1 * 2**attempt, 2.0))
                     continue
+                if isinstance(exc, CommitFailedError):
+                    raise CommitConflictError(
+                        f"Delta table {path}: another writer committed first {attempt} times in "
+                        f"a row and this {write.mode} write gave up ({one_line(str(exc))}); "
+                        "nothing was committed and the new files were deleted, rerun the job."
+                    ) from None
                 raise SinkError(
                     f"Delta table {path}: the commit failed ({one_line(str(exc))}); nothing was "
                     "committed and the new files were deleted, fix the cause and rerun."
@@ -1028,8 +1173,169 @@ def commit_files(
         if not committed and not keep_files:
             delete_files(path, [f.path for f in files])
         raise
-    landed, _ = _lookup_commit(path, write_id)
+    landed, _ = _lookup_commit(path, write.write_id)
     return landed if landed is not None else table_version(path)
+
+
+def _create(write: _Write) -> None:
+    _check_partition_columns(write.path, write.schema, write.partition_by)
+    create_table_with_add_actions(
+        write.path,
+        DeltaSchema.from_arrow(write.schema),
+        [f.to_action() for f in write.files],
+        mode="error",
+        partition_by=list(write.partition_by) or None,
+        commit_properties=write.properties(),
+    )
+
+
+def _commit_once(write: _Write) -> bool:
+    """One attempt on the latest snapshot; False when the app transaction is already done."""
+    path = write.path
+    table = DeltaTable(path)
+    check_table_features(table, path=path, for_write=True)
+    if write.mode != "append":
+        check_no_conflict(
+            path,
+            table_partition_columns(table),
+            write.files,
+            mode=write.mode,
+            read_version=write.read_version,
+            latest=int(table.version()),
+        )
+    if write.app_id is not None and write.app_version is not None:
+        done = table.transaction_version(write.app_id)
+        if done is not None and int(done) >= write.app_version:
+            return False
+    _check_against_table(
+        table,
+        write.schema,
+        path=path,
+        partition_by=write.partition_by,
+        overwrite_schema=write.overwrite_schema and write.mode == "overwrite",
+    )
+    adds = [f.to_action() for f in write.files]
+    if write.mode == "overwrite":
+        table.create_write_transaction(
+            [*adds],
+            mode="overwrite",
+            schema=DeltaSchema.from_arrow(write.schema)
+            if write.overwrite_schema
+            else table.schema(),
+            partition_by=list(write.partition_by),
+            commit_properties=write.properties(),
+        )
+        return True
+    actions: list[AddAction | RemoveAction] = list(adds)
+    if write.mode == "overwrite_partitions":
+        actions = [*_remove_actions(table, write.files), *adds]
+    table.create_write_transaction(
+        actions,
+        mode="append",
+        schema=table.schema(),
+        partition_by=list(write.partition_by),
+        commit_properties=write.properties(),
+    )
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# write conflicts
+
+
+def check_no_conflict(
+    path: str,
+    partition_columns: Sequence[str],
+    files: Sequence[FileAdd],
+    *,
+    mode: str,
+    read_version: int,
+    latest: int,
+) -> None:
+    """Raise CommitConflictError when a commit in (read_version, latest] changed data that an
+    overwrite of `files`' partitions (mode overwrite_partitions) or of the whole table (mode
+    overwrite) would replace. Data-change-free commits (optimize, schema changes) are fine."""
+    if latest <= read_version:
+        return
+    mine = {tuple(f.partition_values.get(c) for c in partition_columns) for f in files}
+    for version in range(read_version + 1, latest + 1):
+        actions = _log_actions(path, version)
+        touched = _touched_partitions(actions, partition_columns)
+        hit = touched if mode == "overwrite" else touched & mine
+        if actions is None or hit:
+            raise _conflict(path, partition_columns, sorted(hit, key=str), version, actions, mode,
+                            read_version)  # fmt: skip
+
+
+def _log_actions(path: str, version: int) -> list[dict[str, Any]] | None:
+    """The actions of commit `version`, or None when its log file cannot be read."""
+    fs, base = filesystem(path)
+    try:
+        with fs.open_input_stream(f"{base}/_delta_log/{version:020d}.json") as stream:
+            text = stream.read().decode("utf-8")
+    except (FileNotFoundError, OSError):
+        return None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _touched_partitions(
+    actions: list[dict[str, Any]] | None, partition_columns: Sequence[str]
+) -> set[tuple[str | None, ...]]:
+    """Partition keys in which `actions` added or removed rows (dataChange true)."""
+    touched: set[tuple[str | None, ...]] = set()
+    for action in actions or []:
+        for kind in ("add", "remove"):
+            body = action.get(kind)
+            if isinstance(body, dict) and body.get("dataChange", True):
+                values = body.get("partitionValues") or {}
+                touched.add(tuple(values.get(c) for c in partition_columns))
+    return touched
+
+
+def _conflict(
+    path: str,
+    partition_columns: Sequence[str],
+    keys: Sequence[tuple[str | None, ...]],
+    version: int,
+    actions: list[dict[str, Any]] | None,
+    mode: str,
+    read_version: int,
+) -> CommitConflictError:
+    info: Any = next((a["commitInfo"] for a in actions or [] if "commitInfo" in a), {})
+    who = _describe_writer(info if isinstance(info, dict) else {})
+    if actions is None:
+        what = f"commit {version} cannot be read to rule out a conflict"
+    else:
+        where = ", ".join(_partition_label(partition_columns, k) for k in keys[:5])
+        what = f"{where} {'was' if len(keys) == 1 else 'were'} changed by version {version}{who}"
+    started = "before the table existed" if read_version < 0 else f"at version {read_version}"
+    return CommitConflictError(
+        f"Delta table {path}: another writer committed first: {what} after this {mode} write "
+        f"read the table {started}, so committing would silently replace rows it never saw; "
+        "nothing was committed and this write's files were deleted. Rerun the job once the "
+        "other run has finished (an already committed run date is then skipped; --force "
+        "replaces it)."
+    )
+
+
+def _partition_label(partition_columns: Sequence[str], key: tuple[str | None, ...]) -> str:
+    if not partition_columns:
+        return "the table"
+    return "partition " + "/".join(
+        f"{c}={_HIVE_NULL if v is None else v}" for c, v in zip(partition_columns, key, strict=True)
+    )
+
+
+def _describe_writer(info: Mapping[str, Any]) -> str:
+    facts = info.get(METADATA_KEY)
+    parts = []
+    if isinstance(info.get("batchscore.run_id"), str):
+        parts.append(f"run {info['batchscore.run_id']}")
+    if isinstance(facts, dict) and facts.get("write_id"):
+        parts.append(f"write {facts['write_id']}")
+    if not parts and info.get("operation"):
+        parts.append(str(info["operation"]))
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _lookup_commit(path: str, write_id: str) -> tuple[int | None, bool]:
@@ -1104,6 +1410,11 @@ def write_delta(
     app_version: int | None = None,
     metadata: Mapping[str, Any] | None = None,
     overwrite_schema: bool = False,
+    evolve_schema: bool = False,
+    fill_missing: ColumnFilter | None = None,
+    read_version: int | None = None,
+    transform: BatchTransform | None = None,
+    transform_schema: pa.Schema | None = None,
 ) -> CommitResult:
     """Write `df` to the Delta table at `path` in ONE commit, through the batchscore_delta source.
 
@@ -1112,6 +1423,19 @@ def write_delta(
     none for a new table). app_id/app_version: idempotency; a rerun with a version already
     committed for `app_id` commits nothing. metadata: JSON-able dict stored in the commit info.
     overwrite_schema: with mode="overwrite", allow replacing the table's schema.
+    evolve_schema: columns of `df` the table lacks are added to it (nullable; old rows read
+    null). The Spark data source's planning checks the schema before the data commit can carry
+    a schema change, so the columns are added in a metadata-only commit just before the data
+    commit. fill_missing: the table's columns this predicate accepts may be absent from `df`;
+    they are written as nulls (a model dropped from a wide-layout spec).
+    read_version: the table version the job's decisions were based on (default: the version
+    now); an overwrite that a later commit to the same partitions would silently undo fails
+    with CommitConflictError instead (see commit_files).
+    transform, transform_schema: a fused write. Each write task applies `transform` (a picklable
+    `Iterator[RecordBatch] -> Iterator[RecordBatch]`, e.g. the scoring task) to its batches of
+    `df` and writes what it yields, of `transform_schema`, which is then the written schema: the
+    transform's output never goes through the JVM. The transform reaches executors as a file
+    under the table (see sinks/transform.py), deleted when the write ends, committed or not.
     """
     table_path = normalize_path(path)
     if mode not in WRITE_MODES:
@@ -1134,12 +1458,33 @@ def write_delta(
             f"Delta table {table_path}: overwrite_schema=True needs mode='overwrite' (a partial "
             "write cannot change the table's schema); change the mode or drop overwrite_schema."
         )
-    meta_text = _metadata_json(table_path, metadata)
+    if (transform is None) != (transform_schema is None):
+        raise SinkError(
+            f"Delta table {table_path}: transform and transform_schema go together (the table "
+            "gets the transform's output schema); pass both or neither."
+        )
+    _metadata_json(table_path, metadata)  # refuse bad metadata before any work
+    if read_version is None:
+        read_version = _current_version(table_path)
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    arrow_schema = to_arrow_schema(df.schema, timezone="UTC")
-    check_schema_compatible(
-        table_path, arrow_schema, partition_by=partition_by, overwrite_schema=overwrite_schema
+    from batchscore.sinks.transform import (
+        remove_transform,
+        store_transform,
+        transform_options,
+        with_null_columns,
+    )
+
+    arrow_schema = (
+        to_arrow_schema(df.schema, timezone="UTC") if transform_schema is None else transform_schema
+    )
+    diff = check_schema_compatible(
+        table_path,
+        arrow_schema,
+        partition_by=partition_by,
+        overwrite_schema=overwrite_schema,
+        evolve_schema=evolve_schema,
+        fill_missing=fill_missing,
     )
     if app_id is not None and app_version is not None:
         done = transaction_version(table_path, app_id)
@@ -1147,7 +1492,23 @@ def write_delta(
             return CommitResult(
                 committed=False, version=None, mode=mode, reason="already_committed"
             )
+    write_schema = arrow_schema
+    if diff.missing and transform is not None:
+        fields = table_arrow_schema(open_table(table_path))
+        transform, write_schema = with_null_columns(
+            transform, arrow_schema, [fields.field(n) for n in diff.missing]
+        )
+    elif diff.missing:
+        df = _with_null_columns(df, table_path, list(diff.missing))
+    if diff.added:
+        add_columns(table_path, arrow_schema, metadata=metadata)
+    meta_text = _metadata_json(table_path, metadata, sink_facts={"read_version": int(read_version)})
     write_id = uuid.uuid4().hex[:16]
+    ref = (
+        None
+        if transform is None
+        else store_transform(table_path, write_id, transform, write_schema)
+    )
     options = _options(
         path=table_path,
         mode=mode,
@@ -1157,6 +1518,7 @@ def write_delta(
         metadata=meta_text,
         write_id=write_id,
         overwrite_schema="true" if overwrite_schema else None,
+        **transform_options(ref),
     )
     try:
         (
@@ -1170,6 +1532,9 @@ def write_delta(
         if error is not None:
             raise error from None
         raise
+    finally:
+        if ref is not None:
+            remove_transform(table_path, ref)
     version = find_commit(table_path, write_id)
     if version is None:
         reason: CommitReason = "empty"
@@ -1192,21 +1557,42 @@ def write_delta(
     )
 
 
-def _metadata_json(path: str, metadata: Mapping[str, Any] | None) -> str | None:
-    if metadata is None:
+def _metadata_json(
+    path: str,
+    metadata: Mapping[str, Any] | None,
+    *,
+    sink_facts: Mapping[str, Any] | None = None,
+) -> str | None:
+    """The metadata option's JSON; `sink_facts` travel under the reserved key to commit()."""
+    if metadata is None and sink_facts is None:
         return None
-    if METADATA_KEY in metadata:
+    if metadata is not None and METADATA_KEY in metadata:
         raise SinkError(
             f"Delta table {path}: commit metadata key '{METADATA_KEY}' is reserved for the sink; "
             "rename that key."
         )
+    payload = dict(metadata or {})
+    if sink_facts is not None:
+        payload[METADATA_KEY] = dict(sink_facts)
     try:
-        return json.dumps(dict(metadata), allow_nan=False, default=str)
+        return json.dumps(payload, allow_nan=False, default=str)
     except (TypeError, ValueError) as exc:
         raise SinkError(
             f"Delta table {path}: commit metadata is not JSON-serializable ({exc}); pass "
             "strings, numbers, lists and dicts only."
         ) from None
+
+
+def _with_null_columns(df: DataFrame, path: str, names: Sequence[str]) -> DataFrame:
+    """`df` plus the table's columns `names`, as typed nulls (so the files carry every column)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    table_schema = table_arrow_schema(open_table(path))
+    spark_types = from_arrow_schema(
+        pa.schema([table_schema.field(n) for n in names]), prefer_timestamp_ntz=True
+    )
+    return df.select("*", *(F.lit(None).cast(f.dataType).alias(f.name) for f in spark_types.fields))
 
 
 def read_delta(

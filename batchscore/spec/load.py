@@ -247,8 +247,10 @@ def _resolved(
             if model["name"] is None:
                 raise ctx.error(("models", i), "a model needs a 'name'.")
     output = data.get("output")
-    if isinstance(output, dict) and isinstance(output.get("path"), str):
-        output["path"] = _resolve(base, output["path"])
+    if isinstance(output, dict):
+        for key in ("path", "quarantine"):
+            if isinstance(output.get(key), str):
+                output[key] = _resolve(base, output[key])
     source = data.get("source")
     if isinstance(source, dict) and isinstance(source.get("where"), str):
         source["where"] = _substitute(ctx, source["where"], run_date, ("source", "where"))

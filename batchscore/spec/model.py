@@ -36,6 +36,10 @@ class JoinSpec(_Strict):
     table: str
     on: dict[str, str]
     joins: list[JoinSpec] = Field(default_factory=list)
+    on_missing: Literal["null", "quarantine"] = "null"
+    """A fact row whose key finds no row here (or is null): `null` scores it with null features,
+    as the materialized left join would; `quarantine` writes its ids to `output.quarantine`
+    instead of scoring it."""
 
     @field_validator("on")
     @classmethod
@@ -84,6 +88,11 @@ class OutputSpec(_Strict):
     layout: Literal["long", "wide"] = "long"
     partition_by: list[str] = Field(default_factory=list)
     mode: Literal["append", "overwrite_partitions"] = "append"
+    quarantine: str | None = None
+    """Delta table for rows a join with `on_missing: quarantine` refused (ids, the join, run)."""
+    evolve_schema: bool = False
+    """Let a run add columns to the table (a model added to a wide-layout spec); off by default,
+    so an accidental spec change cannot reshape a table other jobs read."""
 
 
 class PlannerSpec(_Strict):

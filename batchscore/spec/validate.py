@@ -32,6 +32,12 @@ def check_references(spec: JobSpec, error: ErrorAt) -> None:
             if join.table in seen:
                 raise error(where, f"table '{join.table}' is joined twice; join each table once.")
             seen.add(join.table)
+            if join.on_missing == "quarantine" and spec.output.quarantine is None:
+                raise error(
+                    (*path, i, "on_missing"),
+                    f"join '{join.table}' quarantines rows without a match, but output has no "
+                    "'quarantine' table; add output.quarantine: PATH (a Delta table).",
+                )
             walk(join.joins, (*path, i, "joins"))
 
     walk(spec.source.joins, ("source", "joins"))

@@ -2,7 +2,8 @@
 
 A left join on a unique key neither adds nor removes fact rows, so dropping it changes nothing
 but the work: the scan, the broadcast and the join disappear. Snowflake children of a dropped
-dimension go with it, unless something reads them, in which case the dimension stays.
+dimension go with it, unless something reads them, in which case the dimension stays. A join
+with `on_missing: quarantine` removes rows, so it always stays.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ def eliminate_unused_joins(plan: LogicalPlan) -> LogicalPlan:
     def visit(node: Node) -> Node:
         if not isinstance(node, Join):
             return node
-        if not (subtree_tables(node.right) & used):
+        if not (subtree_tables(node.right) & used) and not _quarantines(node.right, node):
             decisions.append(
                 Decision(
                     "eliminate_unused_joins",
@@ -30,5 +31,15 @@ def eliminate_unused_joins(plan: LogicalPlan) -> LogicalPlan:
         return replace(node, left=visit(node.left), right=visit(node.right))
 
     source = visit(plan.source)
+
     tables = {name: info for name, info in plan.tables.items() if name in subtree_tables(source)}
     return replace(plan, source=source, tables=tables, decisions=(*plan.decisions, *decisions))
+
+
+def _quarantines(subtree: Node, join: Join) -> bool:
+    """A join that quarantines unmatched rows decides which rows are scored: it stays."""
+    if join.on_missing == "quarantine":
+        return True
+    if isinstance(subtree, Join):
+        return _quarantines(subtree.right, subtree) or _quarantines(subtree.left, join)
+    return False

@@ -1,0 +1,131 @@
+"""A synthetic star schema swept over tuple ratio and feature ratio (the Morpheus axes).
+
+fact: N rows, 10 float features and a foreign key; dim: N / TR rows, a key and an
+array<double> feature of width FR x 10. One binary logistic regression reads all of them.
+For each (TR, FR): batchscore with every rule off (materialize, then score), batchscore
+optimized (the planner decides), and the bound (the same scans, join and Delta write with the
+score replaced by a constant), in one Spark session on the same tables.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import Context, Row, peak_rss_mb, timed
+from bench.morpheus import _bound
+
+FACT_FEATURES = 10
+TUPLE_RATIOS = (10, 100, 1000)
+FEATURE_RATIOS = (0.5, 2.0, 10.0)
+
+
+def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0) -> Path:
+    import joblib
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+    from sklearn.linear_model import LogisticRegression
+
+    from batchscore.datasets._write import sha256_file
+
+    rng = np.random.default_rng(seed)
+    dim_rows, width = max(1, n // tr), max(1, int(fr * FACT_FEATURES))
+    fact_x = rng.normal(size=(n, FACT_FEATURES))
+    dim_x = rng.normal(size=(dim_rows, width))
+    fk = rng.integers(0, dim_rows, n)
+    root.mkdir(parents=True, exist_ok=True)
+    fact = {"id": np.arange(n, dtype=np.int64), "ds": np.full(n, "2026-11-21"), "fk": fk}
+    fact.update({f"f{i}": fact_x[:, i] for i in range(FACT_FEATURES)})
+    write_deltalake(str(root / "fact"), pa.table(fact), partition_by=["ds"], mode="overwrite")
+    (root / "dim").mkdir(exist_ok=True)
+    dim = pa.table({"key": np.arange(dim_rows, dtype=np.int64), "x": pa.array(list(dim_x))})
+    pq.write_table(dim, root / "dim" / "part-0.parquet")
+    sample = rng.integers(0, n, 5000)
+    X = np.c_[fact_x[sample], dim_x[fk[sample]]]
+    y = X @ rng.normal(size=X.shape[1]) > 0
+    joblib.dump(LogisticRegression(max_iter=300).fit(X, y), root / "model.joblib")
+    features = ", ".join([*(f"f{i}" for i in range(FACT_FEATURES)), "dim.x"])
+    spec = root / "job.yaml"
+    spec.write_text(
+        "\n".join([
+            "name: star_sweep",
+            "tables:",
+            "  fact: {path: fact, format: delta, partition_by: [ds]}",
+            "  dim: {path: dim, format: parquet, key: key}",
+            "source:",
+            "  table: fact",
+            "  joins: [{table: dim, on: {fk: key}}]",
+            "  id_columns: [id, ds]",
+            "models:",
+            "  - name: glm",
+            "    path: model.joblib",
+            f"    sha256: {sha256_file(root / 'model.joblib')}",
+            f"    features: [{features}]",
+            "    output: predict_proba",
+            "output: {path: out, partition_by: [ds], mode: overwrite_partitions}",
+            "",
+        ])
+    )  # fmt: skip
+    return spec
+
+
+def run(ctx: Context) -> list[Row]:
+    n = 200_000 if ctx.quick else 1_000_000
+    rows: list[Row] = []
+    for tr in TUPLE_RATIOS:
+        for fr in FEATURE_RATIOS:
+            rows += _point(ctx, n, tr, fr)
+    return rows
+
+
+BOUND = "bound (scan+join+write, constant score)"
+NAIVE = "batchscore naive (no rules)"
+OPTIMIZED = "batchscore optimized"
+
+
+def _point(ctx: Context, n: int, tr: int, fr: float) -> list[Row]:
+    from batchscore.jobs.run import plan_job, run_job
+    from batchscore.plan.rules import eliminate_unused_joins, prune_columns, prune_partitions
+    from batchscore.spec import load_spec
+
+    root = ctx.workdir / "star_sweep" / f"n{n}_tr{tr}_fr{fr:g}"
+    spec_path = root / "job.yaml"
+    if not spec_path.exists():
+        _build(root, n, tr, fr)
+    spec = load_spec(spec_path)
+    plan = plan_job(spec, rules=(eliminate_unused_joins, prune_partitions, prune_columns))
+    out = root / "out"
+    variants: dict[str, Any] = {
+        BOUND: lambda: _bound(ctx.spark, plan, out),
+        NAIVE: lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
+        OPTIMIZED: lambda: run_job(spec, spark=ctx.spark, force=True),
+    }
+    times = {}
+    for name, fn in variants.items():
+        times[name], _ = timed(lambda fn=fn: _fresh(out, fn), ctx.repeats)
+    rows = []
+    for name, sec in times.items():
+        note = f"{sec / times[BOUND]:.2f}x the bound"
+        if name == OPTIMIZED:
+            note += f"; {times[NAIVE] / sec:.2f}x faster than naive; planner: {_decision(spec)}"
+        rows.append(Row(f"star TR={tr} FR={fr:g}", name, n, sec, "", None, note, peak_rss_mb()))
+    return rows
+
+
+def _decision(spec: Any) -> str:
+    from batchscore.jobs.run import plan_job
+
+    plan = plan_job(spec)
+    for d in plan.decisions:
+        if d.rule == "factorize_linear":
+            return d.text.split(" (")[0].split(": ", 1)[1]
+    return "no join decision"
+
+
+def _fresh(out: Path, fn: Any) -> Any:
+    shutil.rmtree(out, ignore_errors=True)
+    return fn()
