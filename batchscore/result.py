@@ -24,7 +24,7 @@ class RunResult:
     models: dict[str, str] = field(default_factory=dict)
     message: str = ""
     quarantined: int = 0
-    """Fact rows a join with `on_missing: quarantine` kept out of scoring (see output.quarantine)."""
+    """Fact rows that a join with `on_missing: quarantine` kept out (see output.quarantine)."""
 
     @property
     def committed(self) -> bool:

@@ -71,5 +71,5 @@ def test_missing_keys_are_quarantined_not_scored(spark: Any, tmp_path: Path, mod
 def test_quarantine_needs_a_table(tmp_path: Path) -> None:
     spec_path = _quarantine_spec(tmp_path, "auto")
     spec_path.write_text(spec_path.read_text().replace(" quarantine: held,", ""))
-    with pytest.raises(SpecError, match="output.quarantine"):
+    with pytest.raises(SpecError, match=r"output\.quarantine"):
         bs.load_spec(spec_path, run_date=DAY)
