@@ -2,7 +2,7 @@
 
 LightGBM with 100 and 500 trees (num_leaves 31) and a RandomForest (100 trees, depth 10), all
 trained on a synthetic 20-feature binary task. The baseline is the model's own predict_proba,
-one call on all 1M rows (200k with --quick), one thread. Each strategy scores those same rows
+one call on all 1M rows (50k with --quick), one thread. Each strategy scores those same rows
 in Arrow-sized batches of 10,000 rows, as mapInArrow hands them over, with one thread too.
 
 A strategy whose first batch runs below 20,000 rows/s (gemm and bitvector evaluate every node;
@@ -194,7 +194,7 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
 
 
 def run(ctx: Context) -> list[Row]:
-    n_rows = 200_000 if ctx.quick else 1_000_000
+    n_rows = 50_000 if ctx.quick else 1_000_000
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n_rows, N_FEATURES))
     X[rng.random(X.shape) < 0.01] = np.nan
@@ -223,7 +223,7 @@ def _print(rows: list[Row], notes: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="200k rows instead of 1M")
+    parser.add_argument("--quick", action="store_true", help="50k rows instead of 1M")
     parser.add_argument("--repeats", type=int, default=1, help="runs per median (within 10 s)")
     args = parser.parse_args()
     ctx = Context(quick=args.quick, repeats=args.repeats, workdir=Path(tempfile.mkdtemp()))

@@ -9,7 +9,13 @@ from pathlib import Path
 
 from bench.harness import OUT, Context, Row, machine, versions
 
-SCENARIOS: tuple[str, ...] = ("bench.kernels", "bench.glms", "bench.morpheus", "bench.reruns")
+SCENARIOS: tuple[str, ...] = (
+    "bench.kernels",
+    "bench.glms",
+    "bench.morpheus",
+    "bench.star_sweep",
+    "bench.reruns",
+)
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PARTIAL = OUT / "RESULTS.partial.md"
 
