@@ -117,6 +117,6 @@ class LightGBMNativeKernel(Kernel):
         what = self.task if self.classes is None else f"{self.task}, {len(self.classes)} classes"
         return (
             f"lightgbm_native ({self.source}: {what}, objective {self.objective}, "
-            f"{self.num_trees} trees, {self.n_features} inputs; native predictor, "
-            f"threads from {THREADS_ENV})"
+            f"{self.num_trees} trees, {self.n_features} inputs; strategy native: LightGBM's own "
+            f"C++ predictor, the fastest at every batch size; threads from {THREADS_ENV})"
         )

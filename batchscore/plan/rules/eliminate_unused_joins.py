@@ -31,6 +31,10 @@ def eliminate_unused_joins(plan: LogicalPlan) -> LogicalPlan:
         return replace(node, left=visit(node.left), right=visit(node.right))
 
     source = visit(plan.source)
+    if not decisions and plan.joins():
+        decisions.append(
+            Decision("eliminate_unused_joins", "every joined table is read; no join removed")
+        )
 
     tables = {name: info for name, info in plan.tables.items() if name in subtree_tables(source)}
     return replace(plan, source=source, tables=tables, decisions=(*plan.decisions, *decisions))
