@@ -2,7 +2,7 @@
 
 fact: N rows, 10 float features and a foreign key; dim: N / TR rows, a key and an
 array<double> feature of width FR x 10. One binary logistic regression reads all of them.
-N is 400k (100k and two corners of the grid with --quick). For each (TR, FR): batchscore with
+N is 300k (100k and two corners of the grid with --quick). For each (TR, FR): batchscore with
 every rule off (materialize, then score), batchscore optimized (the planner decides), and the
 bound (the same scans, join and Delta write with the score replaced by a constant), in one
 Spark session on the same tables.
@@ -76,7 +76,7 @@ def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0) -> Path:
 
 
 def run(ctx: Context) -> list[Row]:
-    n = 100_000 if ctx.quick else 400_000
+    n = 100_000 if ctx.quick else 300_000
     points = QUICK_POINTS if ctx.quick else [(t, f) for t in TUPLE_RATIOS for f in FEATURE_RATIOS]
     rows: list[Row] = []
     for tr, fr in points:
