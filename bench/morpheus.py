@@ -65,7 +65,12 @@ def _peer(spark: Any, plan: Any, out: Path) -> int:
             model = lgb.Booster(model_file=path) if path.endswith(".txt") else joblib.load(path)
 
             def predict(x: Any) -> Any:
-                return model.predict(x) if path.endswith(".txt") else model.predict_proba(x)
+                if not path.endswith(".txt"):
+                    return model.predict_proba(x)
+                import numpy as np
+
+                p = model.predict(x)  # a binary Booster gives P(class 1) only
+                return np.c_[1.0 - p, p] if p.ndim == 1 else p
 
             return predict
 
@@ -176,7 +181,9 @@ def _job(ctx: Context, job: str, spec_path: Path, out: Path, fact_rows: int) -> 
     reference = None
     for name, fn in variants.items():
         repeats = 1 if name in (PEER, ALWAYS) else ctx.repeats  # the slow ones run once
+        print(f"   {job}: {name} ...", flush=True)
         times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
+        print(f"   {job}: {name}: {times[name]:.2f} s", flush=True)
         if name.startswith("batchscore"):
             got = _snapshot(spec.output.path)
             reference = reference or got
