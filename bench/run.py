@@ -32,10 +32,13 @@ def run_modules(modules: list[str], *, quick: bool, out: Path = RESULTS) -> list
     from batchscore.physical.session import get_spark
 
     OUT.mkdir(parents=True, exist_ok=True)
-    spark = get_spark(
-        "local[2]", {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "8g"}
-    )
-    ctx = Context(quick=quick, repeats=1 if quick else 3, workdir=OUT, spark=spark)
+
+    def fresh_spark() -> object:
+        return get_spark(
+            "local[2]", {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "6g"}
+        )
+
+    ctx = Context(quick=quick, repeats=1 if quick else 3, workdir=OUT, spark=fresh_spark())
     rows: list[Row] = []
     started = time.time()
     for name in modules:
@@ -45,6 +48,9 @@ def run_modules(modules: list[str], *, quick: bool, out: Path = RESULTS) -> list
             print(f"skip {name}: {exc}")
             continue
         print(f"== {name}", flush=True)
+        if rows:  # a new session per scenario: idle Python workers of the last one exit
+            ctx.spark.stop()
+            ctx.spark = fresh_spark()
         got = module.run(ctx)
         for row in got:
             print(_fmt(row), flush=True)
