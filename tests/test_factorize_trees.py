@@ -25,6 +25,7 @@ from sklearn.ensemble import (
 from batchscore.kernels.trees import TreeEnsembleKernel
 from batchscore.kernels.trees.factorized import FACT, factorize_ensemble
 from batchscore.models import compile_from_object
+from tests.test_factorize import _variant
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -143,14 +144,6 @@ def test_trees_reading_one_dimension_collapse_to_sums() -> None:
 
 
 # ---------------------------------------------------------------- through Spark
-
-
-def _variant(star: Any, name: str, mode: str) -> Any:
-    text = star.spec.read_text().replace("output: {path: out,", f"output: {{path: out_{name},")
-    text = text.replace("factorize: always", f"factorize: {mode}")
-    path = star.root / f"{name}.yaml"
-    path.write_text(text)
-    return path
 
 
 def _by_model(path: Any, model: str) -> Any:
