@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from batchscore.errors import DataError
-from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task
+from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, labels_from_codes
 
 Link = Literal[
     "identity",
@@ -148,19 +148,17 @@ class AffineKernel(Kernel):
         n = s.shape[0]
         missing = np.isnan(s).any(axis=1)
         probability = self._probability(s) if proba and self.supports_proba else None
-        classes = np.asarray(self.classes, dtype=object)
-        idx = (s[:, 0] > 0).astype(np.intp) if s.shape[1] == 1 else np.argmax(s, axis=1)
-        label = classes[idx]
-        if missing.any():
-            # A missing input leaves the decision undefined: null outputs, never a guess.
-            label[missing] = None
-            if probability is not None:
-                probability[missing] = np.nan
+        assert self.classes is not None
+        idx = (s[:, 0] > 0).astype(np.int64) if s.shape[1] == 1 else np.argmax(s, axis=1)
+        # A missing input leaves the decision undefined: null outputs, never a guess.
+        label, codes = labels_from_codes(idx, self.classes, missing)
+        if probability is not None and missing.any():
+            probability[missing] = np.nan
         if probability is None:
-            return ScoreOutput(np.full(n, np.nan), label, None)
+            return ScoreOutput(np.full(n, np.nan), label, None, codes)
         if self.task == "binary":
-            return ScoreOutput(probability[:, 1].copy(), label, probability)
-        return ScoreOutput(np.full(n, np.nan), label, probability)
+            return ScoreOutput(probability[:, 1].copy(), label, probability, codes)
+        return ScoreOutput(np.full(n, np.nan), label, probability, codes)
 
     def _probability(self, s: np.ndarray) -> np.ndarray:
         if self.link == "logistic":
@@ -563,10 +561,13 @@ class TransformedKernel(Kernel):
         label = None if out.label is None else out.label.copy()
         if label is not None:
             label[bad] = None
+        codes = None if out.codes is None else out.codes.copy()
+        if codes is not None:
+            codes[bad] = -1
         probability = None if out.probability is None else out.probability.copy()
         if probability is not None:
             probability[bad] = np.nan
-        return ScoreOutput(prediction, label, probability)
+        return ScoreOutput(prediction, label, probability, codes)
 
     def probe(self, rng: np.random.Generator, rows: int) -> np.ndarray:
         """A batch the stage accepts: known categories in encoded columns, some NaN elsewhere."""

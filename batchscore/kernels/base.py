@@ -26,11 +26,15 @@ class ScoreOutput:
         on a classifier).
     label: object array of str (n,), or None for regressors.
     probability: float64 (n, n_classes) in the model's class order, or None.
+    codes: where the kernel knows them, the label as int64 indices into its classes (-1 where
+        the label is null), so the writer builds the string column with one `take` instead of
+        converting n Python strings (the largest cost of wide outputs with many classifiers).
     """
 
     prediction: np.ndarray
     label: np.ndarray | None
     probability: np.ndarray | None
+    codes: np.ndarray | None = None
 
 
 class Kernel(ABC):
@@ -50,31 +54,37 @@ class Kernel(ABC):
         """One line for `explain`: the kernel kind, its shape and strategy."""
 
 
-def labels_from_proba(probability: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
-    """Predicted class as `predict` gives it: the first class with the highest probability.
-
-    A row whose probabilities are NaN (a linear model fed a missing value) has no class: None,
-    never the first class by accident of argmax.
-    """
-    labels: np.ndarray = np.asarray(classes, dtype=object)[np.argmax(probability, axis=1)]
-    unknown = np.isnan(probability).any(axis=1)
-    if unknown.any():
-        labels = labels.copy()
+def labels_from_codes(
+    codes: np.ndarray, classes: tuple[str, ...], unknown: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, codes) for class indices; rows flagged `unknown` get a null label, code -1."""
+    codes = np.asarray(codes, dtype=np.int64)
+    labels: np.ndarray = np.asarray(classes, dtype=object)[codes]
+    if unknown is not None and unknown.any():
         labels[unknown] = None
-    return labels
+        codes = codes.copy()
+        codes[unknown] = -1
+    return labels, codes
 
 
 def classifier_output(
     probability: np.ndarray, classes: tuple[str, ...], *, proba: bool
 ) -> ScoreOutput:
-    """Fill the long-layout columns of a classifier from its class probabilities."""
+    """Fill the long-layout columns of a classifier from its class probabilities.
+
+    The label is what `predict` gives: the first class with the highest probability. A row
+    whose probabilities are NaN (a linear model fed a missing value) has no class: null, never
+    the first class by accident of argmax.
+    """
     n = probability.shape[0]
-    label = labels_from_proba(probability, classes)
+    unknown = np.isnan(probability).any(axis=1)
+    label, codes = labels_from_codes(np.argmax(probability, axis=1), classes, unknown)
     if not proba:
-        return ScoreOutput(np.full(n, np.nan), label, None)
+        return ScoreOutput(np.full(n, np.nan), label, None, codes)
     if len(classes) == 2:
-        return ScoreOutput(probability[:, 1].astype(np.float64, copy=False), label, probability)
-    return ScoreOutput(np.full(n, np.nan), label, probability)
+        first = probability[:, 1].astype(np.float64, copy=False)
+        return ScoreOutput(first, label, probability, codes)
+    return ScoreOutput(np.full(n, np.nan), label, probability, codes)
 
 
 def regressor_output(values: np.ndarray) -> ScoreOutput:

@@ -118,7 +118,7 @@ class ScoringTask:
                 *ids,
                 pa.array([model.name] * n, pa.string()),
                 pa.array([model.version] * n, pa.string()),
-                *_prediction_columns(out, n),
+                *_prediction_columns(out, n, model.kernel.classes),
             ]
             for i, part in enumerate(parts):
                 columns[i].append(part)
@@ -130,8 +130,8 @@ class ScoringTask:
     def _wide(self, batch: pa.RecordBatch, outputs: Sequence[ScoreOutput]) -> pa.RecordBatch:
         n = batch.num_rows
         arrays = self._ids(batch)
-        for out in outputs:
-            arrays.extend(_prediction_columns(out, n))
+        for model, out in zip(self.models, outputs, strict=True):
+            arrays.extend(_prediction_columns(out, n, model.kernel.classes))
         arrays += [pa.array([self.run_id] * n, pa.string()), _timestamps(self.scored_at, n)]
         return pa.RecordBatch.from_arrays(arrays, names=wide_names(self.ids, self.models))
 
@@ -156,11 +156,24 @@ def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[s
     return [*names, "run_id", "scored_at"]
 
 
-def _prediction_columns(out: ScoreOutput, n: int) -> list[pa.Array]:
+def _prediction_columns(
+    out: ScoreOutput, n: int, classes: tuple[str, ...] | None
+) -> list[pa.Array]:
     prediction = np.asarray(out.prediction, dtype=np.float64)
     predictions = pa.array(prediction, pa.float64(), mask=np.isnan(prediction))
-    labels = pa.array(out.label if out.label is not None else [None] * n, pa.string())
-    return [predictions, labels, _probabilities(out.probability, n)]
+    return [predictions, _labels(out, n, classes), _probabilities(out.probability, n)]
+
+
+def _labels(out: ScoreOutput, n: int, classes: tuple[str, ...] | None) -> pa.Array:
+    """The label column; from class codes with one `take` where the kernel gave them."""
+    if out.label is None:
+        return pa.nulls(n, pa.string())
+    if out.codes is None or classes is None:
+        return pa.array(out.label, pa.string())
+    codes = np.asarray(out.codes, dtype=np.int64)
+    unknown = codes < 0
+    indices = pa.array(np.where(unknown, 0, codes), pa.int64(), mask=unknown)
+    return pa.array(classes, pa.string()).take(indices)
 
 
 def _probabilities(probability: np.ndarray | None, n: int) -> pa.Array:

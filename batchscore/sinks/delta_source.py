@@ -82,6 +82,7 @@ from batchscore.sinks.delta_table import (
     transaction_version,
     written_files,
 )
+from batchscore.sinks.encoding import choose_encoding
 from batchscore.sinks.transform import (
     TASKS_DIR,
     BatchTransform,
@@ -629,11 +630,11 @@ class _TaskWriter:
         entry.buffer, entry.buffered_rows, entry.buffered_bytes = [], 0, 0
         start = 0
         while start < table.num_rows:
-            if entry.writer is None:
-                self._open_file(entry)
-            assert entry.writer is not None and entry.stats is not None
             room = self.config.max_file_rows - entry.rows
             piece = table.slice(start, room)
+            if entry.writer is None:
+                self._open_file(entry, piece)
+            assert entry.writer is not None and entry.stats is not None
             entry.writer.write_table(piece, row_group_size=max(piece.num_rows, 1))
             entry.stats.update(piece)
             entry.rows += piece.num_rows
@@ -643,7 +644,7 @@ class _TaskWriter:
             ):
                 self._close_file(entry)
 
-    def _open_file(self, entry: _OpenFile) -> None:
+    def _open_file(self, entry: _OpenFile, first: pa.Table) -> None:
         folder = "/".join(
             partition_dir(name, value)
             for name, value in zip(self.config.partition_by, entry.key, strict=True)
@@ -655,10 +656,12 @@ class _TaskWriter:
         self.created.append(rel)
         entry.rel = rel
         entry.stream = self.fs.open_output_stream(location)
+        encoding = choose_encoding(first)
         entry.writer = pq.ParquetWriter(
             entry.stream,
             self.file_schema,
-            compression="snappy",
+            use_dictionary=encoding.use_dictionary,
+            compression=encoding.compression,
             write_statistics=True,
         )
         entry.rows = 0

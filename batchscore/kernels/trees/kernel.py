@@ -22,6 +22,7 @@ from batchscore.kernels.base import (
     Matrix,
     ScoreOutput,
     classifier_output,
+    labels_from_codes,
     regressor_output,
 )
 from batchscore.kernels.trees.ir import TreeEnsemble
@@ -202,9 +203,9 @@ class TreeEnsembleKernel(Kernel):
         else:
             r = raw[:, 0]
             codes = (r >= 0 if ir.label_rule == "raw_ge0" else r > 0).astype(np.int64)
-        labels = np.asarray(ir.classes, dtype=object)[codes]
+        labels, codes = labels_from_codes(codes, ir.classes)
         out = classifier_output(probability, ir.classes, proba=proba)
-        return ScoreOutput(out.prediction, labels, out.probability)
+        return ScoreOutput(out.prediction, labels, out.probability, codes)
 
     def _probability(self, raw: np.ndarray) -> np.ndarray:
         link = self.ir.link
