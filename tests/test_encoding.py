@@ -7,9 +7,10 @@ import io
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from batchscore.kernels.base import ScoreOutput, classifier_output
-from batchscore.physical.score import _labels
+from batchscore.physical.columns import SHORT_LABEL_BYTES, labels, probabilities
 from batchscore.sinks.encoding import choose_encoding
 
 
@@ -64,14 +65,30 @@ def test_files_written_with_the_choice_read_back_identical() -> None:
     assert chunks["id"].compression == "SNAPPY"
 
 
-def test_labels_from_codes_equal_labels_from_strings_nulls_included() -> None:
-    classes = ("b", "a", "c")
-    probability = np.random.default_rng(1).random((500, 3))
-    probability[::7] = np.nan
+@pytest.mark.parametrize(
+    "classes",
+    [
+        ("b", "a", "c"),
+        ("no", "yes", "maybe", ""),
+        ("café", "日本", "x"),
+        ("short", "l" * (SHORT_LABEL_BYTES + 5)),
+    ],
+)
+@pytest.mark.parametrize("with_nulls", [False, True])
+def test_labels_from_codes_equal_labels_from_strings(
+    classes: tuple[str, ...], with_nulls: bool
+) -> None:
+    probability = np.random.default_rng(1).random((500, len(classes)))
+    if with_nulls:
+        probability[::7] = np.nan
     out = classifier_output(probability, classes, proba=True)
-    assert out.codes is not None and (out.codes[::7] == -1).all()
-    from_codes = _labels(out, 500, classes)
-    from_strings = _labels(ScoreOutput(out.prediction, out.label, out.probability), 500, classes)
+    from_codes = labels(out, 500, classes)
+    from_strings = labels(ScoreOutput(out.prediction, out.label, out.probability), 500, classes)
+    from_codes.validate(full=True)
     assert from_codes.equals(from_strings)
-    assert from_codes.null_count == len(range(0, 500, 7))
+    assert from_codes.null_count == (len(range(0, 500, 7)) if with_nulls else 0)
     assert from_codes.to_pylist()[1] == classes[int(np.argmax(probability[1]))]
+    rows = probabilities(out.probability, 500)
+    rows.validate(full=True)
+    assert rows.null_count == from_codes.null_count
+    assert rows.to_pylist()[1] == probability[1].tolist()

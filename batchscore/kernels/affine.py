@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from batchscore.errors import DataError
-from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, labels_from_codes
+from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, class_codes
 
 Link = Literal[
     "identity",
@@ -151,19 +151,22 @@ class AffineKernel(Kernel):
         assert self.classes is not None
         idx = (s[:, 0] > 0).astype(np.int64) if s.shape[1] == 1 else np.argmax(s, axis=1)
         # A missing input leaves the decision undefined: null outputs, never a guess.
-        label, codes = labels_from_codes(idx, self.classes, missing)
+        codes = class_codes(idx, missing)
         if probability is not None and missing.any():
             probability[missing] = np.nan
         if probability is None:
-            return ScoreOutput(np.full(n, np.nan), label, None, codes)
+            return ScoreOutput(np.full(n, np.nan), None, None, codes, self.classes)
         if self.task == "binary":
-            return ScoreOutput(probability[:, 1].copy(), label, probability, codes)
-        return ScoreOutput(np.full(n, np.nan), label, probability, codes)
+            # A strided view of the positive column: the writer reads it once, no copy needed.
+            return ScoreOutput(probability[:, 1], None, probability, codes, self.classes)
+        return ScoreOutput(np.full(n, np.nan), None, probability, codes, self.classes)
 
     def _probability(self, s: np.ndarray) -> np.ndarray:
         if self.link == "logistic":
-            p = expit(s[:, 0])
-            return np.stack([1 - p, p], axis=1)
+            prob = np.empty((s.shape[0], 2))
+            expit(s[:, 0], out=prob[:, 1])
+            np.subtract(1, prob[:, 1], out=prob[:, 0])
+            return prob
         if self.link == "binary_softmax":
             return _softmax(np.c_[-s[:, 0], s[:, 0]])
         if self.link == "softmax":
@@ -558,15 +561,17 @@ class TransformedKernel(Kernel):
             return out
         prediction = out.prediction.copy()
         prediction[bad] = np.nan
-        label = None if out.label is None else out.label.copy()
-        if label is not None:
-            label[bad] = None
-        codes = None if out.codes is None else out.codes.copy()
-        if codes is not None:
-            codes[bad] = -1
         probability = None if out.probability is None else out.probability.copy()
         if probability is not None:
             probability[bad] = np.nan
+        codes = None if out.codes is None else out.codes.copy()
+        if codes is not None:
+            codes[bad] = -1
+            if out.classes is not None:
+                return ScoreOutput(prediction, None, probability, codes, out.classes)
+        label = None if out.label is None else out.label.copy()
+        if label is not None:
+            label[bad] = None
         return ScoreOutput(prediction, label, probability, codes)
 
     def probe(self, rng: np.random.Generator, rows: int) -> np.ndarray:

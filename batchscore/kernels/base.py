@@ -8,7 +8,6 @@ table that owns each feature) and lets tests check parity in milliseconds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeAlias
 
 import numpy as np
@@ -18,7 +17,6 @@ Task = Literal["regression", "binary", "multiclass"]
 Matrix: TypeAlias = "np.ndarray | sp.csr_matrix"
 
 
-@dataclass(frozen=True)
 class ScoreOutput:
     """The three prediction columns of the long layout, for one batch of rows.
 
@@ -26,15 +24,40 @@ class ScoreOutput:
         on a classifier).
     label: object array of str (n,), or None for regressors.
     probability: float64 (n, n_classes) in the model's class order, or None.
-    codes: where the kernel knows them, the label as int64 indices into its classes (-1 where
-        the label is null), so the writer builds the string column with one `take` instead of
-        converting n Python strings (the largest cost of wide outputs with many classifiers).
+    codes: where the kernel knows them, the label as int64 indices into `classes` (-1 where
+        the label is null). The writer builds the string column from the codes without ever
+        making the n Python strings of `label`, which is built on first access only (with
+        many classifiers per job those strings were the largest cost of the output).
     """
 
-    prediction: np.ndarray
-    label: np.ndarray | None
-    probability: np.ndarray | None
-    codes: np.ndarray | None = None
+    __slots__ = ("_label", "classes", "codes", "prediction", "probability")
+
+    def __init__(
+        self,
+        prediction: np.ndarray,
+        label: np.ndarray | None,
+        probability: np.ndarray | None,
+        codes: np.ndarray | None = None,
+        classes: tuple[str, ...] | None = None,
+    ) -> None:
+        if label is None and codes is not None and classes is None:
+            raise ValueError("ScoreOutput: codes without a label need the classes")
+        self.prediction = prediction
+        self.probability = probability
+        self.codes = codes
+        self.classes = classes
+        self._label = label
+
+    @property
+    def label(self) -> np.ndarray | None:
+        if self._label is None and self.codes is not None and self.classes is not None:
+            self._label = _labels_of(self.codes, self.classes)
+        return self._label
+
+    @property
+    def has_label(self) -> bool:
+        """A classifier's output (its label column is not all null by construction)."""
+        return self._label is not None or self.codes is not None
 
 
 class Kernel(ABC):
@@ -54,17 +77,28 @@ class Kernel(ABC):
         """One line for `explain`: the kernel kind, its shape and strategy."""
 
 
+def class_codes(indices: np.ndarray, unknown: np.ndarray | None = None) -> np.ndarray:
+    """int64 class indices with -1 where the row has no class (`unknown`)."""
+    codes = np.asarray(indices, dtype=np.int64)
+    if unknown is not None and unknown.any():
+        codes = np.where(unknown, -1, codes)
+    return codes
+
+
 def labels_from_codes(
     codes: np.ndarray, classes: tuple[str, ...], unknown: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(labels, codes) for class indices; rows flagged `unknown` get a null label, code -1."""
-    codes = np.asarray(codes, dtype=np.int64)
-    labels: np.ndarray = np.asarray(classes, dtype=object)[codes]
-    if unknown is not None and unknown.any():
+    codes = class_codes(codes, unknown)
+    return _labels_of(codes, classes), codes
+
+
+def _labels_of(codes: np.ndarray, classes: tuple[str, ...]) -> np.ndarray:
+    labels: np.ndarray = np.asarray(classes, dtype=object)[np.maximum(codes, 0)]
+    unknown = codes < 0
+    if unknown.any():
         labels[unknown] = None
-        codes = codes.copy()
-        codes[unknown] = -1
-    return labels, codes
+    return labels
 
 
 def classifier_output(
@@ -78,13 +112,13 @@ def classifier_output(
     """
     n = probability.shape[0]
     unknown = np.isnan(probability).any(axis=1)
-    label, codes = labels_from_codes(np.argmax(probability, axis=1), classes, unknown)
+    codes = class_codes(np.argmax(probability, axis=1), unknown)
     if not proba:
-        return ScoreOutput(np.full(n, np.nan), label, None, codes)
+        return ScoreOutput(np.full(n, np.nan), None, None, codes, classes)
     if len(classes) == 2:
         first = probability[:, 1].astype(np.float64, copy=False)
-        return ScoreOutput(first, label, probability, codes)
-    return ScoreOutput(np.full(n, np.nan), label, probability, codes)
+        return ScoreOutput(first, None, probability, codes, classes)
+    return ScoreOutput(np.full(n, np.nan), None, probability, codes, classes)
 
 
 def regressor_output(values: np.ndarray) -> ScoreOutput:

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from batchscore.errors import DataError
 from batchscore.kernels.affine import as_float_matrix
-from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, labels_from_codes
+from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, class_codes
 
 UNKNOWN_N_FEATURES = -1
 """`n_features` of a model that does not say how many inputs it takes (no n_features_in_)."""
@@ -107,7 +107,8 @@ class OpaqueKernel(Kernel):
         if proba and self.label_is_argmax:  # one call instead of two (forests: half the time)
             probability = self._probability(X, n)
             assert self.classes is not None
-            label, codes = labels_from_codes(np.argmax(probability, axis=1), self.classes)
+            codes = class_codes(np.argmax(probability, axis=1))
+            label = None
         else:
             label = np.asarray([str(v) for v in self._call("predict", X)], dtype=object)
             codes = None
@@ -115,7 +116,7 @@ class OpaqueKernel(Kernel):
                 return ScoreOutput(np.full(n, np.nan), label, None)
             probability = self._probability(X, n)
         prediction = probability[:, 1].copy() if self.task == "binary" else np.full(n, np.nan)
-        return ScoreOutput(prediction, label, probability, codes)
+        return ScoreOutput(prediction, label, probability, codes, self.classes)
 
     def _probability(self, X: Matrix, n: int) -> np.ndarray:
         assert self.classes is not None

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pyarrow as pa
 
 from batchscore.errors import BatchScoreError, StepError
@@ -23,9 +22,11 @@ if TYPE_CHECKING:
     from batchscore.kernels.batched import AffineGroup
     from batchscore.kernels.trees.merged import TreeGroup
 from batchscore.physical.assemble import Block, Column, assemble
-
-PROBABILITY = pa.list_(pa.float64())
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+from batchscore.physical.columns import (
+    constant_strings,
+    prediction_columns,
+    timestamps,
+)
 
 
 @dataclass(frozen=True)
@@ -116,23 +117,23 @@ class ScoringTask:
         for model, out in zip(self.models, outputs, strict=True):
             parts = [
                 *ids,
-                pa.array([model.name] * n, pa.string()),
-                pa.array([model.version] * n, pa.string()),
-                *_prediction_columns(out, n, model.kernel.classes),
+                constant_strings(model.name, n),
+                constant_strings(model.version, n),
+                *prediction_columns(out, n, model.kernel.classes),
             ]
             for i, part in enumerate(parts):
                 columns[i].append(part)
         arrays = [pa.concat_arrays(c) for c in columns]
         total = n * len(self.models)
-        arrays += [pa.array([self.run_id] * total, pa.string()), _timestamps(self.scored_at, total)]
+        arrays += [constant_strings(self.run_id, total), timestamps(self.scored_at, total)]
         return pa.RecordBatch.from_arrays(arrays, names=long_names(self.ids))
 
     def _wide(self, batch: pa.RecordBatch, outputs: Sequence[ScoreOutput]) -> pa.RecordBatch:
         n = batch.num_rows
         arrays = self._ids(batch)
         for model, out in zip(self.models, outputs, strict=True):
-            arrays.extend(_prediction_columns(out, n, model.kernel.classes))
-        arrays += [pa.array([self.run_id] * n, pa.string()), _timestamps(self.scored_at, n)]
+            arrays.extend(prediction_columns(out, n, model.kernel.classes))
+        arrays += [constant_strings(self.run_id, n), timestamps(self.scored_at, n)]
         return pa.RecordBatch.from_arrays(arrays, names=wide_names(self.ids, self.models))
 
 
@@ -154,40 +155,6 @@ def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[s
     for model in models:
         names += [f"{model.name}__prediction", f"{model.name}__label", f"{model.name}__probability"]
     return [*names, "run_id", "scored_at"]
-
-
-def _prediction_columns(
-    out: ScoreOutput, n: int, classes: tuple[str, ...] | None
-) -> list[pa.Array]:
-    prediction = np.asarray(out.prediction, dtype=np.float64)
-    predictions = pa.array(prediction, pa.float64(), mask=np.isnan(prediction))
-    return [predictions, _labels(out, n, classes), _probabilities(out.probability, n)]
-
-
-def _labels(out: ScoreOutput, n: int, classes: tuple[str, ...] | None) -> pa.Array:
-    """The label column; from class codes with one `take` where the kernel gave them."""
-    if out.label is None:
-        return pa.nulls(n, pa.string())
-    if out.codes is None or classes is None:
-        return pa.array(out.label, pa.string())
-    codes = np.asarray(out.codes, dtype=np.int64)
-    unknown = codes < 0
-    indices = pa.array(np.where(unknown, 0, codes), pa.int64(), mask=unknown)
-    return pa.array(classes, pa.string()).take(indices)
-
-
-def _probabilities(probability: np.ndarray | None, n: int) -> pa.Array:
-    if probability is None:
-        return pa.nulls(n, PROBABILITY)
-    width = probability.shape[1]
-    values = pa.array(np.ascontiguousarray(probability, dtype=np.float64).reshape(-1), pa.float64())
-    offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
-    mask = pa.array(np.isnan(probability).any(axis=1))
-    return pa.ListArray.from_arrays(offsets, values, type=PROBABILITY, mask=mask)
-
-
-def _timestamps(when: datetime, n: int) -> pa.Array:
-    return pa.array([when] * n, TIMESTAMP)
 
 
 def _limit_threads(threads: int) -> None:

@@ -21,8 +21,8 @@ from batchscore.kernels.base import (
     Kernel,
     Matrix,
     ScoreOutput,
+    class_codes,
     classifier_output,
-    labels_from_codes,
     regressor_output,
 )
 from batchscore.kernels.trees.ir import TreeEnsemble
@@ -199,13 +199,12 @@ class TreeEnsembleKernel(Kernel):
         if ir.label_rule == "proba_argmax":
             return classifier_output(probability, ir.classes, proba=proba)
         if ir.label_rule == "raw_argmax":
-            codes = np.argmax(raw, axis=1)
+            codes = class_codes(np.argmax(raw, axis=1))
         else:
             r = raw[:, 0]
-            codes = (r >= 0 if ir.label_rule == "raw_ge0" else r > 0).astype(np.int64)
-        labels, codes = labels_from_codes(codes, ir.classes)
+            codes = class_codes(r >= 0 if ir.label_rule == "raw_ge0" else r > 0)
         out = classifier_output(probability, ir.classes, proba=proba)
-        return ScoreOutput(out.prediction, labels, out.probability, codes)
+        return ScoreOutput(out.prediction, None, out.probability, codes, ir.classes)
 
     def _probability(self, raw: np.ndarray) -> np.ndarray:
         link = self.ir.link
