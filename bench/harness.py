@@ -53,12 +53,25 @@ class Row:
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """Median wall time of `repeats` calls, and the last call's result."""
-    times, result = [], None
-    for _ in range(max(1, repeats)):
+    seconds, result, _ = timed_runs(fn, repeats)
+    return seconds, result
+
+
+def timed_runs(
+    fn: Callable[[], Any], repeats: int, budget_s: float | None = None
+) -> tuple[float, Any, int]:
+    """Median wall time of up to `repeats` calls, the last call's result, and the number of calls.
+
+    With `budget_s`, calls stop early once they have taken that many seconds together (at least
+    one call is made): a slow variant then gets fewer runs behind its median.
+    """
+    times: list[float] = []
+    result = None
+    while len(times) < max(1, repeats) and (budget_s is None or sum(times) < budget_s):
         start = time.perf_counter()
         result = fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+    return statistics.median(times), result, len(times)
 
 
 def peak_rss_mb() -> float:

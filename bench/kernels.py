@@ -1,18 +1,24 @@
 """Kernel benchmark: tree strategies against the model's own predict, one thread, same rows.
 
 LightGBM with 100 and 500 trees (num_leaves 31) and a RandomForest (100 trees, depth 10), all
-trained on a synthetic 20-feature binary task. The baseline is the model's own predict_proba,
-one call on all 1M rows (50k with --quick), one thread. Each strategy scores those same rows
-in Arrow-sized batches of 10,000 rows, as mapInArrow hands them over, with one thread too.
+trained on a synthetic 20-feature binary task (20,000 rows; the forest on 5,000 with --quick,
+where it is the slow one to train). The baseline is the model's own predict_proba,
+one call on all 1M rows (50k with --quick), one thread; "native" (batchscore's default kernel)
+scores all those rows too, in Arrow-sized batches of 10,000 rows as mapInArrow hands them over,
+with one thread.
 
-A strategy whose first batch runs below 20,000 rows/s (gemm and bitvector evaluate every node;
-on a depth-10 forest they manage ~1k rows/s) would take minutes per run, so it scores only that
-first batch: its rows column says 10,000, its variant ends in "(prefix)", and its note says so.
-The first batch is timed after a 1,000-row warm-up (which builds the kernel's packed arrays).
-On a busy machine that pilot can misjudge a strategy, so a run over all rows stops after the
-batch that passes 60 s and then reports the prefix it scored, labelled the same way. Repeats
-stop once a measurement's runs took 10 s, to keep the scenario within ~6 minutes on two cores;
-the note gives the number of runs behind each median.
+The numpy strategies (traversal, perfect, gemm, bitvector) score a fixed PREFIX of the same rows
+in the same batches: the first 100,000 (20,000 with --quick). Their rows column says so, their
+variant ends in "(prefix)" and their note names the prefix; their ratio compares rows/s with the
+baseline's rows/s on all rows (ratio = baseline seconds scaled to the prefix / strategy seconds).
+A strategy whose first batch runs below 30,000 rows/s (gemm and bitvector evaluate every node;
+on a depth-10 forest they manage ~1k rows/s, which on that prefix would take minutes) scores only
+that first batch (10,000 rows; 2,000 with --quick). The first batch is timed after a 1,000-row
+warm-up (which builds the kernel's packed arrays). On a busy machine that pilot can misjudge a
+strategy, so a run stops after the batch that passes 60 s and then reports what it scored,
+labelled the same way. Repeats stop once a measurement's runs took 10 s (5 s for the numpy
+strategies), to keep the scenario within ~3 minutes on two cores; the note gives the number of
+runs behind each median.
 
     python -m bench.kernels            # prints the table; never writes bench/RESULTS.md
     python -m bench.kernels --quick
@@ -34,29 +40,36 @@ import numpy as np
 
 from bench.harness import Context, Row
 
+NEEDS_SPARK = False  # bench/run.py starts no SparkSession for this scenario
 BATCH = 10_000
-PREFIX_ROWS = BATCH
-SLOW_ROWS_PER_S = 20_000
-BUDGET_S = 10.0
+ROWS, QUICK_ROWS = 1_000_000, 50_000
+PREFIX, QUICK_PREFIX = 100_000, 20_000  # rows the numpy strategies score
+PILOT, QUICK_PILOT = BATCH, 2_000  # the first batch; all that a slow strategy scores
+TRAIN_ROWS = 20_000
+QUICK_FOREST_ROWS = 5_000  # --quick trains the forest (the slow one to train) on fewer rows
+SLOW_ROWS_PER_S = 30_000  # LightGBM-100 gemm/bitvector run near 20k: clear of both sides
+BUDGET_S = 10.0  # repeats of the baseline and native stop once their runs took this long
+PREFIX_BUDGET_S = 5.0  # the same for the numpy strategies on their prefix
 CAP_S = 60.0
 N_FEATURES = 20
-STRATEGIES = ("native", "traversal", "perfect", "gemm", "bitvector")
+NATIVE = "native"
+STRATEGIES = (NATIVE, "traversal", "perfect", "gemm", "bitvector")
 BASELINE = "own predict_proba (1 thread, one call on all rows)"
 
 
-def _models() -> list[tuple[str, Any]]:
+def _models(forest_rows: int = TRAIN_ROWS) -> list[tuple[str, Any]]:
     import lightgbm as lgb
     from sklearn.ensemble import RandomForestClassifier
 
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(20_000, N_FEATURES))
+    X = rng.normal(size=(TRAIN_ROWS, N_FEATURES))
     y = (X[:, 0] + X[:, 1] * X[:, 2] + rng.normal(size=X.shape[0]) > 0).astype(int)
     out: list[tuple[str, Any]] = []
     for trees in (100, 500):
         model = lgb.LGBMClassifier(n_estimators=trees, num_leaves=31, verbose=-1, n_jobs=1)
         out.append((f"lightgbm-{trees}-trees", model.fit(X, y)))
     rf = RandomForestClassifier(100, max_depth=10, n_jobs=1, random_state=0)
-    out.append(("random-forest-100-trees", rf.fit(X, y)))
+    out.append(("random-forest-100-trees", rf.fit(X[:forest_rows], y[:forest_rows])))
     return out
 
 
@@ -81,13 +94,15 @@ def _one_thread() -> Iterator[None]:
             os.environ["BATCHSCORE_THREADS"] = before
 
 
-def _measure(fn: Callable[[], Any], repeats: int, first: float | None = None) -> tuple[float, int]:
-    """Median seconds and number of runs: up to `repeats` runs, fewer once BUDGET_S is spent.
+def _measure(
+    fn: Callable[[], Any], repeats: int, first: float | None = None, budget_s: float = BUDGET_S
+) -> tuple[float, int]:
+    """Median seconds and number of runs: up to `repeats` runs, fewer once `budget_s` is spent.
 
     `first` is the time of a run already made (the pilot), counted as one of them.
     """
     times = [] if first is None else [first]
-    while len(times) < max(1, repeats) and sum(times) < BUDGET_S:
+    while len(times) < max(1, repeats) and sum(times) < budget_s:
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
@@ -102,26 +117,29 @@ def _batched(kernel: Any, X: np.ndarray) -> Callable[[], None]:
     return run
 
 
-def _capped(kernel: Any, X: np.ndarray) -> tuple[float, int]:
-    """Seconds and rows of one run over X in batches, stopped after the batch passing CAP_S."""
+def _capped(kernel: Any, X: np.ndarray, want: np.ndarray) -> tuple[float, int, float]:
+    """Seconds and rows of one run over X in batches, stopped after the batch passing CAP_S, and
+    the largest |probability - own predict_proba| over those rows (computed after the clock)."""
+    got: list[np.ndarray] = []
     start = time.perf_counter()
     done = 0
     while done < X.shape[0] and time.perf_counter() - start < CAP_S:
-        kernel.score(X[done : done + BATCH])
+        got.append(kernel.score(X[done : done + BATCH]).probability)
         done = min(X.shape[0], done + BATCH)
-    return time.perf_counter() - start, done
+    seconds = time.perf_counter() - start
+    return seconds, done, float(np.max(np.abs(np.concatenate(got) - want[:done])))
 
 
-def _pilot(kernel: Any, X: np.ndarray, want: np.ndarray) -> tuple[float, float]:
-    """Seconds for the first batch, and its largest |probability - own predict_proba|.
+def _pilot(kernel: Any, X: np.ndarray, want: np.ndarray, rows: int) -> tuple[float, float]:
+    """Seconds for the first batch of `rows`, and its largest |probability - own predict_proba|.
 
     A 1,000-row call first builds the kernel's packed arrays, which are not per-row work.
     """
     kernel.score(X[:1_000])
     start = time.perf_counter()
-    got = kernel.score(X[:PREFIX_ROWS]).probability
+    got = kernel.score(X[:rows]).probability
     seconds = time.perf_counter() - start
-    return seconds, float(np.max(np.abs(got - want[:PREFIX_ROWS])))
+    return seconds, float(np.max(np.abs(got - want[:rows])))
 
 
 def _strategy_row(
@@ -132,28 +150,37 @@ def _strategy_row(
     base: tuple[float, np.ndarray],
     ctx: Context,
 ) -> Row:
+    """One strategy's row. native scores all rows of X; the numpy strategies the first PREFIX
+    rows; a strategy slower than SLOW_ROWS_PER_S on its first batch only that batch."""
     base_s, want = base
     n_rows = X.shape[0]
-    pilot_s, diff = _pilot(kernel, X, want)
-    rate = PREFIX_ROWS / pilot_s
-    if rate >= SLOW_ROWS_PER_S and n_rows > PREFIX_ROWS:
-        first, done = _capped(kernel, X)
-        part = X[:done]
+    pilot = min(n_rows, QUICK_PILOT if ctx.quick else PILOT)
+    target = n_rows if strategy == NATIVE else min(n_rows, QUICK_PREFIX if ctx.quick else PREFIX)
+    budget = BUDGET_S if strategy == NATIVE else PREFIX_BUDGET_S
+    pilot_s, diff = _pilot(kernel, X, want, pilot)
+    rate = pilot / pilot_s
+    if rate >= SLOW_ROWS_PER_S and target > pilot:
+        first, done, worst = _capped(kernel, X[:target], want)
+        part, diff = X[:done], max(diff, worst)
         if done == n_rows:
             variant, scope = strategy, f"all {n_rows:,} rows"
-            secs, runs = _measure(_batched(kernel, part), ctx.repeats, first=first)
+            secs, runs = _measure(_batched(kernel, part), ctx.repeats, first, budget)
+        elif done == target:
+            variant = f"{strategy} (prefix)"
+            scope = f"PREFIX: first {done:,} of the {n_rows:,} rows"
+            secs, runs = _measure(_batched(kernel, part), ctx.repeats, first, budget)
         else:  # the pilot misjudged it (a busy machine): what ran in CAP_S is the prefix
             variant = f"{strategy} (prefix)"
             scope = f"PREFIX: first {done:,} of the {n_rows:,} rows (run stopped at {CAP_S:.0f} s)"
             secs, runs = first, 1
     else:
-        part, variant = X[:PREFIX_ROWS], f"{strategy} (prefix)"
+        part, variant = X[:pilot], f"{strategy} (prefix)"
         scope = (
-            f"PREFIX: first {PREFIX_ROWS:,} of the {n_rows:,} rows (first batch "
+            f"PREFIX: first {pilot:,} of the {n_rows:,} rows (first batch "
             f"{rate:,.0f} rows/s < {SLOW_ROWS_PER_S:,})"
         )
-        secs, runs = _measure(_batched(kernel, part), ctx.repeats, first=pilot_s)
-    how = f"; native = {kernel.native.kind} kernel" if strategy == "native" else ""
+        secs, runs = _measure(_batched(kernel, part), ctx.repeats, pilot_s, budget)
+    how = f"; native = {kernel.native.kind} kernel" if strategy == NATIVE else ""
     return Row(
         scenario=f"kernels/{scenario}",
         variant=variant,
@@ -170,8 +197,14 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
     from batchscore.models import compile_from_object
 
     model.set_params(n_jobs=1)
-    want = model.predict_proba(X[:PREFIX_ROWS])  # warm-up, and the parity reference
-    base_s, runs = _measure(lambda: model.predict_proba(X), ctx.repeats)
+    model.predict_proba(X[:BATCH])  # warm-up
+    own: list[np.ndarray] = []  # the last run's output: the parity reference
+
+    def baseline() -> None:
+        own[:] = [model.predict_proba(X)]
+
+    base_s, runs = _measure(baseline, ctx.repeats)
+    want = own[0]
     rows = [
         Row(
             scenario=f"kernels/{name}",
@@ -194,13 +227,14 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
 
 
 def run(ctx: Context) -> list[Row]:
-    n_rows = 50_000 if ctx.quick else 1_000_000
+    n_rows = QUICK_ROWS if ctx.quick else ROWS
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n_rows, N_FEATURES))
     X[rng.random(X.shape) < 0.01] = np.nan
     rows: list[Row] = []
+    models = _models(QUICK_FOREST_ROWS if ctx.quick else TRAIN_ROWS)
     with _one_thread():
-        for name, model in _models():
+        for name, model in models:
             rows += _scenario(name, model, X, ctx)
     return rows
 
@@ -223,7 +257,9 @@ def _print(rows: list[Row], notes: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50k rows instead of 1M")
+    parser.add_argument(
+        "--quick", action="store_true", help="50k rows (20k prefix) instead of 1M (100k)"
+    )
     parser.add_argument("--repeats", type=int, default=1, help="runs per median (within 10 s)")
     args = parser.parse_args()
     ctx = Context(quick=args.quick, repeats=args.repeats, workdir=Path(tempfile.mkdtemp()))

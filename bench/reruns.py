@@ -1,13 +1,13 @@
 """Reruns and housekeeping at benchmark size.
 
-1. reruns: the demo job (80k sales/day, 3 models: 240k prediction rows; quick: 20k sales)
-   committed for one run date, then N reruns of that same date (N=100; quick: 10). A rerun of a
+1. reruns: the demo job (80k sales/day, 3 models: 240k prediction rows; quick: 10k sales)
+   committed for one run date, then N reruns of that same date (N=30; quick: 5). A rerun of a
    committed (job, run date) must be a no-op: the row shows the time per rerun, and the table
-   must hold exactly one copy of each (sale_id, model). A few forced reruns (which replace the
-   partition) follow, with the same check.
+   must hold exactly one copy of each (sale_id, model). A few forced reruns (3; quick: 1),
+   which replace the partition, follow, with the same check.
 2. daily + optimize: the sales table arrives as several loads a day (FILES_PER_DAY files per
    date, like hourly upstream batches), so each daily run reads several files in several tasks
-   and writes one small file per task. 30 daily runs (quick: 10) through the backfill
+   and writes one small file per task. 12 daily runs (quick: 3) through the backfill
    (`--from/--to`), then `optimize`: the live file count and the median time of an aggregate
    query over the whole table, before and after compaction (the answers must be identical).
 
@@ -30,7 +30,10 @@ QUERY = (
     "FROM preds GROUP BY model ORDER BY model"
 )
 FILES_PER_DAY = 4
-QUERY_REPEATS = 5
+QUERY_REPEATS, QUICK_QUERY_REPEATS = 5, 3
+RERUNS, QUICK_RERUNS = 30, 5
+FORCED, QUICK_FORCED = 3, 1
+DAYS, QUICK_DAYS = 12, 3
 
 
 def _build(root: Path, *, days: int, rows_per_day: int) -> Path:
@@ -72,9 +75,9 @@ def reruns(ctx: Context) -> list[Row]:
     import batchscore as bs
     from batchscore.sinks.delta_table import table_version
 
-    n = 10 if ctx.quick else 100
-    forced = 2 if ctx.quick else 5
-    rows_per_day = 20_000 if ctx.quick else 80_000
+    n = QUICK_RERUNS if ctx.quick else RERUNS
+    forced = QUICK_FORCED if ctx.quick else FORCED
+    rows_per_day = 10_000 if ctx.quick else 80_000
     conf = _build(ctx.workdir / "reruns_demo", days=1, rows_per_day=rows_per_day)
     spec = bs.load_spec(conf)
     day = "2026-11-21"
@@ -129,7 +132,7 @@ def daily_then_optimize(ctx: Context) -> list[Row]:
     from batchscore.jobs.backfill import run_range
     from batchscore.sinks.maintenance import live_files, optimize
 
-    days = 10 if ctx.quick else 30
+    days = QUICK_DAYS if ctx.quick else DAYS
     rows_per_day = 2_000 if ctx.quick else 5_000
     conf = _build(ctx.workdir / "daily_demo", days=days, rows_per_day=rows_per_day)
     _split_sales(conf.parent.parent, FILES_PER_DAY)
@@ -153,7 +156,7 @@ def daily_then_optimize(ctx: Context) -> list[Row]:
         return [tuple(r) for r in df.collect()]
 
     query()  # warm the Python workers
-    repeats = max(ctx.repeats, QUERY_REPEATS)
+    repeats = QUICK_QUERY_REPEATS if ctx.quick else max(ctx.repeats, QUERY_REPEATS)
     before_s, before = timed(query, repeats)
     start = time.perf_counter()
     result = optimize(out)
@@ -206,7 +209,7 @@ def run(ctx: Context) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=10, 10 days, smaller data")
+    parser.add_argument("--quick", action="store_true", help="N=5, 3 days, smaller data")
     args = parser.parse_args()
     from batchscore.cli import hard_exit
     from batchscore.physical.session import get_spark, prepare_environment
