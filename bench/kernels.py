@@ -13,7 +13,7 @@ variant ends in "(prefix)" and their note names the prefix; their ratio compares
 baseline's rows/s on all rows (ratio = baseline seconds scaled to the prefix / strategy seconds).
 A strategy whose first batch runs below 30,000 rows/s (gemm and bitvector evaluate every node;
 on a depth-10 forest they manage ~1k rows/s, which on that prefix would take minutes) scores only
-that first batch (10,000 rows; 2,000 with --quick). The first batch is timed after a 1,000-row
+that first batch (5,000 rows; 2,000 with --quick). The first batch is timed after a 1,000-row
 warm-up (which builds the kernel's packed arrays). On a busy machine that pilot can misjudge a
 strategy, so a run stops after the batch that passes 60 s and then reports what it scored,
 labelled the same way. Repeats stop once a measurement's runs took 10 s (5 s for the numpy
@@ -44,7 +44,7 @@ NEEDS_SPARK = False  # bench/run.py starts no SparkSession for this scenario
 BATCH = 10_000
 ROWS, QUICK_ROWS = 1_000_000, 50_000
 PREFIX, QUICK_PREFIX = 100_000, 20_000  # rows the numpy strategies score
-PILOT, QUICK_PILOT = BATCH, 2_000  # the first batch; all that a slow strategy scores
+PILOT, QUICK_PILOT = 5_000, 2_000  # the first batch; all that a slow strategy scores
 TRAIN_ROWS = 20_000
 QUICK_FOREST_ROWS = 5_000  # --quick trains the forest (the slow one to train) on fewer rows
 SLOW_ROWS_PER_S = 30_000  # LightGBM-100 gemm/bitvector run near 20k: clear of both sides
