@@ -10,6 +10,7 @@ from __future__ import annotations
 import platform
 import resource
 import statistics
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,8 +75,73 @@ def timed_runs(
     return statistics.median(times), result, len(times)
 
 
+class MemorySampler:
+    """Peak resident memory of this process and every process under it: the Spark JVM and the
+    Python workers it forks.
+
+    getrusage sees only this process and children that have exited, so a live JVM and its
+    workers, where Spark's memory is, were invisible to it. A daemon thread sums the RSS of the
+    process tree every `interval` seconds; pages shared between forked workers count once per
+    process, so the figure is an upper bound.
+    """
+
+    def __init__(self, interval: float = 0.2) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
+
+    def start(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def reset(self) -> None:
+        """Start a new peak (at the current total): each scenario reports its own."""
+        self._peak = self._tree_rss()
+
+    def peak_mb(self) -> float:
+        self._peak = max(self._peak, self._tree_rss())
+        return self._peak / 2**20
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, self._tree_rss())
+
+    def _tree_rss(self) -> int:
+        import psutil
+
+        total = 0
+        for proc in [self._process, *self._process.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue  # a worker that exited between the listing and the read
+        return total
+
+
+_SAMPLER: MemorySampler | None = None
+
+
+def start_memory_sampler() -> MemorySampler:
+    """Start the process-tree sampler that `peak_rss_mb` reads (bench/run.py does, once)."""
+    global _SAMPLER
+    if _SAMPLER is None:
+        _SAMPLER = MemorySampler().start()
+    return _SAMPLER
+
+
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its finished children (Linux: KiB)."""
+    """Peak resident memory of the process tree since the scenario began (MB), or, with no
+    sampler running (a scenario run on its own), this process's and its finished children's."""
+    if _SAMPLER is not None:
+        return _SAMPLER.peak_mb()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024

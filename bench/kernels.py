@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row
+from bench.harness import Context, Row, peak_rss_mb
 
 NEEDS_SPARK = False  # bench/run.py starts no SparkSession for this scenario
 BATCH = 10_000
@@ -189,6 +189,7 @@ def _strategy_row(
         baseline=BASELINE,
         baseline_seconds=base_s * part.shape[0] / n_rows,
         extra=f"{scope}; {runs} run(s); max |p - own p| {diff:.1e}{how}",
+        peak_rss_mb=peak_rss_mb(),
     )
 
 
@@ -214,6 +215,7 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
             baseline=BASELINE,
             baseline_seconds=base_s,
             extra=f"the baseline: {type(model).__name__}, n_jobs=1; {runs} run(s)",
+            peak_rss_mb=peak_rss_mb(),
         )
     ]
     for strategy in STRATEGIES:

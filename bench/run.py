@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.harness import OUT, Context, Row, machine, versions
+from bench.harness import OUT, Context, Row, machine, start_memory_sampler, versions
 
 SCENARIOS: tuple[str, ...] = (
     "bench.kernels",
@@ -22,6 +22,11 @@ SCENARIOS: tuple[str, ...] = (
     "bench.morpheus",
     "bench.star_sweep",
     "bench.reruns",
+)
+MEMORY_NOTE = (
+    "peak RSS MB: the largest sum of resident memory of the bench process, the Spark JVM and its "
+    "Python workers, sampled every 0.2 s from the start of the scenario to the row (pages shared "
+    "between processes counted in each: an upper bound)."
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PARTIAL = OUT / "RESULTS.partial.md"
@@ -52,6 +57,7 @@ def run_modules(
     ctx = Context(quick=quick, repeats=1 if quick else 3, workdir=OUT)
     rows: list[Row] = []
     spent: list[tuple[str, float, int]] = []  # (module, wall seconds, rows in the table)
+    sampler = start_memory_sampler()
     started = time.time()
     for name in modules:
         try:
@@ -61,6 +67,7 @@ def run_modules(
             continue
         print(f"== {name}", flush=True)
         begun = time.time()
+        sampler.reset()
         if getattr(module, "NEEDS_SPARK", True) and (ctx.spark is None or not quick):
             # a new session per scenario: idle Python workers of the last one exit
             if ctx.spark is not None:
@@ -88,7 +95,7 @@ def run_modules(
         "| scenario | variant | rows | seconds | rows/s | vs baseline | notes | peak RSS MB |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- | ---: |",
     ]
-    table = [*header, *(_fmt(r) for r in rows)]
+    table = [*header, *(_fmt(r) for r in rows), "", MEMORY_NOTE]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join([*table, "", *timing, "", *ctx.notes]) + "\n")
     print(f"wrote {out}")
