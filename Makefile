@@ -10,7 +10,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo walmart test check format bench bench-quick bench-10m bench-10m-peer clean
+.PHONY: help venv demo walmart test check format bench bench-quick bench-10m clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -54,9 +54,6 @@ bench-quick: $(STAMP) ## a shorter benchmark pass
 
 bench-10m: $(STAMP) ## k=32 vs k=1 GLMs on a 10M-row table (about 10 minutes)
 	$(PY) -m bench.run --only bench.glms_10m --out bench/RESULTS-10M.md
-
-bench-10m-peer: $(STAMP) ## bench-10m plus one run of the 32 peer passes (over an hour)
-	BENCH_10M_PEER=1 $(PY) -m bench.run --only bench.glms_10m --out bench/RESULTS-10M.md
 
 clean: ## remove generated data, outputs and caches (keeps the venv)
 	rm -rf demo spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache

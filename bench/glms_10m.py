@@ -6,8 +6,11 @@ stretch of the machine lands on both, after one untimed job on the small table (
 jobs). Generating the table takes ~3 minutes the first time; each job 1-2 minutes.
 
 The peer (32 predict_batch_udf columns over the materialized table, then the same Delta write)
-takes over an hour at this size on 2 cores (126 s at 300k rows), so it runs only when asked:
-BENCH_10M_PEER=1 (`make bench-10m-peer`), once, after the alternating runs.
+would take over an hour at this size on 2 cores (126 s at 300k rows), so it runs only when asked:
+BENCH_10M_PEER=1, once, after the alternating runs. On the 24 GB, 2-core machine it did not
+finish: the kernel's OOM killer stopped the Spark JVM (6.9 GB RSS) with 75 Python processes
+alive holding 16.9 GB (the kernel's report; 75 is about 32 UDF columns x 2 running tasks,
+plus the driver and daemons).
 
     python -m bench.run --only bench.glms_10m --out bench/RESULTS-10M.md
 """

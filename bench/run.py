@@ -30,6 +30,7 @@ MEMORY_NOTE = (
 )
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PARTIAL = OUT / "RESULTS.partial.md"
+QUICK = OUT / "RESULTS.quick.md"  # --quick never replaces the published (full) table
 
 
 def _fmt(row: Row) -> str:
@@ -109,14 +110,15 @@ def main() -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        help=f"results file (default: {RESULTS.name} for a full run, {PARTIAL.name} under "
-        "bench/out/ with --only, so a partial run never replaces the published table)",
+        help=f"results file (default: {RESULTS.name} for a full run; {PARTIAL.name} with --only "
+        f"and {QUICK.name} with --quick, under bench/out/, so neither replaces the published "
+        "table)",
     )
     args = parser.parse_args()
     from batchscore.physical.session import prepare_environment
 
     prepare_environment()
-    out = args.out or (PARTIAL if args.only else RESULTS)
+    out = args.out or (PARTIAL if args.only else QUICK if args.quick else RESULTS)
     command = "python -m bench.run " + " ".join(sys.argv[1:]) if sys.argv[1:] else ""
     run_modules(args.only or list(SCENARIOS), quick=args.quick, out=out, command=command.strip())
 
