@@ -26,13 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row, peak_rss_mb, timed_runs
+from bench.harness import REPEAT_BUDGET_S, Context, Row, peak_rss_mb, timed_runs
 
 FEATURES = 100
 ROWS = 300_000
 QUICK_ROWS = 50_000
 KS = (1, 8, 32)
-REPEAT_BUDGET_S = 6.0  # a variant stops repeating once its runs took this long together
 
 
 def _table(root: Path, rows: int) -> Path:
@@ -191,27 +190,33 @@ def run(ctx: Context) -> list[Row]:
     return out
 
 
+def source_plan(spec: Any) -> Any:
+    """The plan the peer and the bound read: the job's scan and columns, no scoring rules."""
+    from batchscore.jobs.run import plan_job
+    from batchscore.plan.rules import prune_columns, prune_partitions
+
+    return plan_job(spec, rules=(prune_partitions, prune_columns))
+
+
 def _warm_up(ctx: Context, root: Path, table: Path) -> None:
     """One untimed bound and one scoring job, so the first timed variant does not pay for
     Spark's first jobs (JIT, Python workers, imports on the workers)."""
-    from batchscore.jobs.run import plan_job, run_job
-    from batchscore.plan.rules import prune_columns, prune_partitions
+    from batchscore.jobs.run import run_job
     from batchscore.spec import load_spec
 
     spec = load_spec(_spec(root, table, KS[0]))
-    _bound(ctx.spark, plan_job(spec, rules=(prune_partitions, prune_columns)), root / "bound")
+    _bound(ctx.spark, source_plan(spec), root / "bound")
     run_job(spec, spark=ctx.spark, force=True)
 
 
 def _scenario(
     ctx: Context, root: Path, table: Path, k: int, rows: int, baseline: list[float]
 ) -> list[Row]:
-    from batchscore.jobs.run import plan_job, run_job
-    from batchscore.plan.rules import prune_columns, prune_partitions
+    from batchscore.jobs.run import run_job
     from batchscore.spec import load_spec
 
     spec = load_spec(_spec(root, table, k))
-    plan = plan_job(spec, rules=(prune_partitions, prune_columns))
+    plan = source_plan(spec)
     variants: dict[str, Any] = {
         BOUND: lambda: _bound(ctx.spark, plan, root / "bound"),
         "batchscore naive (no rules)": lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),

@@ -80,12 +80,8 @@ PEER_FLAG = "BENCH_10M_PEER"
 
 def _peer_seconds(ctx: Context, spec: Any, root: Path) -> float:
     """One run of the peer over the same table and models as the k = 32 job."""
-    from batchscore.jobs.run import plan_job
-    from batchscore.plan.rules import prune_columns, prune_partitions
-
-    plan = plan_job(spec, rules=(prune_partitions, prune_columns))
     start = time.perf_counter()
-    glms._peer(ctx.spark, plan, root / "peer_10m")
+    glms._peer(ctx.spark, glms.source_plan(spec), root / "peer_10m")
     seconds = time.perf_counter() - start
     print(f"   peer k={KS[-1]}: {seconds:.2f} s", flush=True)
     return seconds

@@ -58,15 +58,22 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     return seconds, result
 
 
+REPEAT_BUDGET_S = 6.0  # Spark variants stop repeating once their runs took this long together
+
+
 def timed_runs(
-    fn: Callable[[], Any], repeats: int, budget_s: float | None = None
+    fn: Callable[[], Any],
+    repeats: int,
+    budget_s: float | None = None,
+    first: float | None = None,
 ) -> tuple[float, Any, int]:
     """Median wall time of up to `repeats` calls, the last call's result, and the number of calls.
 
     With `budget_s`, calls stop early once they have taken that many seconds together (at least
-    one call is made): a slow variant then gets fewer runs behind its median.
+    one call is made): a slow variant then gets fewer runs behind its median. `first` is the time
+    of a call already made (a pilot), counted as one of them.
     """
-    times: list[float] = []
+    times: list[float] = [] if first is None else [first]
     result = None
     while len(times) < max(1, repeats) and (budget_s is None or sum(times) < budget_s):
         start = time.perf_counter()
@@ -91,16 +98,12 @@ class MemorySampler:
         self._process = psutil.Process()
         self._interval = interval
         self._peak = 0
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bench-memory", daemon=True)
 
     def start(self) -> MemorySampler:
+        """Sample until the process exits (a daemon thread: the bench run owns it throughout)."""
         self._thread.start()
         return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
     def reset(self) -> None:
         """Start a new peak (at the current total): each scenario reports its own."""
@@ -111,7 +114,8 @@ class MemorySampler:
         return self._peak / 2**20
 
     def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            time.sleep(self._interval)
             self._peak = max(self._peak, self._tree_rss())
 
     def _tree_rss(self) -> int:

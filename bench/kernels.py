@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -38,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row, peak_rss_mb
+from bench.harness import Context, Row, peak_rss_mb, timed_runs
 
 NEEDS_SPARK = False  # bench/run.py starts no SparkSession for this scenario
 BATCH = 10_000
@@ -97,16 +96,9 @@ def _one_thread() -> Iterator[None]:
 def _measure(
     fn: Callable[[], Any], repeats: int, first: float | None = None, budget_s: float = BUDGET_S
 ) -> tuple[float, int]:
-    """Median seconds and number of runs: up to `repeats` runs, fewer once `budget_s` is spent.
-
-    `first` is the time of a run already made (the pilot), counted as one of them.
-    """
-    times = [] if first is None else [first]
-    while len(times) < max(1, repeats) and sum(times) < budget_s:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), len(times)
+    """Median seconds and number of runs (harness.timed_runs, with this scenario's budget)."""
+    seconds, _, runs = timed_runs(fn, repeats, budget_s, first)
+    return seconds, runs
 
 
 def _batched(kernel: Any, X: np.ndarray) -> Callable[[], None]:

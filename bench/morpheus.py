@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Context, Row, peak_rss_mb, timed_runs
+from bench.harness import REPEAT_BUDGET_S, Context, Row, peak_rss_mb, timed_runs
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "morpheus"
 
@@ -144,7 +144,6 @@ DATASETS = {
 }
 QUICK_SAMPLE = 4  # --quick scores the fact rows whose id is a multiple of this
 PEER = "peer: join + predict_batch_udf"
-BUDGET_S = 6.0  # a variant's repeats stop once its runs took this long (the note gives the count)
 ALWAYS = "batchscore factorize: always"
 OPTIMIZED = "batchscore optimized"
 BOUND = "bound (scan+join+write, constant score)"
@@ -205,7 +204,7 @@ def _job(
         repeats = 1 if name in (PEER, ALWAYS) else ctx.repeats  # the slow ones run once
         print(f"   {job}: {name} ...", flush=True)
         times[name], result, runs[name] = timed_runs(
-            lambda fn=fn: _fresh(out, fn), repeats, budget_s=BUDGET_S
+            lambda fn=fn: _fresh(out, fn), repeats, budget_s=REPEAT_BUDGET_S
         )
         if name == BOUND:
             fact_rows = result  # the bound writes one row per fact row
