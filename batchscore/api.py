@@ -38,11 +38,15 @@ def run(
     master: str | None = None,
     spark: SparkSession | None = None,
     force: bool = False,
+    profile: bool = False,
 ) -> RunResult:
-    """Plan, score and commit one run. A rerun of a committed (job, run date) is a no-op."""
+    """Plan, score and commit one run. A rerun of a committed (job, run date) is a no-op.
+    `profile`: time each stage; `result.summary()` then prints where the time went."""
     from batchscore.jobs.run import run_job
 
-    return run_job(_as_spec(spec, run_date), master=master, spark=spark, force=force)
+    return run_job(
+        _as_spec(spec, run_date), master=master, spark=spark, force=force, profile=profile
+    )
 
 
 def run_range(

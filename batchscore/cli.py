@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="score again even if this run date was committed"
     )
     run.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where the time went: driver phases and executor stages (scan + joins, "
+        "feature assembly, each model's scoring, output columns, Parquet write)",
+    )
+    run.add_argument(
         "--from", dest="date_from", metavar="D1", help="backfill: first run date (with --to)"
     )
     run.add_argument("--to", dest="date_to", metavar="D2", help="backfill: last run date, included")
@@ -75,7 +81,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if args.date_from or args.date_to or args.only_new:
         return _cmd_run_range(args)
-    result = bs.run(args.spec, run_date=args.run_date, master=args.master, force=args.force)
+    result = bs.run(
+        args.spec,
+        run_date=args.run_date,
+        master=args.master,
+        force=args.force,
+        profile=args.profile,
+    )
     print(result.summary())
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 RunStatus = Literal["committed", "skipped", "empty"]
 
@@ -25,6 +25,12 @@ class RunResult:
     message: str = ""
     quarantined: int = 0
     """Fact rows that a join with `on_missing: quarantine` kept out (see output.quarantine)."""
+    compile_seconds: float = 0.0
+    """Time this run spent compiling tree models on the driver (0 when all came from the cache)."""
+    compiled: str = ""
+    """One phrase on the compiled tree kernels ("" when none)."""
+    profile: Any = None
+    """`batchscore.physical.profile.RunProfile` of a run made with profile=True, else None."""
 
     @property
     def committed(self) -> bool:
@@ -41,8 +47,12 @@ class RunResult:
             return f"{head}: {self.message} Nothing to score; no commit made."
         models = ", ".join(f"{k}@{v}" for k, v in self.models.items())
         held = f"; {self.quarantined:,} row(s) quarantined" if self.quarantined else ""
-        return (
+        compiled = f"; {self.compiled}" if self.compiled else ""
+        text = (
             f"{head}: wrote {self.rows:,} prediction rows to {self.output_path} "
             f"(Delta version {self.table_version}) in {self.seconds:.1f} s; run {self.run_id}; "
-            f"models {models}{held}"
+            f"models {models}{held}{compiled}"
         )
+        if self.profile is not None:
+            text += "\n" + "\n".join(self.profile.lines())
+        return text

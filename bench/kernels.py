@@ -1,13 +1,16 @@
 """Kernel benchmark: tree strategies against the model's own predict, one thread, same rows.
 
-LightGBM with 100 and 500 trees (num_leaves 31) and a RandomForest (100 trees, depth 10), all
-trained on a synthetic 20-feature binary task (20,000 rows; the forest on 5,000 with --quick,
-where it is the slow one to train). The baseline is the model's own predict_proba,
-one call on all 1M rows (50k with --quick), one thread; "native" (batchscore's default kernel)
-scores all those rows too, in Arrow-sized batches of 10,000 rows as mapInArrow hands them over,
-with one thread.
+LightGBM with 100 and 500 trees (num_leaves 31), a RandomForest (100 trees, depth 10) and a
+HistGradientBoosting classifier (200 iterations), all trained on a synthetic 20-feature binary
+task (20,000 rows; the forest on 5,000 with --quick, where it is the slow one to train). The
+baseline is the model's own predict_proba, one call on all 1M rows (50k with --quick), one
+thread; "compiled" (batchscore's default: C generated per model) and "native" (the library's
+own predictor behind batchscore's kernel interface) score all those rows too, in Arrow-sized
+batches of 10,000 rows as mapInArrow hands them over, with one thread. The compiled row's note
+gives the cold compile time (the cache is a fresh folder for the run).
 
-The numpy strategies (traversal, perfect, gemm, bitvector) score a fixed PREFIX of the same rows
+The numpy strategies (traversal, perfect; gemm and bitvector with BENCH_ALL_STRATEGIES=1: they
+run at 0.00-0.07x and cost minutes) score a fixed PREFIX of the same rows
 in the same batches: the first 100,000 (20,000 with --quick). Their rows column says so, their
 variant ends in "(prefix)" and their note names the prefix; their ratio compares rows/s with the
 baseline's rows/s on all rows (ratio = baseline seconds scaled to the prefix / strategy seconds).
@@ -52,13 +55,17 @@ PREFIX_BUDGET_S = 5.0  # the same for the numpy strategies on their prefix
 CAP_S = 60.0
 N_FEATURES = 20
 NATIVE = "native"
-STRATEGIES = (NATIVE, "traversal", "perfect", "gemm", "bitvector")
+COMPILED = "compiled"
+FULL_RUN = (COMPILED, NATIVE)  # strategies that score every row
+STRATEGIES = (COMPILED, NATIVE, "traversal", "perfect") + (
+    ("gemm", "bitvector") if os.environ.get("BENCH_ALL_STRATEGIES") else ()
+)
 BASELINE = "own predict_proba (1 thread, one call on all rows)"
 
 
 def _models(forest_rows: int = TRAIN_ROWS) -> list[tuple[str, Any]]:
     import lightgbm as lgb
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(TRAIN_ROWS, N_FEATURES))
@@ -69,6 +76,8 @@ def _models(forest_rows: int = TRAIN_ROWS) -> list[tuple[str, Any]]:
         out.append((f"lightgbm-{trees}-trees", model.fit(X, y)))
     rf = RandomForestClassifier(100, max_depth=10, n_jobs=1, random_state=0)
     out.append(("random-forest-100-trees", rf.fit(X[:forest_rows], y[:forest_rows])))
+    hgb = HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0)
+    out.append(("hist-gradient-boosting-200", hgb.fit(X, y)))
     return out
 
 
@@ -147,8 +156,8 @@ def _strategy_row(
     base_s, want = base
     n_rows = X.shape[0]
     pilot = min(n_rows, QUICK_PILOT if ctx.quick else PILOT)
-    target = n_rows if strategy == NATIVE else min(n_rows, QUICK_PREFIX if ctx.quick else PREFIX)
-    budget = BUDGET_S if strategy == NATIVE else PREFIX_BUDGET_S
+    target = n_rows if strategy in FULL_RUN else min(n_rows, QUICK_PREFIX if ctx.quick else PREFIX)
+    budget = BUDGET_S if strategy in FULL_RUN else PREFIX_BUDGET_S
     pilot_s, diff = _pilot(kernel, X, want, pilot)
     rate = pilot / pilot_s
     if rate >= SLOW_ROWS_PER_S and target > pilot:
@@ -172,7 +181,12 @@ def _strategy_row(
             f"{rate:,.0f} rows/s < {SLOW_ROWS_PER_S:,})"
         )
         secs, runs = _measure(_batched(kernel, part), ctx.repeats, pilot_s, budget)
-    how = f"; native = {kernel.native.kind} kernel" if strategy == NATIVE else ""
+    how = ""
+    if strategy == NATIVE:
+        how = f"; native = {getattr(kernel, 'native', kernel).kind} kernel"
+    elif strategy == COMPILED:
+        info = kernel.compiled.info
+        how = f"; {info.describe()}; cold compile {info.seconds:.1f} s"
     return Row(
         scenario=f"kernels/{scenario}",
         variant=variant,
@@ -189,7 +203,8 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
     from batchscore.errors import ModelError
     from batchscore.models import compile_from_object
 
-    model.set_params(n_jobs=1)
+    if "n_jobs" in model.get_params():
+        model.set_params(n_jobs=1)
     model.predict_proba(X[:BATCH])  # warm-up
     own: list[np.ndarray] = []  # the last run's output: the parity reference
 
@@ -221,6 +236,8 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
 
 
 def run(ctx: Context) -> list[Row]:
+    """Every model x strategy; compiled forests go to a fresh cache, so compiles are cold."""
+    os.environ["BATCHSCORE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench-compile-cache-")
     n_rows = QUICK_ROWS if ctx.quick else ROWS
     rng = np.random.default_rng(1)
     X = rng.normal(size=(n_rows, N_FEATURES))

@@ -21,6 +21,7 @@ SCENARIOS: tuple[str, ...] = (
     "bench.glms",
     "bench.morpheus",
     "bench.star_sweep",
+    "bench.tree_job",
     "bench.reruns",
 )
 MEMORY_NOTE = (

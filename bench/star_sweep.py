@@ -2,6 +2,10 @@
 
 fact: N rows, 10 float features and a foreign key; dim: N / TR rows, a key and an
 array<double> feature of width FR x 10. One binary logistic regression reads all of them.
+Then the same star with a LightGBM model (100 trees, 31 leaves) instead of the regression at
+TREE_POINTS: materialized (planner.factorize: never), factorized (always) and the planner's
+choice, to show where factorized trees win (a wide, dense dimension) and that the planner
+picks the faster plan.
 N is 300k (100k and two corners of the grid with --quick). For each (TR, FR): batchscore with
 every rule off (materialize, then score), batchscore optimized (the planner decides), and the
 bound (the same scans, join and Delta write with the score replaced by a constant), in one
@@ -20,16 +24,19 @@ from typing import Any
 import numpy as np
 
 from bench.harness import Context, Row, peak_rss_mb, timed
-from bench.morpheus import _bound
+from bench.morpheus import NATIVE_BOUND, _bound, _native_bound
 
 FACT_FEATURES = 10
 TUPLE_RATIOS = (10, 100, 1000)
 FEATURE_RATIOS = (0.5, 2.0, 10.0)
 QUICK_POINTS = [(10, 0.5), (1000, 10.0)]
+TREE_POINTS = [(10, 2.0), (100, 10.0), (1000, 10.0)]
+QUICK_TREE_POINTS = [(100, 10.0)]
+TREE_ROUNDS = 100
 REPEATS = 2  # runs per variant in the full run (the warm-up takes the first jobs' costs)
 
 
-def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0) -> Path:
+def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0, *, trees: bool = False) -> Path:
     import joblib
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -53,7 +60,15 @@ def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0) -> Path:
     sample = rng.integers(0, n, 5000)
     X = np.c_[fact_x[sample], dim_x[fk[sample]]]
     y = X @ rng.normal(size=X.shape[1]) > 0
-    joblib.dump(LogisticRegression(max_iter=300).fit(X, y), root / "model.joblib")
+    if trees:
+        import lightgbm as lgb
+
+        model: Any = lgb.LGBMClassifier(
+            n_estimators=TREE_ROUNDS, num_leaves=31, verbose=-1, n_jobs=1
+        ).fit(X, y)
+    else:
+        model = LogisticRegression(max_iter=300).fit(X, y)
+    joblib.dump(model, root / "model.joblib")
     features = ", ".join([*(f"f{i}" for i in range(FACT_FEATURES)), "dim.x"])
     spec = root / "job.yaml"
     spec.write_text(
@@ -85,7 +100,64 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     for i, (tr, fr) in enumerate(points):
         rows += _point(ctx, n, tr, fr, warm_up=i == 0 and not ctx.quick)
+    for tr, fr in QUICK_TREE_POINTS if ctx.quick else TREE_POINTS:
+        rows += _tree_point(ctx, n, tr, fr)
     return rows
+
+
+NEVER = "materialized (factorize: never)"
+ALWAYS = "factorized (factorize: always)"
+PLANNER = "batchscore optimized (planner)"
+
+
+def _tree_point(ctx: Context, n: int, tr: int, fr: float) -> list[Row]:
+    """LightGBM through the star: both plans and the planner's pick, outputs compared."""
+    from batchscore.jobs.run import run_job
+    from batchscore.spec import load_spec
+
+    root = ctx.workdir / "star_sweep" / f"trees_n{n}_tr{tr}_fr{fr:g}"
+    spec_path = root / "job.yaml"
+    if not spec_path.exists():
+        _build(root, n, tr, fr, trees=True)
+    base = load_spec(spec_path)
+
+    def spec_with(mode: str) -> Any:
+        planner = base.planner.model_copy(update={"factorize": mode})
+        return base.model_copy(update={"planner": planner})
+
+    out = root / "out"
+    variants = {
+        NEVER: lambda: run_job(spec_with("never"), spark=ctx.spark, force=True),
+        ALWAYS: lambda: run_job(spec_with("always"), spark=ctx.spark, force=True),
+        PLANNER: lambda: run_job(base, spark=ctx.spark, force=True),
+    }
+    _fresh(out, variants[PLANNER])  # untimed: compiles the model and its fact side once
+    times, outputs = {}, {}
+    repeats = min(ctx.repeats, REPEATS)
+    for name, fn in variants.items():
+        times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
+        outputs[name] = _probabilities(out)
+    same = all(np.allclose(outputs[k], outputs[NEVER], rtol=1e-9, atol=1e-12) for k in outputs)
+    best = min(times[NEVER], times[ALWAYS])
+    rows = []
+    for name, sec in times.items():
+        note = f"{times[NEVER] / sec:.2f}x materialized; {repeats} run(s)"
+        if name == PLANNER:
+            note += (
+                f"; planner: {_decision(base, 'factorize_trees')}; {sec / best:.2f}x the "
+                f"better plan's time; outputs equal (rtol 1e-9): {same}"
+            )
+        rows.append(
+            Row(f"star trees TR={tr} FR={fr:g}", name, n, sec, "", None, note, peak_rss_mb())
+        )
+    return rows
+
+
+def _probabilities(out: Path) -> np.ndarray:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(out)).to_pyarrow_table().sort_by("id")
+    return np.asarray(table.column("prediction").to_numpy(zero_copy_only=False), dtype=float)
 
 
 BOUND = "bound (scan+join+write, constant score)"
@@ -106,6 +178,7 @@ def _point(ctx: Context, n: int, tr: int, fr: float, *, warm_up: bool = False) -
     plan = plan_job(spec, rules=(eliminate_unused_joins, prune_partitions, prune_columns))
     out = root / "out"
     variants: dict[str, Any] = {
+        NATIVE_BOUND: lambda: _native_bound(ctx.spark, plan, out),
         BOUND: lambda: _bound(ctx.spark, plan, out),
         NAIVE: lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
         OPTIMIZED: lambda: run_job(spec, spark=ctx.spark, force=True),
@@ -118,19 +191,25 @@ def _point(ctx: Context, n: int, tr: int, fr: float, *, warm_up: bool = False) -
         times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
     rows = []
     for name, sec in times.items():
-        note = f"{sec / times[BOUND]:.2f}x the bound; {repeats} run(s)"
+        note = (
+            f"{sec / times[NATIVE_BOUND]:.2f}x the native bound; {sec / times[BOUND]:.2f}x the "
+            f"bound; {repeats} run(s)"
+        )
         if name == OPTIMIZED:
-            note += f"; {times[NAIVE] / sec:.2f}x faster than naive; planner: {_decision(spec)}"
+            note += (
+                f"; {times[NAIVE] / sec:.2f}x faster than naive; planner: "
+                f"{_decision(spec, 'factorize_linear')}"
+            )
         rows.append(Row(f"star TR={tr} FR={fr:g}", name, n, sec, "", None, note, peak_rss_mb()))
     return rows
 
 
-def _decision(spec: Any) -> str:
+def _decision(spec: Any, rule: str) -> str:
     from batchscore.jobs.run import plan_job
 
     plan = plan_job(spec)
     for d in plan.decisions:
-        if d.rule == "factorize_linear":
+        if d.rule == rule and ": " in d.text:
             return d.text.split(" (")[0].split(": ", 1)[1]
     return "no join decision"
 

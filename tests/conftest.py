@@ -48,3 +48,14 @@ def walmart(tmp_path_factory: pytest.TempPathFactory, spark: object) -> object:
     root = tmp_path_factory.mktemp("walmart")
     return build_walmart(root, conf_path=root / "conf" / "walmart.yaml", shared=SHARED_DATA,
                          spark=spark)  # fmt: skip
+
+
+@pytest.fixture
+def job(demo: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo (no output), so a case may break files without touching
+    other tests."""
+    import shutil
+
+    root = tmp_path / "job"
+    shutil.copytree(demo, root, ignore=shutil.ignore_patterns("out", "wide.yaml"))
+    return root

@@ -20,14 +20,6 @@ pytestmark = pytest.mark.spark
 RUN_DATE = "2026-11-21"
 
 
-@pytest.fixture
-def job(demo: Path, tmp_path: Path) -> Path:
-    """A private copy of the demo, so a case may break files without touching other tests."""
-    root = tmp_path / "job"
-    shutil.copytree(demo, root, ignore=shutil.ignore_patterns("out", "wide.yaml"))
-    return root
-
-
 def _edit(root: Path, old: str, new: str) -> Path:
     spec = root / "conf" / "demo.yaml"
     text = spec.read_text()

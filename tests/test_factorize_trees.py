@@ -172,7 +172,7 @@ def test_star_with_trees_factorized_equals_materialized_equals_model(
     assert "[factorize_trees] dim_a: factorize" in text
     assert "[factorize_trees] dim_b: factorize" in text
     assert "lgbm[" in text and "forest[" in text
-    assert "factorized: fact side ANDs" in text
+    assert "factorized: fact side compiled: walks the split trees" in text
     run_job(factorized, spark=spark)
     run_job(bs.load_spec(_variant(star, "naive", "never"), run_date=day), spark=spark, rules=())
     rows = star.ids[1::2]

@@ -120,8 +120,8 @@ def test_pinned_uris_match_predict_proba(store: Store, name: str) -> None:
     for uri in _uris(store, name):
         model = compile_from_spec(name, uri, store.sha256(name), "predict_proba", None)
         assert model.sha256 == store.sha256(name) and model.version == model.sha256[:12]
-        # compiled natively (affine / LightGBM's predictor), not scored opaquely
-        assert model.kernel.kind in ("affine", "lightgbm_native"), model.describe()
+        # compiled natively (affine / compiled trees), not scored opaquely
+        assert model.kernel.kind in ("affine", "tree_ensemble"), model.describe()
         np.testing.assert_allclose(model.score(X).probability, want, rtol=1e-9, err_msg=uri)
 
 
@@ -153,7 +153,7 @@ def test_lightgbm_text_loads_without_a_pin(store: Store) -> None:
     X, _ = _data(2, 300)
     booster = store.fitted["bs_booster"]
     model = compile_from_spec("b", "models:/bs_booster/1", None, None, None)
-    assert model.sha256 == store.sha256("bs_booster") and model.kernel.kind == "lightgbm_native"
+    assert model.sha256 == store.sha256("bs_booster") and model.kernel.kind == "tree_ensemble"
     np.testing.assert_allclose(model.score(X).prediction, booster.predict(X), rtol=1e-9)
 
 

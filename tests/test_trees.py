@@ -46,7 +46,9 @@ from batchscore.models.converters.sklearn_trees import to_ir
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
 RTOL = 1e-9
-ARRAY_STRATEGIES = ("traversal", "perfect", "gemm", "bitvector")
+COMPILED_RTOL = 1e-12
+"""The compiled kernel adds leaf values in the libraries' own order: held to 1e-12."""
+ARRAY_STRATEGIES = ("compiled", "traversal", "perfect", "gemm", "bitvector")
 FLIGHTS = Path("/work/shared/data/morpheus")
 
 
@@ -132,13 +134,15 @@ def accepts_nan(model: str) -> bool:
 def check_parity(obj: Any, kernel: Any, X: np.ndarray, *, csr: bool = False) -> None:
     """`csr`: the kernel scores the CSR form (HistGradientBoosting refuses CSR itself)."""
     got = kernel.score(sp.csr_matrix(X) if csr else X)
+    rtol = COMPILED_RTOL if getattr(kernel, "strategy", "") == "compiled" else RTOL
+    atol = 1e-15 if rtol == COMPILED_RTOL else 1e-12
     if kernel.classes is None:
         want = np.asarray(obj.predict(X), dtype=np.float64)
-        np.testing.assert_allclose(got.prediction, want, rtol=RTOL, atol=1e-12)
+        np.testing.assert_allclose(got.prediction, want, rtol=rtol, atol=atol)
         return
     labels = np.asarray([str(v) for v in obj.predict(X)], dtype=object)
     assert np.array_equal(got.label, labels)
-    np.testing.assert_allclose(got.probability, obj.predict_proba(X), rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(got.probability, obj.predict_proba(X), rtol=rtol, atol=atol)
 
 
 def native_leaves(obj: Any, X: np.ndarray) -> np.ndarray | None:
@@ -309,7 +313,8 @@ def test_node_test_is_a_function_of_one_feature() -> None:
     assert got.dtype == bool and got.shape == values.shape
 
 
-def test_choose_strategy_rule() -> None:
+def test_numpy_strategy_rule() -> None:
+    """The numpy strategy picked when no C compiler is on the driver (BATCHSCORE_CC=none)."""
     shallow = to_ir(fitted("GradientBoostingClassifier", "breast_cancer"))
     assert choose_strategy(shallow) == "gemm"
     deep = to_ir(DecisionTreeRegressor(random_state=0).fit(*dataset("diabetes")))
@@ -319,12 +324,29 @@ def test_choose_strategy_rule() -> None:
     assert choose_strategy(deep, 100) == "traversal"
     assert choose_strategy(shallow, 10) == "perfect"  # tiny batches: no matmul set-up
     kernel = compile_from_object("m", fitted("RandomForestClassifier", "wine")).kernel
-    assert kernel.kind == "tree_ensemble" and "strategy " in kernel.describe()
+    assert kernel.kind == "tree_ensemble" and "strategy compiled" in kernel.describe()
 
 
-def test_lightgbm_default_stays_native_and_strategy_forces_the_ir() -> None:
+def test_without_a_compiler_sklearn_uses_numpy_and_lightgbm_its_own_predictor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BATCHSCORE_CC", "none")
+    forest = compile_from_object("m", fitted("RandomForestClassifier", "wine")).kernel
+    assert isinstance(forest, TreeEnsembleKernel) and forest.strategy == "perfect"
+    assert "not compiled: no C compiler was found on the driver" in forest.describe()
     obj = fitted("LGBMClassifier", "breast_cancer")
     assert isinstance(compile_from_object("m", obj).kernel, LightGBMNativeKernel)
+    with pytest.raises(ModelError, match="strategy: compiled, but no C compiler"):
+        compile_from_object("m", obj, strategy="compiled")
+
+
+def test_lightgbm_default_is_compiled_and_strategy_forces_others() -> None:
+    obj = fitted("LGBMClassifier", "breast_cancer")
+    kernel = compile_from_object("m", obj).kernel
+    assert isinstance(kernel, TreeEnsembleKernel) and kernel.strategy == "compiled"
+    native = compile_from_object("m", obj, strategy="native").kernel
+    assert isinstance(native, TreeEnsembleKernel) and native.strategy == "native"
+    assert isinstance(native.native, LightGBMNativeKernel)
     forced = compile_from_object("m", obj, strategy="traversal").kernel
     assert "strategy traversal: forced by the spec" in forced.describe()
 
@@ -367,3 +389,4 @@ def test_empty_batch() -> None:
 
 def test_strategies_listed() -> None:
     assert set(STRATEGIES) == {"native", *ARRAY_STRATEGIES}
+    assert STRATEGIES[0] == "compiled"

@@ -7,4 +7,8 @@ that maps errors to exit codes.
 
 from __future__ import annotations
 
-COMMAND_MODULES: tuple[str, ...] = ("batchscore.commands.tables", "batchscore.commands.models")
+COMMAND_MODULES: tuple[str, ...] = (
+    "batchscore.commands.tables",
+    "batchscore.commands.models",
+    "batchscore.commands.cache",
+)

@@ -8,6 +8,7 @@ batchscore sql-server --table NAME=PATH ... [--port P] [--poll-seconds S] [--mas
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,9 @@ def register(sub: Any) -> dict[str, Handler]:
     from batchscore.sinks.maintenance import DEFAULT_RETAIN_HOURS
 
     vacuum = sub.add_parser(
-        "vacuum", help="delete data files the table no longer references (dead runs, overwrites)"
+        "vacuum",
+        help="delete files batchscore wrote that the table no longer references (dead runs, "
+        "overwrites); other files are listed as foreign, never deleted",
     )
     vacuum.add_argument("path")
     vacuum.add_argument(
@@ -67,9 +70,18 @@ def _cmd_vacuum(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         enforce_retention=args.enforce_retention,
     )
-    for name in result.files:
-        print(f"  {name}")
+    verb = "would delete" if result.dry_run else "deleted"
+    if result.files or result.dry_run:
+        print(f"{verb} (batchscore's, unreferenced, older than {result.retain_hours} h):")
+        for name in result.files or ["(none)"]:
+            print(f"  {name}")
+    if result.foreign or result.dry_run:
+        print("foreign (unreferenced, not written by batchscore; never deleted):")
+        for name in result.foreign or ["(none)"]:
+            print(f"  {name}")
     print(result.summary())
+    if result.foreign:
+        print(f"warning: {result.warning()}", file=sys.stderr)
     return 0
 
 

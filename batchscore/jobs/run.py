@@ -1,8 +1,8 @@
 """Run a job: bind and optimize the plan, score on Spark, commit once to Delta, return lineage.
 
-Everything that can be checked without Spark is checked first (spec, schemas, models, the
-output table's schema and whether this run already committed), so a bad job fails in seconds
-and an already-done job costs nothing.
+Everything that can be checked without Spark is checked first (spec, schemas, models, where the
+output goes, the output table's schema and whether this run already committed), so a bad job
+fails in seconds and an already-done job costs nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,12 +18,15 @@ from pyspark.sql import SparkSession
 
 from batchscore import __version__
 from batchscore.physical.lower import lower_for_write, quarantined_rows
+from batchscore.physical.profile import RunProfile, collect, profile_dir
 from batchscore.physical.session import get_spark
 from batchscore.plan import RULES, bind, optimize
+from batchscore.plan.explain import compiled_trees
 from batchscore.plan.nodes import LogicalPlan, Scan
 from batchscore.plan.rules import Rule
 from batchscore.result import RunResult, RunStatus
 from batchscore.sinks.delta_table import check_schema_compatible, transaction_version, write_delta
+from batchscore.sinks.ownership import check_apart, check_table_folder
 from batchscore.spec.load import with_run_date
 from batchscore.spec.model import JobSpec
 
@@ -44,18 +48,25 @@ def run_job(
     spark: SparkSession | None = None,
     force: bool = False,
     rules: Sequence[Rule] = RULES,
+    profile: bool = False,
 ) -> RunResult:
+    """`profile`: time every stage (physical.profile) and attach it to the result."""
     started = time.monotonic()
     scored_at = datetime.now(UTC).replace(microsecond=0)
     spec = with_run_date(spec, run_date)
     run_id = f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    phases: dict[str, float] = {}
     plan = plan_job(spec, rules=rules)
+    phases["plan + compile models"] = time.monotonic() - started
+    check_output_location(plan)
     out = plan.output.path
     app_id = app_id_for(spec)
     done = transaction_version(out, app_id)
     versions = {b.name: b.model.version for b in plan.models}
+    compile_seconds, compiled = compiled_trees(plan)
 
     held = 0
+    run_profile: RunProfile | None = None
 
     def result(status: RunStatus, rows: int, version: int | None, message: str = "") -> RunResult:
         return RunResult(
@@ -70,6 +81,9 @@ def run_job(
             versions,
             message,
             held,
+            compile_seconds,
+            compiled,
+            run_profile,
         )
 
     if done is not None and not force:
@@ -82,6 +96,11 @@ def run_job(
     session = spark or get_spark(master)
     held = _write_quarantine(session, plan, app_id, (done or 0) + 1, run_id, scored_at)
     joined, task, schema = lower_for_write(session, plan, run_id=run_id, scored_at=scored_at)
+    if profile:
+        task = replace(task, profile_dir=profile_dir(out, run_id))
+    phases["checks + Spark session + quarantine"] = (
+        time.monotonic() - started - sum(phases.values())
+    )
     fill_missing = _model_output_column if plan.output.layout == "wide" else None
     check_schema_compatible(
         out,
@@ -103,12 +122,39 @@ def run_job(
         evolve_schema=plan.output.evolve_schema,
         fill_missing=fill_missing,
     )
+    phases["Spark job (scan, join, score, write) + commit"] = (
+        time.monotonic() - started - sum(phases.values())
+    )
+    if profile:
+        run_profile = collect(profile_dir(out, run_id), phases)
     if commit.reason == "empty":
         why = f"all {held:,} selected rows were quarantined." if held else "the source "
         return result("empty", 0, None, why if held else why + "selection produced no rows.")
     if commit.reason == "already_committed":
         return result("skipped", 0, commit.version)
     return result("committed", commit.rows, commit.version)
+
+
+def check_output_location(plan: LogicalPlan) -> None:
+    """Before any Spark job: the output and quarantine tables must not be (inside, or contain)
+    an input table of the spec, nor each other, symlinks resolved; and a table the run would
+    create must go to a folder batchscore owns (missing, empty, or only batchscore's files).
+    SinkError (exit 4) otherwise; write_delta checks the folder again for every write."""
+    output = plan.output
+    inputs = {f"input table '{name}'": table.path for name, table in plan.spec.tables.items()}
+    harm = "overwrite or vacuum the data the job reads"
+    check_apart("output.path", output.path, inputs, harm=harm)
+    if output.quarantine is not None:
+        check_apart("output.quarantine", output.quarantine, inputs, harm=harm)
+        check_apart(
+            "output.quarantine",
+            output.quarantine,
+            {"the prediction table output.path": output.path},
+            harm="mix the two tables' files",
+        )
+    check_table_folder(output.path, label="output.path")
+    if output.quarantine is not None:
+        check_table_folder(output.quarantine, label="output.quarantine")
 
 
 def _write_quarantine(

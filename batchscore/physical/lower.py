@@ -18,6 +18,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from batchscore.errors import DataError
 from batchscore.physical.assemble import Column
+from batchscore.physical.native_scan import read_delta_native
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
 from batchscore.physical.score import (
     IdField,
@@ -90,12 +91,17 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
 
 def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
     if scan.format == "delta":
-        df = read_delta(
-            spark,
-            scan.path,
-            version=scan.version,
-            partition_filters=list(scan.partition_filters) or None,
-            columns=list(scan.columns) if scan.columns is not None else None,
+        filters = list(scan.partition_filters) or None
+        columns = list(scan.columns) if scan.columns is not None else None
+        native = read_delta_native(
+            spark, scan.path, version=scan.version, partition_filters=filters, columns=columns
+        )
+        df = (
+            native
+            if native is not None
+            else read_delta(
+                spark, scan.path, version=scan.version, partition_filters=filters, columns=columns
+            )
         )
     else:
         df = spark.read.parquet(scan.path)

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from batchscore.errors import BatchScoreError, StepError
 from batchscore.kernels.base import Kernel, ScoreOutput
+from batchscore.kernels.trees.compiled.toolchain import EXECUTOR_ENV
 
 if TYPE_CHECKING:
     from batchscore.kernels.batched import AffineGroup
@@ -27,6 +28,7 @@ from batchscore.physical.columns import (
     prediction_columns,
     timestamps,
 )
+from batchscore.physical.profile import ASSEMBLE, OUTPUT, UPSTREAM, WRITE, StageClock
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,14 @@ class ScoringTask:
     scored_at: datetime
     threads: int
     groups: tuple[ScoringGroup, ...] = ()
+    profile_dir: str | None = None
+    """Where each task writes its stage times (`batchscore run --profile`), or None."""
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _limit_threads(self.threads)
+        if self.profile_dir is not None:
+            yield from self._profiled(batches, self.profile_dir)
+            return
         for batch in batches:
             if batch.num_rows == 0:
                 continue
@@ -75,18 +82,47 @@ class ScoringTask:
                 self._long(batch, outputs) if self.layout == "long" else self._wide(batch, outputs)
             )
 
-    def _score(self, batch: pa.RecordBatch) -> list[ScoreOutput]:
+    def _profiled(self, batches: Iterator[pa.RecordBatch], folder: str) -> Iterator[pa.RecordBatch]:
+        """The same loop, timed stage by stage (physical.profile)."""
+        clock = StageClock()
+        source = iter(batches)
+        try:
+            while True:
+                with clock.stage(UPSTREAM):
+                    batch = next(source, None)
+                if batch is None:
+                    break
+                if batch.num_rows == 0:
+                    continue
+                clock.rows += batch.num_rows
+                clock.batches += 1
+                outputs = self._score(batch, clock)
+                with clock.stage(OUTPUT):
+                    out = (
+                        self._long(batch, outputs)
+                        if self.layout == "long"
+                        else self._wide(batch, outputs)
+                    )
+                with clock.stage(WRITE):  # the writer writes while this generator waits
+                    yield out
+        finally:
+            clock.dump(folder)
+
+    def _score(self, batch: pa.RecordBatch, clock: StageClock | None = None) -> list[ScoreOutput]:
         cache: dict[str, Block] = {}
         done: dict[int, ScoreOutput] = {}
+        timing = clock or StageClock()
         for group in self.groups:
-            matrix = assemble(batch, group.columns, cache)
+            with timing.stage(ASSEMBLE):
+                matrix = assemble(batch, group.columns, cache)
             flags = [self.models[i].proba for i in group.members]
+            names = ", ".join(self.models[i].name for i in group.members)
             try:
-                scored = group.group.score(matrix, flags)
+                with timing.stage(f"score {names}"):
+                    scored = group.group.score(matrix, flags)
             except BatchScoreError:
                 raise
             except Exception as exc:
-                names = ", ".join(self.models[i].name for i in group.members)
                 raise StepError(
                     f"Step 'score[{names}]' failed: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -96,9 +132,11 @@ class ScoringTask:
             if index in done:
                 outputs.append(done[index])
                 continue
-            matrix = assemble(batch, model.columns, cache)
+            with timing.stage(ASSEMBLE):
+                matrix = assemble(batch, model.columns, cache)
             try:
-                outputs.append(model.kernel.score(matrix, proba=model.proba))
+                with timing.stage(f"score {model.name}"):
+                    outputs.append(model.kernel.score(matrix, proba=model.proba))
             except BatchScoreError:
                 raise
             except Exception as exc:
@@ -158,8 +196,16 @@ def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[s
 
 
 def _limit_threads(threads: int) -> None:
-    """BLAS/OpenMP/LightGBM threads follow spark.task.cpus, so executors don't oversubscribe."""
+    """BLAS/OpenMP/LightGBM threads follow spark.task.cpus, so executors don't oversubscribe.
+
+    Inside a Spark task the process is also marked as an executor: compiled trees arrive with
+    their library's bytes, and a marked process refuses to compile (toolchain.EXECUTOR_ENV).
+    """
     os.environ["BATCHSCORE_THREADS"] = str(threads)
+    from pyspark import TaskContext
+
+    if TaskContext.get() is not None:
+        os.environ[EXECUTOR_ENV] = "1"
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=threads)

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, ModelBinding, Node, Partial, Scan
+
+
+def compiled_trees(plan: LogicalPlan) -> tuple[float, str]:
+    """Seconds this process spent compiling tree models for `plan`, and one phrase for the run
+    summary ("" when no model is compiled)."""
+    infos: list[Any] = []
+    kernels: list[Any] = [b.model.kernel for b in plan.models]
+    kernels += [getattr(g.group, "merged", None) for g in plan.groups]
+    for kernel in kernels:
+        for attr in ("compiled", "fact_forest"):
+            forest = getattr(kernel, attr, None)
+            if forest is not None:
+                infos.append(forest.info)
+    if not infos:
+        return 0.0, ""
+    cold = [i.seconds for i in infos if not i.cache_hit]
+    cached = len(infos) - len(cold)
+    seconds = float(sum(cold))
+    phrase = f"{len(infos)} compiled tree kernel(s): {seconds:.1f} s compiling"
+    if cached:
+        phrase += f", {cached} from the cache"
+    return seconds, phrase
 
 
 def explain(plan: LogicalPlan) -> str:

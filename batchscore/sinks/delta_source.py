@@ -3,7 +3,10 @@
 Writing: each Spark task (`DeltaArrowWriter.write`, on an executor) writes Parquet files with
 pyarrow under Hive-style partition folders, partition columns left out of the files as Delta
 requires, and returns their add actions in a `DeltaCommitMessage`. The driver-side `commit`
-makes ONE Delta commit of all of them (`delta_table.commit_files`); `abort` deletes them.
+makes ONE Delta commit of all of them (`delta_table.commit_files`); `abort` deletes them. Before
+a task creates a data file it writes the file's marker, `_batchscore/written/<file>.written`,
+which is how vacuum knows the file is batchscore's even when no commit ever references it
+(sinks/ownership.py).
 
 Reading: `DeltaReader` lists the snapshot's live files (optionally only the partitions matching
 the `partition_filters` option: the planner passes them, Spark's filter pushdown is not used),
@@ -82,6 +85,7 @@ from batchscore.sinks.delta_table import (
 )
 from batchscore.sinks.encoding import choose_encoding
 from batchscore.sinks.file_stats import FileStats, indexed_columns
+from batchscore.sinks.ownership import WRITE_ID, write_marker
 from batchscore.sinks.transform import (
     TASKS_DIR,
     BatchTransform,
@@ -388,12 +392,18 @@ def _write_config(options: Mapping[str, str], schema: StructType, overwrite: boo
     if app_id is not None and app_version is not None:
         done = transaction_version(path, app_id)
         skip = done is not None and done >= app_version
+    write_id = options.get("write_id") or uuid.uuid4().hex[:16]
+    if not WRITE_ID.match(write_id):
+        raise SinkError(
+            f"Delta table {path}: option write_id={write_id[:80]!r} is not 1 to 64 letters, "
+            "digits, '_' or '-'; it goes into file names, pass such an id or none."
+        )
     return WriteConfig(
         path=path,
         mode=mode,
         schema=delta_arrow_schema(arrow, path=path),
         partition_by=tuple(partition_by),
-        write_id=options.get("write_id") or uuid.uuid4().hex[:16],
+        write_id=write_id,
         app_id=app_id,
         app_version=app_version,
         metadata=metadata,
@@ -656,10 +666,13 @@ class _TaskWriter:
         name = f"part-{self.config.write_id}-{uuid.uuid4().hex}.snappy.parquet"
         rel = f"{folder}/{name}" if folder else name
         location = f"{self.base}/{rel}"
-        self.fs.create_dir(f"{self.base}/{folder}" if folder else self.base, recursive=True)
+        # The marker first: a task killed at any point leaves no data file vacuum could not
+        # attribute to batchscore (sinks/ownership.py).
+        write_marker(self.fs, self.base, rel)
         self.created.append(rel)
         entry.rel = rel
-        entry.stream = self.fs.open_output_stream(location)
+        parent = f"{self.base}/{folder}" if folder else self.base
+        entry.stream = _open_output(self.fs, parent, location)
         encoding = choose_encoding(first)
         entry.footers = []
         entry.stats = FileStats(self.file_schema, self.stats_columns)
@@ -715,6 +728,19 @@ class _TaskWriter:
             delete_files(self.config.path, self.created)
         except Exception:
             pass
+
+
+def _open_output(fs: pafs.FileSystem, folder: str, location: str) -> Any:
+    """A new file's output stream; its folder is (re)made when a cleanup removed it meanwhile
+    (delete_files removes partition folders it emptied)."""
+    for attempt in (1, 2):
+        fs.create_dir(folder, recursive=True)
+        try:
+            return fs.open_output_stream(location)
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _split(

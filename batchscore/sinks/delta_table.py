@@ -526,6 +526,10 @@ def check_schema_compatible(
     evolve_schema: new columns are allowed (the write adds them, nullable). fill_missing: the
     table's columns this predicate accepts may be absent from the data (written as nulls).
     A type change is refused in every case. Returns the differences (empty for a new table).
+
+    A new table is only created in a folder batchscore owns: a folder that exists, is not a
+    Delta table and holds files batchscore did not write is refused (ownership.check_table_folder;
+    every write path, the data source's planning included, comes through here first).
     """
     table_path = normalize_path(path)
     schema = delta_arrow_schema(arrow_schema, path=table_path)
@@ -544,6 +548,9 @@ def check_schema_compatible(
         )
         parts = list(partition_by) if partition_by is not None else table_partition_columns(table)
     else:
+        from batchscore.sinks.ownership import check_table_folder
+
+        check_table_folder(table_path)
         parts = list(partition_by or [])
     _check_partition_columns(table_path, schema, parts)
     return diff
@@ -895,9 +902,23 @@ class FileAdd:
 
 def delete_files(path: str, relative_paths: Iterable[str]) -> None:
     """Delete files of the table at `path` (normalized); missing files are fine. Empty partition
-    folders left behind are removed too (local tables)."""
+    folders left behind are removed too (local tables), and so are the files' ownership markers
+    (after the file: a file that could not be deleted keeps its marker)."""
+    from batchscore.sinks.ownership import remove_markers
+
     fs, base = filesystem(path)
+    gone = delete_and_prune(fs, base, relative_paths)
+    remove_markers(fs, base, gone)
+
+
+def delete_and_prune(
+    fs: pafs.FileSystem, base: str, relative_paths: Iterable[str], *, stop: str = ""
+) -> list[str]:
+    """Delete files under `base` (missing ones count as deleted), then the folders they leave
+    empty, deepest first, up to (not including) `stop` (local filesystems only). The files
+    deleted, in order."""
     folders: set[str] = set()
+    gone: list[str] = []
     for rel in relative_paths:
         try:
             fs.delete_file(f"{base}/{rel}")
@@ -905,8 +926,9 @@ def delete_files(path: str, relative_paths: Iterable[str]) -> None:
             pass
         except OSError:
             continue
+        gone.append(rel)
         parent = os.path.dirname(rel)
-        while parent:
+        while parent and parent != stop:
             folders.add(parent)
             parent = os.path.dirname(parent)
     if isinstance(fs, pafs.LocalFileSystem):
@@ -915,12 +937,14 @@ def delete_files(path: str, relative_paths: Iterable[str]) -> None:
                 os.rmdir(os.path.join(base, folder))
             except OSError:
                 pass
+    return gone
 
 
 def written_files(path: str, write_id: str, *, folders: Iterable[str] | None = None) -> list[str]:
     """Relative paths of the data files on disk that write `write_id` produced (any attempt).
 
-    `folders` (relative) limits the search; None searches the whole table (not `_delta_log`).
+    `folders` (relative) limits the search; None searches the whole table (not `_delta_log`,
+    nor `_batchscore`, where the files' markers lie).
     """
     fs, base = filesystem(path)
     prefix = f"part-{write_id}-"
@@ -937,7 +961,7 @@ def written_files(path: str, write_id: str, *, folders: Iterable[str] | None = N
             if info.type != pafs.FileType.File or not info.base_name.startswith(prefix):
                 continue
             rel = info.path[len(base) :].lstrip("/")
-            if not rel.startswith("_delta_log"):
+            if not rel.startswith(("_delta_log/", "_batchscore/")):
                 found.append(rel)
     return found
 

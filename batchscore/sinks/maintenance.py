@@ -2,14 +2,17 @@
 
 All of it runs in the driver process through delta-rs, without Spark.
 
-- `vacuum` removes data files the current version does not reference (files of dead or killed
-  runs, and files removed by overwrites) once they are older than the retention period. It runs
-  delta-rs' *full* vacuum: the default "lite" vacuum only deletes tombstoned files, never the
-  files of a run that died before committing.
+- `vacuum` removes files the current version does not reference, once they are older than the
+  retention period, but only files batchscore provably wrote (sinks/ownership.py): files the
+  Delta log removed (delta-rs' "lite" vacuum), and unreferenced files with the writer's marker
+  (files of runs that died before committing) or, written before the markers existed, with the
+  old writer's name in a partition folder of the table. Any other unreferenced file is foreign:
+  reported, never deleted (a full delta-rs vacuum would delete a `keep.csv` a user left there).
 - `optimize` compacts small files with delta-rs `optimize.compact`: one commit that removes the
   small files and adds bigger ones with the same rows (a data-change-free rewrite, so app
   transactions, i.e. the idempotency of committed runs, are kept).
-- `orphan_files` lists data files on disk that the current version does not reference.
+- `orphan_files` lists data files on disk that the current version does not reference (whoever
+  wrote them).
 
 No DeltaTable handle outlives a call (see delta_table's note on delta-rs #2184).
 """
@@ -17,7 +20,9 @@ No DeltaTable handle outlives a call (see delta_table's note on delta-rs #2184).
 from __future__ import annotations
 
 import os
+import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -28,10 +33,19 @@ from deltalake.transaction import CommitProperties
 from batchscore.errors import SinkError
 from batchscore.sinks.delta_table import (
     check_table_features,
+    delete_files,
     filesystem,
     normalize_path,
     one_line,
     open_table,
+    table_partition_columns,
+)
+from batchscore.sinks.ownership import (
+    describe,
+    list_markers,
+    remove_markers,
+    table_files,
+    written_by_project,
 )
 
 DEFAULT_RETAIN_HOURS = 168
@@ -40,19 +54,35 @@ DEFAULT_RETAIN_HOURS = 168
 
 @dataclass(frozen=True)
 class VacuumResult:
-    """What vacuum did: the files deleted (or, with dry_run, that would be deleted)."""
+    """What vacuum did: the files deleted (or, with dry_run, that would be deleted), and the
+    unreferenced files it left alone because batchscore did not write them."""
 
     path: str
     files: tuple[str, ...]
     dry_run: bool
     retain_hours: int
     version: int
+    foreign: tuple[str, ...] = ()
+    """Unreferenced files batchscore cannot attribute to itself: listed, never deleted."""
 
     def summary(self) -> str:
         verb = "would delete" if self.dry_run else "deleted"
-        return (
+        text = (
             f"vacuum {self.path}: {verb} {len(self.files)} unreferenced file(s) older than "
             f"{self.retain_hours} h (table version {self.version})"
+        )
+        if self.foreign:
+            text += f"; left {len(self.foreign)} foreign file(s) untouched"
+        return text
+
+    def warning(self) -> str:
+        """One line about the foreign files ("" when there are none)."""
+        if not self.foreign:
+            return ""
+        return (
+            f"{len(self.foreign)} file(s) in {self.path} were not written by batchscore "
+            f"({describe(list(self.foreign))}); vacuum left them in place. Move them out of the "
+            "table's folder, which should hold only the table."
         )
 
 
@@ -123,7 +153,9 @@ def vacuum(
     dry_run: bool = False,
     enforce_retention: bool = True,
 ) -> VacuumResult:
-    """Delete data files the latest version does not reference, older than `retain_hours`.
+    """Delete files the latest version does not reference, older than `retain_hours`, that
+    batchscore provably wrote; list the other unreferenced files as `foreign` (see the module
+    docstring and sinks/ownership.py).
 
     enforce_retention=False allows a retention below the table's own minimum (by default 168 h):
     needed for `retain_hours=0`. That is only safe when no writer is running on the table: a
@@ -137,12 +169,56 @@ def vacuum(
         )
     table = open_table(table_path)
     check_table_features(table, path=table_path, for_write=True)
+    parts = table_partition_columns(table)
+    live = {urllib.parse.unquote(str(a["path"])) for a in _add_actions(table)}
+    # Files the log removed (tombstones): the table's own; this also checks the retention.
+    removed = set(_delta_vacuum(table, table_path, retain_hours, enforce_retention, dry_run=True))
+    del table
+    cutoff_ns = time.time_ns() - int(retain_hours) * 3600 * 10**9
+    on_disk = table_files(table_path, parts)
+    markers = list_markers(table_path)
+    ours: list[str] = []
+    foreign: list[str] = []
+    for rel, mtime_ns in sorted(on_disk.items()):
+        if rel in live or rel in removed:
+            continue
+        if written_by_project(rel, markers, parts):
+            if mtime_ns <= cutoff_ns:
+                ours.append(rel)
+        else:
+            foreign.append(rel)
+    if dry_run:
+        files = removed | set(ours)
+    else:
+        files = set(
+            _delta_vacuum(
+                DeltaTable(table_path), table_path, retain_hours, enforce_retention, dry_run=False
+            )
+        )
+        delete_files(table_path, ours)
+        files |= set(ours)
+        _remove_stale_markers(table_path, markers, on_disk.keys() - files, cutoff_ns)
+    version = int(DeltaTable(table_path).version())
+    return VacuumResult(
+        table_path, tuple(sorted(files)), dry_run, int(retain_hours), version, tuple(foreign)
+    )
+
+
+def _add_actions(table: DeltaTable) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+    return rows
+
+
+def _delta_vacuum(
+    table: DeltaTable, path: str, retain_hours: int, enforce_retention: bool, *, dry_run: bool
+) -> list[str]:
+    """delta-rs' lite vacuum (the files the log removed), as paths relative to the table."""
     try:
         deleted = table.vacuum(
             retention_hours=int(retain_hours),
             dry_run=dry_run,
             enforce_retention_duration=enforce_retention,
-            full=True,
+            full=False,
             commit_properties=CommitProperties(
                 custom_metadata={"batchscore.maintenance": "vacuum"}
             ),
@@ -155,11 +231,26 @@ def vacuum(
             if "retention" in text.lower()
             else " Check the table and rerun."
         )
-        raise SinkError(f"Delta table {table_path}: vacuum failed ({text}).{hint}") from None
-    version = int(DeltaTable(table_path).version())
-    base_prefix = table_path.rstrip("/") + "/"
-    files = tuple(sorted(urllib.parse.unquote(f).removeprefix(base_prefix) for f in deleted))
-    return VacuumResult(table_path, files, dry_run, int(retain_hours), version)
+        raise SinkError(f"Delta table {path}: vacuum failed ({text}).{hint}") from None
+    base_prefix = path.rstrip("/") + "/"
+    return [urllib.parse.unquote(f).removeprefix(base_prefix) for f in deleted]
+
+
+def _remove_stale_markers(
+    path: str, markers: dict[str, int], present: Iterable[str], cutoff_ns: int
+) -> None:
+    """Delete the markers, older than the retention, of data files that are gone (deleted by
+    this vacuum, an abort or an earlier cleanup). A marker younger than that may belong to a
+    file a running write is about to create, and one whose file reappeared stays."""
+    fs, base = filesystem(path)
+    still = set(present)
+    stale = []
+    for rel, mtime_ns in markers.items():
+        if rel in still or mtime_ns > cutoff_ns:
+            continue
+        if fs.get_file_info(f"{base}/{rel}").type == pafs.FileType.NotFound:
+            stale.append(rel)
+    remove_markers(fs, base, stale)
 
 
 def optimize(

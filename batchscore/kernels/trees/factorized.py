@@ -22,7 +22,7 @@ a float64 and survive any engine, unlike bit-cast doubles (NaN payloads). A NaN 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,9 @@ import scipy.sparse as sp
 
 from batchscore.errors import DataError
 from batchscore.kernels.base import Matrix
+from batchscore.kernels.trees.compiled.codegen import WordTests
+from batchscore.kernels.trees.compiled.forest import CompiledForest, ForestLoadError, compile_forest
+from batchscore.kernels.trees.compiled.toolchain import CompileError
 from batchscore.kernels.trees.ir import NodeParams, TreeEnsemble, goes_left
 from batchscore.kernels.trees.kernel import TreeEnsembleKernel
 from batchscore.kernels.trees.strategies import ALL_ONES, chunk_rows, first_set_leaf
@@ -228,6 +231,17 @@ class JoinedPartial:
     missing_words: np.ndarray  # (T_split, W) uint64
     missing_sums: np.ndarray  # (n_outputs,)
 
+    def missing_fill(self) -> list[tuple[int, np.ndarray]]:
+        """(first column, values) of this dimension's words and sums for a fact row without a
+        dimension row (NaN there): those of an all-null dimension row."""
+        cols: list[tuple[int, np.ndarray]] = []
+        if self.split_trees.shape[0]:
+            packed = pack_words(self.missing_words[None, :, :], self.words32)[0]
+            cols.append((self.mask_offset, packed))
+        if self.sum_offset >= 0:
+            cols.append((self.sum_offset, self.missing_sums))
+        return cols
+
 
 @dataclass(frozen=True, eq=False)
 class FactSide:
@@ -240,12 +254,24 @@ class FactSide:
 
 
 class FactorizedTreeKernel(TreeEnsembleKernel):
-    """The fact side of a factorized tree ensemble: same outputs, fewer inputs joined."""
+    """The fact side of a factorized tree ensemble: same outputs, fewer inputs joined.
 
-    def __init__(self, ir: TreeEnsemble, side: FactSide, *, origin: str) -> None:
+    With a C compiler on the driver the fact side is compiled (`fact_forest`: the split trees
+    walked with word tests, codegen's docstring); without one, numpy QuickScorer.
+    """
+
+    def __init__(
+        self,
+        ir: TreeEnsemble,
+        side: FactSide,
+        *,
+        origin: str,
+        fact_forest: CompiledForest | None = None,
+    ) -> None:
         super().__init__(ir, "bitvector", reason=f"factorized; the model alone: {origin}")
         self.side = side
         self.n_features = side.n_inputs
+        self.fact_forest = fact_forest
 
     def leaves(self, X: Matrix, strategy: str | None = None) -> np.ndarray:
         raise NotImplementedError("a factorized kernel finds leaves from joined words")
@@ -253,6 +279,29 @@ class FactorizedTreeKernel(TreeEnsembleKernel):
     def raw(self, X: Matrix) -> np.ndarray:
         side, ens = self.side, self.ir
         dense = _dense(X, side.n_inputs, f"factorized {ens.source}")
+        forest = self._fact_forest()
+        if forest is not None:
+            dense = _with_missing_filled(dense, side)
+            total = np.zeros((dense.shape[0], ens.n_outputs))
+            for part in side.joined:
+                if part.sum_offset >= 0:
+                    total += dense[:, part.sum_offset : part.sum_offset + ens.n_outputs]
+            total += forest.sums(dense)
+            return self.raw_from_sums(total)
+        return self._raw_numpy(dense)
+
+    def _fact_forest(self) -> CompiledForest | None:
+        if self.fact_forest is None or self._compiled_broken:
+            return None
+        try:
+            self.fact_forest.handle()
+        except ForestLoadError as exc:
+            self._compiled_broken = str(exc)
+            return None
+        return self.fact_forest
+
+    def _raw_numpy(self, dense: np.ndarray) -> np.ndarray:
+        side, ens = self.side, self.ir
         v = side.fact.and_masks(ens, ens.prepare(dense[:, : side.n_fact]))
         total = np.zeros((dense.shape[0], ens.n_outputs))
         for part in side.joined:
@@ -272,13 +321,15 @@ class FactorizedTreeKernel(TreeEnsembleKernel):
                     sums[absent] = part.missing_sums
                 total += sums
         total += leaf_sums(ens, side.fact.trees, first_set_leaf(v))
-        if ens.divisor != 1.0:
-            total = total / ens.divisor
-        out: np.ndarray = ens.base_score[None, :] + total
-        return out
+        return self.raw_from_sums(total)
 
     def describe(self) -> str:
         side = self.side
+        how = (
+            "compiled: walks the split trees with word tests"
+            if self.fact_forest is not None
+            else f"numpy: ANDs {side.fact.n_nodes} node test(s) with joined words"
+        )
         joined = ", ".join(
             f"{p.table}: {p.split_trees.shape[0]} split tree(s) x {p.words32} word(s)"
             + (", collapsed sums" if p.sum_offset >= 0 else "")
@@ -286,9 +337,22 @@ class FactorizedTreeKernel(TreeEnsembleKernel):
         )
         return (
             f"tree_ensemble ({self.ir.source}, {self.ir.n_trees} trees) factorized: fact side "
-            f"ANDs {side.fact.n_nodes} node test(s) of {side.fact.n_trees} tree(s) with joined "
-            f"words ({joined}); lowest set bit -> leaf values -> link"
+            f"{how} of {side.fact.n_trees} tree(s) ({joined}); leaf values "
+            "-> link"
         )
+
+
+def _with_missing_filled(dense: np.ndarray, side: FactSide) -> np.ndarray:
+    """`dense`, or a copy with absent dimension rows' words and sums filled in."""
+    out = dense
+    for part in side.joined:
+        for offset, value in part.missing_fill():
+            absent = np.isnan(dense[:, offset])
+            if absent.any():
+                if out is dense:
+                    out = dense.copy()
+                out[absent, offset : offset + value.shape[0]] = value
+    return out
 
 
 def _dense(X: Matrix, width: int, what: str) -> np.ndarray:
@@ -363,4 +427,52 @@ def factorize_ensemble(
         offset += partial.mask_width + partial.sum_width
     fact = mask_set(ens, split, owner, FACT)
     side = FactSide(fact=fact, n_fact=n_fact, joined=tuple(joined), n_inputs=offset)
-    return Factorization(partials, FactorizedTreeKernel(ens, side, origin=origin))
+    forest = compile_fact_side(ens, side, owner, split, groups={g: i for i, g in enumerate(tables)})
+    kernel = FactorizedTreeKernel(ens, side, origin=origin, fact_forest=forest)
+    return Factorization(partials, kernel)
+
+
+def compile_fact_side(
+    ens: TreeEnsemble,
+    side: FactSide,
+    owner: np.ndarray,
+    split: list[int],
+    *,
+    groups: dict[int, int],
+) -> CompiledForest | None:
+    """The split trees over the fact-side inputs, dimension nodes as word tests; None when
+    there is no compiler (numpy QuickScorer then)."""
+    if not split:
+        return None
+    fact_index = np.cumsum(owner == FACT) - 1
+    trees = []
+    words: WordTests = {}
+    for p, t in enumerate(split):
+        tree = ens.trees[t]
+        lo, mid, _ = tree.leaf_ranges()
+        feature = np.zeros(tree.n_internal, dtype=np.int32)
+        for i in range(tree.n_internal):
+            g = int(owner[tree.feature[i]])
+            if g == FACT:
+                feature[i] = fact_index[tree.feature[i]]
+                continue
+            part = side.joined[groups[g]]
+            q = int(np.flatnonzero(part.split_trees == p)[0])
+            base = part.mask_offset + q * part.words32
+            words[(p, i)] = _range_masks(base, int(lo[i]), int(mid[i]))
+        trees.append(replace(tree, feature=feature))
+    fact_ens = replace(ens, trees=tuple(trees), n_features=side.n_inputs)
+    try:
+        return compile_forest(fact_ens, words=words, prepared=side.n_fact)
+    except CompileError:
+        return None
+
+
+def _range_masks(base: int, lo: int, hi: int) -> tuple[tuple[int, int], ...]:
+    """(column, 32-bit mask) pairs covering leaves [lo, hi) of words starting at `base`."""
+    out: list[tuple[int, int]] = []
+    for k in range(lo // 32, (hi - 1) // 32 + 1):
+        a, b = max(lo, 32 * k), min(hi, 32 * k + 32)
+        mask = ((1 << (b - a)) - 1) << (a - 32 * k)
+        out.append((base + k, mask))
+    return tuple(out)

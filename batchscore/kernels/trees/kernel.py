@@ -1,8 +1,10 @@
 """TreeEnsembleKernel: one IR, one strategy, the Kernel interface.
 
-`native` delegates to the library's own predictor (LightGBM's C++ via LightGBMNativeKernel, or
-the scikit-learn estimator via the opaque kernel); every other strategy finds exit leaves in
-numpy, then sums leaf values, applies the link and fills the long layout, all in float64.
+`compiled` (the default wherever a C compiler is on the driver) runs C code generated for the
+model (kernels.trees.compiled); `native` delegates to the library's own predictor (LightGBM's
+C++ via LightGBMNativeKernel, or the scikit-learn estimator via the opaque kernel); the numpy
+strategies find exit leaves with array operations. All of them then sum leaf values, apply the
+link and fill the long layout in float64.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from batchscore.kernels.base import (
     classifier_output,
     regressor_output,
 )
+from batchscore.kernels.trees.compiled.forest import CompiledForest, ForestLoadError, compile_forest
+from batchscore.kernels.trees.compiled.toolchain import CompileError
 from batchscore.kernels.trees.ir import TreeEnsemble
 from batchscore.kernels.trees.strategies import (
     LEAF_FUNCTIONS,
@@ -33,7 +37,7 @@ from batchscore.kernels.trees.strategies import (
     chunk_rows,
 )
 
-STRATEGIES = ("native", "traversal", "perfect", "gemm", "bitvector")
+STRATEGIES = ("compiled", "native", "traversal", "perfect", "gemm", "bitvector")
 DEFAULT_BATCH_ROWS = 10_000
 """Arrow batches Spark hands to mapInArrow (spark.sql.execution.arrow.maxRecordsPerBatch)."""
 
@@ -107,10 +111,13 @@ class TreeEnsembleKernel(Kernel):
         *,
         reason: str = "",
         native: Kernel | None = None,
+        compiled: CompiledForest | None = None,
     ) -> None:
         check_strategy(strategy)
         if strategy == "native" and native is None:
             raise ModelError(f"{ir.source}: the native strategy needs the model's own predictor.")
+        if strategy == "compiled" and compiled is None:
+            raise ModelError(f"{ir.source}: the compiled strategy needs its compiled forest.")
         if strategy == "perfect" and ir.max_depth > PERFECT_MAX_DEPTH:
             raise ModelError(
                 f"{ir.source} has trees of depth {ir.max_depth}; strategy 'perfect' pads every "
@@ -121,6 +128,8 @@ class TreeEnsembleKernel(Kernel):
         self.strategy = strategy
         self.reason = reason or "forced by the spec"
         self.native = native
+        self.compiled = compiled
+        self._compiled_broken = ""
         self.task = ir.task
         self.classes = ir.classes
         self.n_features = ir.n_features
@@ -141,10 +150,14 @@ class TreeEnsembleKernel(Kernel):
     def leaves(self, X: Matrix, strategy: str | None = None) -> np.ndarray:
         """Exit leaf (IR numbering, left to right) of every tree for every row: (n, T) int64."""
         name = strategy or self.strategy
-        if name == "native":
+        X = as_float_matrix(X, self.n_features, f"Kernel tree_ensemble ({self.ir.source})")
+        if name == "compiled":
+            forest = self._forest()
+            if forest is not None:
+                return forest.leaves(X).astype(np.int64)
+        if name in ("native", "compiled"):
             name = "traversal"
         fn = LEAF_FUNCTIONS[name]
-        X = as_float_matrix(X, self.n_features, f"Kernel tree_ensemble ({self.ir.source})")
         n = X.shape[0]
         P = self.packed
         step = chunk_rows(int(P.node_offset[-1]) if name in ("gemm", "bitvector") else 64)
@@ -164,7 +177,39 @@ class TreeEnsembleKernel(Kernel):
 
     def raw(self, X: Matrix) -> np.ndarray:
         """base + sum of exit-leaf values / divisor: (n, n_outputs) float64, before the link."""
+        if self.strategy == "compiled":
+            forest = self._forest()
+            if forest is not None:
+                X = as_float_matrix(X, self.n_features, f"Kernel tree_ensemble ({self.ir.source})")
+                return self.raw_from_sums(forest.sums(X))
         return self.raw_from_leaves(self.leaves(X))
+
+    def raw_from_sums(self, total: np.ndarray) -> np.ndarray:
+        """`raw` given the summed leaf values per output (the compiled forest's result)."""
+        ir = self.ir
+        if ir.divisor != 1.0:
+            total = total / ir.divisor
+        out: np.ndarray = ir.base_score[None, :] + total
+        return out
+
+    def _forest(self) -> CompiledForest | None:
+        """The loaded compiled forest, or None (numpy traversal) when this process cannot load
+        it (another platform than the driver's): same results, slower, said once in the log."""
+        if self.compiled is None or self._compiled_broken:
+            return None
+        try:
+            self.compiled.handle()
+        except ForestLoadError as exc:
+            self._compiled_broken = str(exc)
+            import logging
+
+            logging.getLogger("batchscore").warning(
+                "%s: compiled trees cannot run here (%s); using the numpy traversal instead",
+                self.ir.source,
+                exc,
+            )
+            return None
+        return self.compiled
 
     def raw_from_leaves(self, leaves: np.ndarray) -> np.ndarray:
         """`raw` given the exit leaves (n, T) (kernels.trees.merged finds them for many models)."""
@@ -245,9 +290,49 @@ def make_tree_kernel(
             f"every tree to 2^depth leaves and stops at depth {PERFECT_MAX_DEPTH}. Use "
             "'traversal' or 'bitvector', or leave strategy out."
         )
+    compiled = None
+    if strategy == "compiled" or forced is None:
+        compiled, problem = try_compile(ir)
+        if compiled is not None:
+            strategy, reason = "compiled", compiled_reason(compiled)
+        elif forced == "compiled":
+            raise ModelError(
+                f"Model '{model_name}' sets strategy: compiled, but {problem}. Install a C "
+                "compiler on the driver (gcc or clang; BATCHSCORE_CC names one), or leave "
+                "strategy out."
+            )
+        else:
+            reason = f"{reason}; not compiled: {problem}"
     return TreeEnsembleKernel(
-        ir, strategy, reason=reason, native=native() if strategy == "native" else None
+        ir,
+        strategy,
+        reason=reason,
+        native=native() if strategy == "native" else None,
+        compiled=compiled,
     )
+
+
+def try_compile(
+    ir: TreeEnsemble, outputs: np.ndarray | None = None, n_outputs: int | None = None
+) -> tuple[CompiledForest | None, str]:
+    """The compiled forest of `ir`, or None and why not (no compiler, compiler failed)."""
+    try:
+        forest = compile_forest(ir, outputs, n_outputs)
+    except CompileError as exc:
+        return None, f"the C compiler failed ({exc})"
+    if forest is None:
+        return None, "no C compiler was found on the driver"
+    return forest, ""
+
+
+def compiled_reason(forest: CompiledForest) -> str:
+    info = forest.info
+    when = (
+        f"cached (cold compile took {info.seconds:.1f} s)"
+        if info.cache_hit
+        else f"compiled in {info.seconds:.1f} s"
+    )
+    return f"C via {info.compiler}; {info.describe()}; {when}"
 
 
 def refuse_or_native(

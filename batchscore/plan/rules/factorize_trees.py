@@ -8,9 +8,11 @@ side finishes (kernels.trees.factorized). The join carries a few words per tree 
 dimension's features.
 
 It pays when the dimension's features are wide and the trees few or shallow; a tree's words
-(ceil(leaves / 32) floats) can outweigh narrow features, and a model that LightGBM scores natively
-moves to numpy on the fact side. `plan.cost.JoinCost` weighs both; `planner.factorize` can force
-either way, and `explain` prints the numbers.
+(ceil(leaves / 32) floats) can outweigh narrow features. With a C compiler on the driver the
+fact side is compiled like the materialized model (word tests in place of the dimension's
+nodes); without one it is numpy, about fifty times slower per node than compiled code.
+`plan.cost.JoinCost` weighs both; `planner.factorize` can force either way, and `explain`
+prints the numbers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from batchscore.kernels.base import Kernel
 from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
+from batchscore.kernels.trees.compiled.toolchain import find_compiler
 from batchscore.kernels.trees.factorized import FACT, Factorization, factorize_ensemble
 from batchscore.kernels.trees.ir import TreeEnsemble, UnsupportedTree
 from batchscore.kernels.trees.kernel import TreeEnsembleKernel
@@ -131,8 +134,17 @@ def _lightgbm_ir(kernel: LightGBMNativeKernel) -> TreeEnsemble:
     return _IR_CACHE[key]
 
 
-def _native(kernel: Kernel) -> bool:
-    return isinstance(kernel, LightGBMNativeKernel) or getattr(kernel, "strategy", "") == "native"
+def _scoring_rate(kernel: Kernel) -> float:
+    """Cost of one node test of the materialized model, by how it is scored."""
+    strategy = getattr(kernel, "strategy", "")
+    if isinstance(kernel, LightGBMNativeKernel) or strategy == "native":
+        return TEST_FLOPS["native"]
+    return TEST_FLOPS["compiled" if strategy == "compiled" else "numpy"]
+
+
+def _fact_side_rate() -> float:
+    """The factorized fact side is compiled whenever the driver has a C compiler."""
+    return TEST_FLOPS["compiled" if find_compiler() is not None else "numpy"]
 
 
 def _fact_dimensions(plan: LogicalPlan) -> Iterator[_Dimension]:
@@ -181,10 +193,9 @@ def _cost(
                     moved[feature.ref] = value_bytes(owner_info, feature)
             else:
                 fact_values += feature.width
-        rate = TEST_FLOPS["native" if _native(binding.model.kernel) else "numpy"]
-        flops_m += rows * nodes_all * rate
+        flops_m += rows * nodes_all * _scoring_rate(binding.model.kernel)
         flops_f += dim_rows * nodes_here * TEST_FLOPS["numpy"]
-        flops_f += rows * (nodes_all - nodes_here + width) * TEST_FLOPS["numpy"]
+        flops_f += rows * (nodes_all - nodes_here + width) * _fact_side_rate()
     dim_bytes = dim_rows * (sum(moved.values()) + 8.0 * columns) + PASS_BYTES
     return JoinCost(
         table=dim.table,

@@ -1,0 +1,268 @@
+"""A compiled forest: the shared object's bytes (pickled with the kernel) and a loaded handle.
+
+The driver builds it (`compile_forest`: cache hit or compile); the bytes travel inside the
+scoring task to executors, which write them to a private temporary file, `dlopen` it, and
+unlink the file (Linux keeps the mapping). Executors never compile: a forest that reaches one
+without bytes is an error (`toolchain.forbid_on_executor`). A library that cannot be loaded
+there (another CPU architecture or C library than the driver's) raises `ForestLoadError`, and
+the kernel scores with the numpy traversal instead (same results, slower).
+
+Rows are split across `scoring_threads()` threads (the physical layer sets it from
+spark.task.cpus); ctypes releases the GIL during each call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from batchscore.kernels.lightgbm_native import scoring_threads
+from batchscore.kernels.trees.compiled import cache, codegen, toolchain
+from batchscore.kernels.trees.ir import TreeEnsemble
+
+PLATFORM = f"{sys.platform}-{platform.machine()}"
+MIN_ROWS_PER_THREAD = 2 * codegen.BLOCK_ROWS
+DENSE_CHUNK_BYTES = 32 << 20
+"""Sparse input is densified (only the columns the trees read) this many bytes at a time."""
+
+_HANDLES: dict[str, Any] = {}
+_LOCK = threading.Lock()
+
+
+class ForestLoadError(RuntimeError):
+    """The shared object cannot be used in this process (platform, ABI, damaged bytes)."""
+
+
+@dataclass(frozen=True, eq=False)
+class BuildInfo:
+    compiler: str
+    seconds: float  # cold compile time (of this run, or recorded with the cached entry)
+    cache_hit: bool
+    forms: dict[str, int]  # trees per code form (codegen.forms)
+
+    def describe(self) -> str:
+        return " + ".join(f"{n} {form}" for form, n in self.forms.items() if n) + " trees"
+
+
+@dataclass(eq=False)
+class CompiledForest:
+    """Exit leaves and per-output leaf sums of one ensemble, in native code."""
+
+    data: bytes
+    sha256: str
+    platform: str
+    used: np.ndarray | None  # the input columns the trees read, or None for all of them
+    n_inputs: int  # width of the matrices passed in (the IR's n_features)
+    n_trees: int
+    n_outputs: int
+    info: BuildInfo
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    # ------------------------------------------------------------------ scoring
+
+    def sums(self, X: Any) -> np.ndarray:
+        """(n, n_outputs) float64: leaf values added tree by tree (before base/divisor/link)."""
+        out = np.zeros((X.shape[0], self.n_outputs))
+        self._run("bs_sums", X, out)
+        return out
+
+    def leaves(self, X: Any) -> np.ndarray:
+        """(n, n_trees) int32: each tree's exit leaf (IR numbering)."""
+        out = np.zeros((X.shape[0], self.n_trees), dtype=np.int32)
+        self._run("bs_leaves", X, out)
+        return out
+
+    def _run(self, name: str, X: Any, out: np.ndarray) -> None:
+        n = X.shape[0]
+        if n == 0:
+            return
+        fn = getattr(self.handle(), name)
+        threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
+        for start, stop in _chunks(n, self._chunk_rows(X)):
+            part = self._inputs(X[start:stop])
+            if threads == 1:
+                _call(fn, part, out[start:stop])
+                continue
+            bounds = np.linspace(0, part.shape[0], threads + 1).astype(int)
+            with ThreadPoolExecutor(threads) as pool:
+                jobs = [
+                    pool.submit(_call, fn, part[a:b], out[start + a : start + b])
+                    for a, b in itertools.pairwise(bounds)
+                ]
+                for job in jobs:
+                    job.result()
+
+    def _chunk_rows(self, X: Any) -> int:
+        if not sp.issparse(X):
+            return max(1, int(X.shape[0]))
+        width = len(self.used) if self.used is not None else self.n_inputs
+        return int(max(codegen.BLOCK_ROWS, DENSE_CHUNK_BYTES // (8 * max(width, 1))))
+
+    def _inputs(self, X: Any) -> np.ndarray:
+        """A C-contiguous float64 matrix of the columns the trees read."""
+        if sp.issparse(X):
+            part = X.tocsr()
+            if self.used is not None:
+                part = part[:, self.used]
+            return np.ascontiguousarray(part.toarray(), dtype=np.float64)
+        A = np.asarray(X)
+        if self.used is not None:
+            A = A[:, self.used]
+        return np.ascontiguousarray(A, dtype=np.float64)
+
+    # ------------------------------------------------------------------ loading
+
+    def handle(self) -> Any:
+        lib = _HANDLES.get(self.sha256)
+        if lib is None:
+            with _LOCK:
+                lib = _HANDLES.get(self.sha256)
+                if lib is None:
+                    lib = _load(self)
+                    _HANDLES[self.sha256] = lib
+        return lib
+
+
+def _chunks(n: int, step: int) -> list[tuple[int, int]]:
+    return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+
+def _call(fn: Any, X: np.ndarray, out: np.ndarray) -> None:
+    if X.shape[0] == 0:
+        return
+    status = fn(X.ctypes.data, X.shape[0], X.shape[1], out.ctypes.data)
+    if status != 0:
+        raise MemoryError("compiled forest: out of memory for its row block")
+
+
+def _load(forest: CompiledForest) -> Any:
+    if forest.platform != PLATFORM:
+        raise ForestLoadError(f"compiled on {forest.platform}, this process runs on {PLATFORM}")
+    if hashlib.sha256(forest.data).hexdigest() != forest.sha256:
+        raise ForestLoadError("the library's bytes do not match their sha256")
+    fd, path = tempfile.mkstemp(prefix="batchscore-forest-", suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(forest.data)
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError as exc:
+            raise ForestLoadError(f"dlopen failed: {exc}") from exc
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+    lib.bs_abi.restype = ctypes.c_int64
+    if lib.bs_abi() != codegen.ABI_VERSION:
+        raise ForestLoadError(f"library ABI {lib.bs_abi()} != {codegen.ABI_VERSION}")
+    for name in ("bs_sums", "bs_leaves"):
+        fn = getattr(lib, name)
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+        fn.restype = ctypes.c_int
+    return lib
+
+
+# ---------------------------------------------------------------------- building (driver)
+
+
+def compile_forest(
+    ens: TreeEnsemble,
+    outputs: np.ndarray | None = None,
+    n_outputs: int | None = None,
+    *,
+    words: codegen.WordTests | None = None,
+    prepared: int | None = None,
+) -> CompiledForest | None:
+    """The compiled form of `ens` (from the cache or the compiler); None without a compiler.
+
+    `outputs[t]` is the first sums column tree t adds to (default: the trees' own `output`),
+    so several models merged into one ensemble each get their own columns. `words` and
+    `prepared` describe a factorized fact side (codegen.generate); its inputs are passed
+    whole (no column gathering).
+    """
+    compiler = toolchain.find_compiler()
+    if compiler is None:
+        return None
+    toolchain.forbid_on_executor()
+    outs = np.asarray([t.output for t in ens.trees] if outputs is None else outputs, dtype=np.int64)
+    width = ens.n_outputs if n_outputs is None else n_outputs
+    compact, used = (ens, None) if words else _compact(ens)
+    fp = codegen.fingerprint(compact, outs, width, words, prepared)
+    key = cache.cache_key(fp, compiler.identity, codegen.CODEGEN_VERSION)
+    entry = cache.lookup(key, compiler.identity, codegen.CODEGEN_VERSION)
+    chosen = codegen.forms(compact, words)
+    counts = {f: chosen.count(f) for f in (codegen.BRANCHY, codegen.BRANCHLESS, codegen.TABLE)}
+    if entry is not None:
+        info = BuildInfo(compiler.version, entry.compile_seconds, True, counts)
+        forest = _forest(entry.data, entry.sha256, used, ens, width, info)
+        try:
+            forest.handle()  # an entry this process cannot load is recompiled, never used
+            return forest
+        except ForestLoadError:
+            pass
+    started = time.perf_counter()
+    source = codegen.generate(compact, outs, width, words, prepared)
+    data, _ = toolchain.build_shared_library(compiler, source.units)
+    seconds = time.perf_counter() - started
+    digest = cache.store(
+        key,
+        data,
+        compiler_identity=compiler.identity,
+        codegen_version=codegen.CODEGEN_VERSION,
+        seconds=seconds,
+    )
+    info = BuildInfo(compiler.version, seconds, False, counts)
+    forest = _forest(data, digest, used, ens, width, info)
+    forest.handle()  # fails here, on the driver, rather than on every executor
+    return forest
+
+
+def _forest(
+    data: bytes,
+    digest: str,
+    used: np.ndarray | None,
+    ens: TreeEnsemble,
+    width: int,
+    info: BuildInfo,
+) -> CompiledForest:
+    return CompiledForest(
+        data=data,
+        sha256=digest,
+        platform=PLATFORM,
+        used=used,
+        n_inputs=ens.n_features,
+        n_trees=ens.n_trees,
+        n_outputs=width,
+        info=info,
+    )
+
+
+def _compact(ens: TreeEnsemble) -> tuple[TreeEnsemble, np.ndarray | None]:
+    """`ens` over only the input columns its trees read (None when it reads all of them)."""
+    feats = [t.feature for t in ens.trees if t.n_internal]
+    used = np.unique(np.concatenate(feats)) if feats else np.zeros(0, dtype=np.int64)
+    if used.size == ens.n_features:
+        return ens, None
+    position = np.full(max(ens.n_features, 1), -1, dtype=np.int64)
+    position[used] = np.arange(used.size)
+    trees = tuple(
+        replace(t, feature=position[t.feature].astype(np.int32)) if t.n_internal else t
+        for t in ens.trees
+    )
+    return replace(ens, trees=trees, n_features=int(used.size)), used.astype(np.intp)

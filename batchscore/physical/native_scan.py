@@ -1,0 +1,122 @@
+"""Delta tables read by Spark's own Parquet reader, from the file list delta-rs gives.
+
+The project's Delta reader is a Python data source: every row goes Parquet -> pyarrow (Python
+worker) -> Arrow -> JVM before the join, and then to the writer's Python worker for scoring:
+two wide Arrow transfers where Spark's vectorised Parquet reader needs none. Both readers refuse
+what they cannot honour (deletion vectors, column mapping: `check_table_features`), so Spark's
+reader is used whenever the files are on a filesystem Spark can open and the partition values
+can be attached exactly:
+
+- the live files (and partition values) come from the table's snapshot at the planned version,
+  with the planner's partition filters applied by the same code as the Python reader's;
+- partition values are not read from folder names (Delta does not require Hive folders, and
+  their escaping differs between writers): files are grouped by their partition values, each
+  group is read with its values as typed literals, and the groups are unioned. More than
+  MAX_GROUPS groups keep the Python reader (a plan with hundreds of unions costs more than the
+  transfer it saves);
+- object-store URIs (s3://, ...) keep the Python reader unless Spark has a Hadoop filesystem
+  for the scheme, which the pyspark wheel does not ship.
+
+`BATCHSCORE_NATIVE_SCAN=0` turns it off (the Python reader for every Delta scan).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_type
+from pyspark.sql.types import StructField, StructType
+
+from batchscore.sinks.delta_table import Snapshot, load_snapshot, normalize_path
+
+ENV = "BATCHSCORE_NATIVE_SCAN"
+MAX_GROUPS = 64
+_LOCAL_SCHEMES = ("file",)
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9_./=+-]+$")
+"""File paths Hadoop's Path parses as written (no %, :, spaces); others keep the Python reader."""
+_NEVER = "\x00batchscore: never a partition value"
+
+
+def native_scan_enabled() -> bool:
+    return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def read_delta_native(
+    spark: SparkSession,
+    path: str,
+    *,
+    version: int | None,
+    partition_filters: Sequence[object] | None,
+    columns: Sequence[str] | None,
+) -> DataFrame | None:
+    """The table through Spark's Parquet reader, or None when the Python reader must do it."""
+    if not native_scan_enabled():
+        return None
+    table_path = normalize_path(path)
+    if not _spark_can_open(table_path):
+        return None
+    snap = load_snapshot(table_path, version=version, partition_filters=partition_filters)
+    if not snap.files:
+        return None  # the Python reader yields an empty, correctly typed frame
+    wanted = list(columns) if columns is not None else list(snap.schema.names)
+    parts = [c for c in wanted if c in snap.partition_columns]
+    data = [c for c in wanted if c not in snap.partition_columns]
+    groups = _groups(snap, parts)
+    if len(groups) > MAX_GROUPS or not all(_PLAIN_PATH.match(f.path) for f in snap.files):
+        return None
+    try:
+        schema = _spark_schema(snap.schema, data)
+        part_types = {c: from_arrow_type(snap.schema.field(c).type) for c in parts}
+    except (TypeError, NotImplementedError):
+        return None  # an Arrow type Spark's reader has no equivalent for
+    frames = []
+    for values, files in groups.items():
+        df = spark.read.schema(schema).parquet(*(_file_uri(table_path, f) for f in files))
+        typed = {c: _literal(v, part_types[c], c) for c, v in zip(parts, values, strict=True)}
+        frames.append(df.select(*(typed[c] if c in typed else F.col(f"`{c}`") for c in wanted)))
+    return functools.reduce(DataFrame.unionByName, frames)
+
+
+def _literal(value: str | None, spark_type: Any, name: str) -> Any:
+    """A partition value as a typed column, nullable like the Python reader's column (a bare
+    literal is NOT NULL, which would change the output table's schema)."""
+    if value is None:
+        return F.lit(None).cast(spark_type).alias(name)
+    nullable = F.nullif(F.lit(value), F.lit(_NEVER))  # CASE WHEN true ... is folded to NOT NULL
+    return nullable.cast(spark_type).alias(name)
+
+
+def _spark_can_open(table_path: str) -> bool:
+    scheme = table_path.split("://", 1)[0] if "://" in table_path else "file"
+    return scheme in _LOCAL_SCHEMES
+
+
+def _groups(snap: Snapshot, parts: list[str]) -> dict[tuple[str | None, ...], list[str]]:
+    out: dict[tuple[str | None, ...], list[str]] = defaultdict(list)
+    for f in snap.files:
+        out[tuple(f.partition_values.get(c) for c in parts)].append(f.path)
+    return dict(out)
+
+
+def _spark_schema(schema: pa.Schema, names: list[str]) -> StructType:
+    fields = []
+    for name in names:
+        field = schema.field(name)
+        if pa.types.is_timestamp(field.type) and field.type.tz is None:
+            raise TypeError("timestamp without time zone")  # Spark reads it as local time
+        fields.append(StructField(name, from_arrow_type(field.type), field.nullable))
+    return StructType(fields)
+
+
+def _file_uri(table_path: str, relative: str) -> str:
+    base = table_path[len("file://") :] if table_path.startswith("file://") else table_path
+    full = relative if os.path.isabs(relative) else os.path.join(base, relative)
+    return "file://" + full

@@ -1,0 +1,170 @@
+"""A star-schema job with one big multiclass LightGBM: compiled trees vs LightGBM's predictor.
+
+fact (Delta, 1M rows; 200k with --quick): id, ds, fk_a, fk_b; dim_a (Parquet, 20k rows): a
+171-wide array<double> feature; dim_b (Parquet, 1k rows): a 27-wide one. One LGBMClassifier,
+5 classes x 200 rounds = 1,000 trees (num_leaves 31), reads all 198 features. Variants in one
+Spark session on the same tables: the native bound (Spark's Parquet reader, broadcast joins,
+Spark's Parquet writer, constant scores), the bound (same with the Delta sink), the job with
+`strategy: native` (LightGBM's own predictor) and the job as batchscore picks (compiled trees),
+outputs compared (labels identical, probabilities rtol 1e-12).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.harness import REPEAT_BUDGET_S, Context, Row, peak_rss_mb, timed_runs
+from bench.morpheus import NATIVE_BOUND, _bound, _native_bound
+
+ROWS, QUICK_ROWS = 1_000_000, 200_000
+A_ROWS, B_ROWS = 20_000, 1_000
+A_WIDTH, B_WIDTH = 171, 27
+CLASSES, ROUNDS = 5, 200
+TRAIN_ROWS = 20_000
+BOUND = "bound (scan+join+Delta write, constant score)"
+NATIVE = "batchscore, strategy: native (LightGBM's predictor)"
+COMPILED = "batchscore (compiled trees)"
+
+
+def _build(root: Path, n: int) -> Path:
+    import joblib
+    import lightgbm as lgb
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    from batchscore.datasets._write import sha256_file
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    a = rng.normal(size=(A_ROWS, A_WIDTH))
+    b = rng.normal(size=(B_ROWS, B_WIDTH))
+    fk_a, fk_b = rng.integers(0, A_ROWS, n), rng.integers(0, B_ROWS, n)
+    fact = pa.table(
+        {
+            "id": np.arange(n, dtype=np.int64),
+            "ds": np.full(n, "2026-11-21"),
+            "fk_a": fk_a,
+            "fk_b": fk_b,
+        }
+    )
+    write_deltalake(str(root / "fact"), fact, partition_by=["ds"], mode="overwrite")
+    for name, key, X in (("dim_a", "a_id", a), ("dim_b", "b_id", b)):
+        (root / name).mkdir(exist_ok=True)
+        table = pa.table({key: np.arange(X.shape[0], dtype=np.int64), "v": pa.array(list(X))})
+        pq.write_table(table, root / name / "part-0.parquet")
+    rows = rng.integers(0, n, TRAIN_ROWS)
+    X = np.c_[a[fk_a[rows]], b[fk_b[rows]]]
+    logits = X[:, :CLASSES] + 0.5 * X[:, A_WIDTH : A_WIDTH + CLASSES]
+    y = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
+    model = lgb.LGBMClassifier(
+        n_estimators=ROUNDS, num_leaves=31, learning_rate=0.05, verbose=-1, n_jobs=2
+    ).fit(X, y)
+    joblib.dump(model, root / "model.joblib")
+    digest = sha256_file(root / "model.joblib")
+    for strategy in ("", "native"):
+        lines = [
+            "name: tree_job",
+            "tables:",
+            "  fact: {path: fact, format: delta, partition_by: [ds]}",
+            "  dim_a: {path: dim_a, format: parquet, key: a_id}",
+            "  dim_b: {path: dim_b, format: parquet, key: b_id}",
+            "source:",
+            "  table: fact",
+            "  joins: [{table: dim_a, on: {fk_a: a_id}}, {table: dim_b, on: {fk_b: b_id}}]",
+            "  id_columns: [id, ds]",
+            "models:",
+            "  - name: lgbm",
+            "    path: model.joblib",
+            f"    sha256: {digest}",
+            "    features: [dim_a.v, dim_b.v]",
+            "    output: predict_proba",
+            *([f"    strategy: {strategy}"] if strategy else []),
+            "output: {path: out, partition_by: [ds], mode: overwrite_partitions}",
+            "",
+        ]
+        (root / f"job{'_' + strategy if strategy else ''}.yaml").write_text("\n".join(lines))
+    return root / "job.yaml"
+
+
+def run(ctx: Context) -> list[Row]:
+    from batchscore.jobs.run import plan_job, run_job
+    from batchscore.plan.rules import eliminate_unused_joins, prune_columns, prune_partitions
+    from batchscore.spec import load_spec
+
+    n = QUICK_ROWS if ctx.quick else ROWS
+    root = ctx.workdir / f"tree_job_{n}"
+    spec_path = root / "job.yaml"
+    if not spec_path.exists():
+        print("   tree_job: building tables and training the model ...", flush=True)
+        _build(root, n)
+    spec, native = load_spec(spec_path), load_spec(root / "job_native.yaml")
+    plan = plan_job(spec, rules=(eliminate_unused_joins, prune_partitions, prune_columns))
+    out = root / "out"
+    variants: dict[str, Any] = {
+        NATIVE_BOUND: lambda: _native_bound(ctx.spark, plan, out),
+        BOUND: lambda: _bound(ctx.spark, plan, out),
+        NATIVE: lambda: run_job(native, spark=ctx.spark, force=True),
+        COMPILED: lambda: run_job(spec, spark=ctx.spark, force=True),
+    }
+    print("   tree_job: warm-up (untimed) ...", flush=True)
+    _fresh(out, variants[COMPILED])  # also compiles the model into the cache
+    times, runs, outputs = {}, {}, {}
+    for name, fn in variants.items():
+        repeats = 1 if name == NATIVE else ctx.repeats
+        times[name], _, runs[name] = timed_runs(
+            lambda fn=fn: _fresh(out, fn), repeats, budget_s=REPEAT_BUDGET_S
+        )
+        print(f"   tree_job: {name}: {times[name]:.2f} s ({runs[name]} run(s))", flush=True)
+        if name in (NATIVE, COMPILED):
+            outputs[name] = _output(out)
+    same = _same(outputs[NATIVE], outputs[COMPILED])
+    native_bound = times[NATIVE_BOUND]
+    rows = []
+    for name, sec in times.items():
+        note = f"{sec / native_bound:.2f}x the native bound; {runs[name]} run(s)"
+        if name == COMPILED:
+            note += (
+                f"; {times[NATIVE] / sec:.2f}x faster than strategy native (target >= 3); "
+                f"same output as native (labels identical, rtol 1e-12): {same}"
+            )
+            ctx.notes.append(
+                f"tree_job: compiled trees {times[NATIVE] / sec:.2f}x the same job with "
+                f"strategy: native ({n:,} rows, {CLASSES * ROUNDS} trees, 198 features); "
+                f"{sec / native_bound:.2f}x the native bound."
+            )
+        rows.append(
+            Row(
+                f"tree job ({CLASSES * ROUNDS} trees, 198 features)",
+                name,
+                n,
+                sec,
+                NATIVE,
+                times[NATIVE],
+                note,
+                peak_rss_mb(),
+            )
+        )
+    return rows
+
+
+def _output(path: Path) -> tuple[Any, np.ndarray]:
+    from deltalake import DeltaTable
+
+    table = DeltaTable(str(path)).to_pyarrow_table(columns=["id", "label", "probability"])
+    table = table.sort_by("id")
+    proba = np.asarray(table["probability"].combine_chunks().flatten().to_numpy(), dtype=float)
+    return table["label"].combine_chunks(), proba
+
+
+def _same(a: tuple[Any, np.ndarray], b: tuple[Any, np.ndarray]) -> bool:
+    return bool(a[0].equals(b[0]) and np.allclose(a[1], b[1], rtol=1e-12, atol=1e-15))
+
+
+def _fresh(out: Path, fn: Any) -> Any:
+    shutil.rmtree(out, ignore_errors=True)
+    return fn()
