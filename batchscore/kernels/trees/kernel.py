@@ -151,11 +151,7 @@ class TreeEnsembleKernel(Kernel):
         """Exit leaf (IR numbering, left to right) of every tree for every row: (n, T) int64."""
         name = strategy or self.strategy
         X = as_float_matrix(X, self.n_features, f"Kernel tree_ensemble ({self.ir.source})")
-        if name == "compiled":
-            forest = self._forest()
-            if forest is not None:
-                return forest.leaves(X).astype(np.int64)
-        if name in ("native", "compiled"):
+        if name in ("native", "compiled"):  # compiled code sums leaves, it does not list them
             name = "traversal"
         fn = LEAF_FUNCTIONS[name]
         n = X.shape[0]

@@ -81,12 +81,6 @@ class CompiledForest:
         self._run("bs_sums", X, out)
         return out
 
-    def leaves(self, X: Any) -> np.ndarray:
-        """(n, n_trees) int32: each tree's exit leaf (IR numbering)."""
-        out = np.zeros((X.shape[0], self.n_trees), dtype=np.int32)
-        self._run("bs_leaves", X, out)
-        return out
-
     def _run(self, name: str, X: Any, out: np.ndarray) -> None:
         n = X.shape[0]
         if n == 0:
@@ -171,10 +165,8 @@ def _load(forest: CompiledForest) -> Any:
     lib.bs_abi.restype = ctypes.c_int64
     if lib.bs_abi() != codegen.ABI_VERSION:
         raise ForestLoadError(f"library ABI {lib.bs_abi()} != {codegen.ABI_VERSION}")
-    for name in ("bs_sums", "bs_leaves"):
-        fn = getattr(lib, name)
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-        fn.restype = ctypes.c_int
+    lib.bs_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.bs_sums.restype = ctypes.c_int
     return lib
 
 
