@@ -39,13 +39,21 @@ def run(
     spark: SparkSession | None = None,
     force: bool = False,
     profile: bool = False,
+    executor_timeout: float | None = None,
 ) -> RunResult:
     """Plan, score and commit one run. A rerun of a committed (job, run date) is a no-op.
-    `profile`: time each stage; `result.summary()` then prints where the time went."""
+    `profile`: time each stage; `result.summary()` then prints where the time went.
+    `executor_timeout`: seconds to get executors able to run Python before the first job
+    (default $BATCHSCORE_EXECUTOR_TIMEOUT, else 120); StepError (exit 1) otherwise."""
     from batchscore.jobs.run import run_job
 
     return run_job(
-        _as_spec(spec, run_date), master=master, spark=spark, force=force, profile=profile
+        _as_spec(spec, run_date),
+        master=master,
+        spark=spark,
+        force=force,
+        profile=profile,
+        executor_timeout=executor_timeout,
     )
 
 

@@ -40,6 +40,21 @@ def _parser() -> argparse.ArgumentParser:
         "feature assembly, each model's scoring, output columns, Parquet write)",
     )
     run.add_argument(
+        "--executor-timeout",
+        dest="executor_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="seconds to get executors that run Python before the first job, else exit 1 "
+        "(default $BATCHSCORE_EXECUTOR_TIMEOUT, else 120)",
+    )
+    run.add_argument(
+        "--summary-json",
+        dest="summary_json",
+        metavar="PATH",
+        help="also write the run's result as JSON (rows, quarantined, null predictions by "
+        "model and reason, table version, seconds)",
+    )
+    run.add_argument(
         "--from", dest="date_from", metavar="D1", help="backfill: first run date (with --to)"
     )
     run.add_argument("--to", dest="date_to", metavar="D2", help="backfill: last run date, included")
@@ -87,9 +102,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         master=args.master,
         force=args.force,
         profile=args.profile,
+        executor_timeout=args.executor_timeout,
     )
     print(result.summary())
+    if args.summary_json:
+        _write_summary_json(args.summary_json, result.to_json())
     return 0
+
+
+def _write_summary_json(path: str, body: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    from batchscore.errors import StepError
+
+    try:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(body, indent=2, default=str) + "\n")
+    except OSError as exc:
+        raise StepError(
+            f"--summary-json {path}: cannot write it ({exc.strerror or exc}); the run itself "
+            "committed; pass a writable path."
+        ) from None
 
 
 def _cmd_run_range(args: argparse.Namespace) -> int:
@@ -100,6 +134,10 @@ def _cmd_run_range(args: argparse.Namespace) -> int:
         raise SpecError("--run-date does not go with --from/--to; pass one or the other.")
     if args.force:
         raise SpecError("--force does not go with --from/--to/--only-new; run dates one by one.")
+    if args.executor_timeout is not None:
+        from batchscore.physical.session import EXECUTOR_TIMEOUT_ENV
+
+        os.environ[EXECUTOR_TIMEOUT_ENV] = str(args.executor_timeout)
     spec = load_spec(args.spec, run_date=args.run_date)
     start = args.run_date or args.date_from
     end = args.run_date or args.date_to

@@ -31,6 +31,32 @@ class RunResult:
     """One phrase on the compiled tree kernels ("" when none)."""
     profile: Any = None
     """`batchscore.physical.profile.RunProfile` of a run made with profile=True, else None."""
+    nulls: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Rows written with a null prediction, per model and reason (physical.null_counts);
+    models without any are left out. Known only after the commit, so the table's commit
+    metadata cannot carry them: they are in the summary and `--summary-json`."""
+
+    @property
+    def null_rows(self) -> int:
+        return sum(sum(r.values()) for r in self.nulls.values())
+
+    def to_json(self) -> dict[str, Any]:
+        """What `batchscore run --summary-json` writes."""
+        return {
+            "run_id": self.run_id,
+            "job": self.job,
+            "run_date": self.run_date,
+            "status": self.status,
+            "rows": self.rows,
+            "quarantined": self.quarantined,
+            "null_predictions": {m: dict(r) for m, r in self.nulls.items()},
+            "null_rows": self.null_rows,
+            "table_version": self.table_version,
+            "output_path": self.output_path,
+            "seconds": round(self.seconds, 3),
+            "models": dict(self.models),
+            "message": self.message,
+        }
 
     @property
     def committed(self) -> bool:
@@ -53,6 +79,18 @@ class RunResult:
             f"(Delta version {self.table_version}) in {self.seconds:.1f} s; run {self.run_id}; "
             f"models {models}{held}{compiled}"
         )
+        for model, reasons in self.nulls.items():
+            text += f"; {_null_phrase(model, reasons)}"
         if self.profile is not None:
             text += "\n" + "\n".join(self.profile.lines())
         return text
+
+
+def _null_phrase(model: str, reasons: dict[str, int]) -> str:
+    """`stars_lr: 680 rows with null predictions (NaN/inf in users.u_03)`."""
+    total = sum(reasons.values())
+    if len(reasons) == 1:
+        why = next(iter(reasons))
+    else:
+        why = ", ".join(f"{n:,} {reason}" for reason, n in reasons.items())
+    return f"{model}: {total:,} row{'s' if total != 1 else ''} with null predictions ({why})"

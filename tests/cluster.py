@@ -87,6 +87,10 @@ class StandaloneCluster:
         self.processes.append(process)
 
     def start(self, timeout: float = 90) -> None:
+        self.start_master(timeout)
+        self.start_worker(timeout)
+
+    def start_master(self, timeout: float = 90) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._spawn(
             "master",
@@ -99,6 +103,8 @@ class StandaloneCluster:
             str(free_port()),
         )
         _wait_for_port(self.port, timeout)
+
+    def start_worker(self, timeout: float = 90) -> None:
         self._spawn(
             "worker",
             "org.apache.spark.deploy.worker.Worker",

@@ -17,14 +17,22 @@ from tests.cluster import StandaloneCluster
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+def _cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """`python -m batchscore ARGS` in a fresh process on loopback, with `env` added."""
+    environ = dict(
+        os.environ,
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_DRIVER_PYTHON=sys.executable,
+    )
+    environ.update(env)
+    environ.pop("BATCHSCORE_DEBUG", None)
     return subprocess.run(
         [sys.executable, "-m", "batchscore", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=env,
+        env=environ,
         cwd=REPO,
     )
 

@@ -715,3 +715,25 @@ def test_models_package_does_not_import_pyspark() -> None:
         "assert 'pyspark' not in sys.modules, 'pyspark imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_opaque_model_that_refuses_nan_scores_those_rows_null() -> None:
+    """A model whose own predict refuses NaN/inf (most of scikit-learn) gets the other rows
+    scored as it would score them, and null for those rows, like the native kernels."""
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    y = (X[:, 0] > 0).astype(int)
+    model = GradientBoostingClassifier(n_estimators=5, random_state=0).fit(X, y)
+    kernel = compile_model(model, model_name="g", opaque=True)
+    bad = X.copy()
+    bad[3, 1], bad[5, 2], bad[7, 0] = np.nan, np.inf, -np.inf
+    out = kernel.score(bad)
+    ok = np.isfinite(bad).all(axis=1)
+    np.testing.assert_array_equal(out.probability[ok], model.predict_proba(X[ok]))
+    assert np.isnan(out.probability[~ok]).all() and np.isnan(out.prediction[~ok]).all()
+    assert list(out.label[~ok]) == [None] * 3
+    assert list(out.label[ok]) == [str(v) for v in model.predict(X[ok])]
+    with pytest.raises(DataError):  # every row refused: still the model's own error
+        kernel.score(np.full((4, 4), np.nan))

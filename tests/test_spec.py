@@ -88,7 +88,7 @@ def test_run_date_can_come_later(tmp_path: Path) -> None:
         (("planner:", "planer:"), r"unknown key 'planer'.*Did you mean 'planner'\?"),
         (
             ("  layout: long", "  layout: tall"),
-            r"invalid value for 'output.layout'.*'long' or 'wide'",
+            r"invalid value 'tall' for 'output.layout'; use one of 'long', 'wide'",
         ),
         (
             ("  table: sales", "  table: sale"),

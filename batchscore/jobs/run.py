@@ -14,18 +14,28 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from pyspark.sql import SparkSession
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
 
 from batchscore import __version__
+from batchscore.physical.input_checks import check_parquet_inputs
 from batchscore.physical.lower import lower_for_write, quarantined_rows
+from batchscore.physical.null_counts import NullCounts, collect_nulls, discard, null_dir
 from batchscore.physical.profile import RunProfile, collect, profile_dir
-from batchscore.physical.session import get_spark
+from batchscore.physical.score import ScoringTask
+from batchscore.physical.session import check_executors, get_spark
+from batchscore.physical.session import executor_timeout as executor_wait
 from batchscore.plan import RULES, bind, optimize
 from batchscore.plan.explain import compiled_trees
 from batchscore.plan.nodes import LogicalPlan, Scan
 from batchscore.plan.rules import Rule
 from batchscore.result import RunResult, RunStatus
-from batchscore.sinks.delta_table import check_schema_compatible, transaction_version, write_delta
+from batchscore.sinks.delta_table import (
+    CommitResult,
+    check_schema_compatible,
+    transaction_version,
+    write_delta,
+)
 from batchscore.sinks.ownership import check_apart, check_table_folder
 from batchscore.spec.load import with_run_date
 from batchscore.spec.model import JobSpec
@@ -49,16 +59,21 @@ def run_job(
     force: bool = False,
     rules: Sequence[Rule] = RULES,
     profile: bool = False,
+    executor_timeout: float | None = None,
 ) -> RunResult:
-    """`profile`: time every stage (physical.profile) and attach it to the result."""
+    """`profile`: time every stage (physical.profile) and attach it to the result.
+    `executor_timeout`: seconds to wait for executors before the first job (default
+    BATCHSCORE_EXECUTOR_TIMEOUT, else 120; physical.session.check_executors)."""
     started = time.monotonic()
     scored_at = datetime.now(UTC).replace(microsecond=0)
     spec = with_run_date(spec, run_date)
+    wait = executor_wait(executor_timeout)  # a bad value fails before any work
     run_id = f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     phases: dict[str, float] = {}
     plan = plan_job(spec, rules=rules)
     phases["plan + compile models"] = time.monotonic() - started
     check_output_location(plan)
+    check_parquet_inputs(plan)
     out = plan.output.path
     app_id = app_id_for(spec)
     done = transaction_version(out, app_id)
@@ -67,6 +82,7 @@ def run_job(
 
     held = 0
     run_profile: RunProfile | None = None
+    nulls: NullCounts = {}
 
     def result(status: RunStatus, rows: int, version: int | None, message: str = "") -> RunResult:
         return RunResult(
@@ -84,6 +100,7 @@ def run_job(
             compile_seconds,
             compiled,
             run_profile,
+            nulls,
         )
 
     if done is not None and not force:
@@ -94,8 +111,10 @@ def run_job(
     if empty:
         return result("empty", 0, None, empty)
     session = spark or get_spark(master)
+    check_executors(session, wait, stop=spark is None)
     held = _write_quarantine(session, plan, app_id, (done or 0) + 1, run_id, scored_at)
     joined, task, schema = lower_for_write(session, plan, run_id=run_id, scored_at=scored_at)
+    task = replace(task, null_dir=null_dir(out, run_id))
     if profile:
         task = replace(task, profile_dir=profile_dir(out, run_id))
     phases["checks + Spark session + quarantine"] = (
@@ -109,7 +128,38 @@ def run_job(
         evolve_schema=plan.output.evolve_schema,
         fill_missing=fill_missing,
     )
-    commit = write_delta(
+    try:
+        commit = _write_predictions(plan, joined, task, schema, app_id, done, run_id, scored_at)
+    except BaseException:
+        discard(null_dir(out, run_id))
+        raise
+    nulls = collect_nulls(null_dir(out, run_id))
+    phases["Spark job (scan, join, score, write) + commit"] = (
+        time.monotonic() - started - sum(phases.values())
+    )
+    if profile:
+        run_profile = collect(profile_dir(out, run_id), phases)
+    if commit.reason == "empty":
+        why = f"all {held:,} selected rows were quarantined." if held else "the source "
+        return result("empty", 0, None, why if held else why + "selection produced no rows.")
+    if commit.reason == "already_committed":
+        return result("skipped", 0, commit.version)
+    return result("committed", commit.rows, commit.version)
+
+
+def _write_predictions(
+    plan: LogicalPlan,
+    joined: DataFrame,
+    task: ScoringTask,
+    schema: pa.Schema,
+    app_id: str,
+    done: int | None,
+    run_id: str,
+    scored_at: datetime,
+) -> CommitResult:
+    out = plan.output.path
+    fill_missing = _model_output_column if plan.output.layout == "wide" else None
+    return write_delta(
         joined,
         out,
         transform=task,
@@ -122,17 +172,6 @@ def run_job(
         evolve_schema=plan.output.evolve_schema,
         fill_missing=fill_missing,
     )
-    phases["Spark job (scan, join, score, write) + commit"] = (
-        time.monotonic() - started - sum(phases.values())
-    )
-    if profile:
-        run_profile = collect(profile_dir(out, run_id), phases)
-    if commit.reason == "empty":
-        why = f"all {held:,} selected rows were quarantined." if held else "the source "
-        return result("empty", 0, None, why if held else why + "selection produced no rows.")
-    if commit.reason == "already_committed":
-        return result("skipped", 0, commit.version)
-    return result("committed", commit.rows, commit.version)
 
 
 def check_output_location(plan: LogicalPlan) -> None:

@@ -90,10 +90,23 @@ class OpaqueKernel(Kernel):
         return self._call(method, X)
 
     def score(self, X: Matrix, *, proba: bool = True) -> ScoreOutput:
+        """The estimator's own output. A batch its predict refuses because of NaN/inf rows
+        (most scikit-learn models) is scored without those rows, which come out null, as
+        batchscore's own kernels give them (the run summary counts them)."""
         X = as_float_matrix(X, self.n_features, self._who())
         n = X.shape[0]
         if n == 0:
             return _empty(self.classes, proba=proba)
+        try:
+            return self._score_all(X, n, proba)
+        except DataError:
+            finite = _finite_rows(X)
+            if finite.all() or not finite.any():
+                raise
+        part = self._score_all(X[finite], int(finite.sum()), proba)
+        return _expand(part, finite, self.classes)
+
+    def _score_all(self, X: Matrix, n: int, proba: bool) -> ScoreOutput:
         if self.classes is None:
             values = self._call("predict", X).astype(np.float64, copy=False)
             if values.ndim == 2 and values.shape[1] == 1:
@@ -131,6 +144,39 @@ class OpaqueKernel(Kernel):
     def describe(self) -> str:
         note = f"; {self.note}" if self.note else ""
         return f"opaque ({self.class_name}){note}"
+
+
+def _finite_rows(X: Matrix) -> np.ndarray:
+    """Rows whose every value is finite."""
+    if sp.issparse(X):
+        csr = sp.csr_matrix(X)
+        bad = ~np.isfinite(csr.data)
+        rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+        out = np.ones(csr.shape[0], dtype=bool)
+        out[rows[bad]] = False
+        return out
+    return np.asarray(np.isfinite(np.asarray(X)).all(axis=1))
+
+
+def _expand(part: ScoreOutput, rows: np.ndarray, classes: tuple[str, ...] | None) -> ScoreOutput:
+    """`part` (scored on `rows` only) spread over all rows, null elsewhere."""
+    n = rows.shape[0]
+    prediction = np.full(n, np.nan)
+    prediction[rows] = part.prediction
+    probability = None
+    if part.probability is not None:
+        probability = np.full((n, part.probability.shape[1]), np.nan)
+        probability[rows] = part.probability
+    codes = None
+    if part.codes is not None:
+        codes = np.full(n, -1, dtype=np.int64)
+        codes[rows] = part.codes
+        return ScoreOutput(prediction, None, probability, codes, classes)
+    label = None
+    if part.label is not None:
+        label = np.full(n, None, dtype=object)
+        label[rows] = part.label
+    return ScoreOutput(prediction, label, probability, None, classes)
 
 
 def _empty(classes: tuple[str, ...] | None, *, proba: bool) -> ScoreOutput:

@@ -46,7 +46,18 @@ def assemble(batch: pa.RecordBatch, columns: Sequence[Column], cache: dict[str, 
         return blocks[0]
     if any(sp.issparse(b) for b in blocks):
         return sp.hstack([b if sp.issparse(b) else sp.csr_matrix(b) for b in blocks], format="csr")
-    return np.hstack(blocks)
+    return _side_by_side(blocks)
+
+
+def _side_by_side(blocks: list[Block]) -> np.ndarray:
+    """One C-ordered matrix of dense blocks: each block copied once, into its columns."""
+    widths = [b.shape[1] for b in blocks]
+    out = np.empty((blocks[0].shape[0], sum(widths)))
+    at = 0
+    for block, width in zip(blocks, widths, strict=True):
+        out[:, at : at + width] = block
+        at += width
+    return out
 
 
 def _block(array: pa.Array | pa.ChunkedArray, column: Column) -> Block:
@@ -78,6 +89,8 @@ def _array(array: pa.Array, column: Column) -> np.ndarray:
             f"planned with {column.width}. Array features must have the same length in every row."
         )
     flat = _scalar(pc.list_flatten(array))
+    if valid.all():  # no null rows: the flattened values already are the matrix (no copy)
+        return flat.reshape(n, column.width)
     out = np.full((n, column.width), np.nan)
     out[valid] = flat.reshape(-1, column.width) if column.width else flat.reshape(-1, 0)
     return out

@@ -25,7 +25,7 @@ SHORT_LABEL_BYTES = 32
 def prediction_columns(out: ScoreOutput, n: int, classes: tuple[str, ...] | None) -> list[pa.Array]:
     """prediction, label, probability of one model for one batch of n rows."""
     prediction = np.asarray(out.prediction, dtype=np.float64)
-    predictions = pa.array(prediction, pa.float64(), mask=_mask(np.isnan(prediction)))
+    predictions = pa.array(prediction, pa.float64(), mask=_mask(~np.isfinite(prediction)))
     return [predictions, labels(out, n, classes), probabilities(out.probability, n)]
 
 
@@ -75,7 +75,7 @@ def _gather_strings(table: np.ndarray, codes: np.ndarray, unknown: np.ndarray | 
 
 
 def probabilities(probability: np.ndarray | None, n: int) -> pa.Array:
-    """array<double> per row; null where the row holds a NaN (an undefined score)."""
+    """array<double> per row; null where the row holds a NaN or inf (an undefined score)."""
     if probability is None:
         return pa.nulls(n, PROBABILITY)
     probability = np.ascontiguousarray(probability, dtype=np.float64)
@@ -89,13 +89,13 @@ def probabilities(probability: np.ndarray | None, n: int) -> pa.Array:
 
 
 def _nan_rows(matrix: np.ndarray) -> np.ndarray:
-    """Rows holding a NaN. Column by column for few columns: numpy's any(axis=1) over a
-    narrow row is several times slower than a few vectorized ors."""
+    """Rows holding a NaN or an infinity (no probability). Column by column for few columns:
+    numpy's any(axis=1) over a narrow row is several times slower than a few vectorized ors."""
     if not 0 < matrix.shape[1] <= 8:
-        return np.asarray(np.isnan(matrix).any(axis=1))
-    rows: np.ndarray = np.isnan(matrix[:, 0])
+        return np.asarray(~np.isfinite(matrix).all(axis=1))
+    rows: np.ndarray = ~np.isfinite(matrix[:, 0])
     for column in range(1, matrix.shape[1]):
-        rows |= np.isnan(matrix[:, column])
+        rows |= ~np.isfinite(matrix[:, column])
     return rows
 
 

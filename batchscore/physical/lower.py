@@ -7,6 +7,7 @@ dimensions small enough are broadcast; one mapInArrow pass scores every model.
 
 from __future__ import annotations
 
+import os
 from datetime import datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from batchscore.errors import DataError
 from batchscore.physical.assemble import Column
 from batchscore.physical.native_scan import read_delta_native
+from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
 from batchscore.physical.score import (
     IdField,
@@ -71,15 +73,17 @@ def lower_source(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = T
 
 def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) -> DataFrame:
     if isinstance(node, Scan):
-        return _scan(spark, node)
+        df = _scan(spark, node)
+        return _spread(spark, df) if node.table == plan.spec.source.table else df
     if isinstance(node, Partial):
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys)
     right = _node(spark, plan, node.right, check_keys)
     if check_keys:
         _check_unique_keys(right, node)
-    if node.on_missing == "quarantine":
-        right = right.withColumn(present_flag(node.table), F.lit(True))
+    # true where the join found the row: quarantine joins filter on it, and for every join it
+    # tells a null prediction from a missing dimension row (physical.null_counts)
+    right = right.withColumn(present_flag(node.table), F.lit(True))
     if _dimension_bytes(plan, node.right) <= BROADCAST_BYTES:
         right = F.broadcast(right)
     condition = [
@@ -87,6 +91,23 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
         for left, right in node.on
     ]
     return left.join(right, on=condition, how="left")
+
+
+SPREAD_ENV = "BATCHSCORE_SPREAD"
+"""`BATCHSCORE_SPREAD=0` keeps the fact scan's own partitioning (see `_spread`)."""
+
+
+def _spread(spark: SparkSession, fact: DataFrame) -> DataFrame:
+    """The fact rows over at least as many partitions as Spark runs tasks at once.
+
+    A day's partition is often one or two files, which Spark reads as one or two tasks, and
+    every stage above the scan (joins, scoring in the writer) inherits that: one core scores
+    while the others idle. Spreading the narrow fact rows (ids, keys, fact features) before the
+    joins costs one shuffle of those columns; scoring then runs on every core."""
+    target = int(spark.sparkContext.defaultParallelism)
+    if os.environ.get(SPREAD_ENV, "1") == "0" or fact.rdd.getNumPartitions() >= target:
+        return fact
+    return fact.repartition(target)
 
 
 def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
@@ -191,7 +212,7 @@ def scoring_task(
     )
     return ScoringTask(
         groups=groups,
-        models=tuple(_scoring_model(b) for b in plan.models),
+        models=tuple(_scoring_model(b, _join_flags(plan)) for b in plan.models),
         ids=tuple(IdField(c.ref, c.output_name) for c in plan.id_columns),
         layout=plan.output.layout,
         run_id=run_id,
@@ -200,12 +221,18 @@ def scoring_task(
     )
 
 
-def _scoring_model(binding: ModelBinding) -> ScoringModel:
+def _scoring_model(binding: ModelBinding, flags: dict[str, str]) -> ScoringModel:
     model = binding.model
     columns = tuple(Column(f.ref, f.label, f.kind, f.width) for f in binding.features)
+    present = flags_of([f.table for f in binding.features], flags)
     return ScoringModel(
-        model.name, model.version, model.kernel, model.output == "predict_proba", columns
+        model.name, model.version, model.kernel, model.output == "predict_proba", columns, present
     )
+
+
+def _join_flags(plan: LogicalPlan) -> dict[str, str]:
+    """The present flag of every joined table."""
+    return {j.table: present_flag(j.table) for j in plan.joins()}
 
 
 def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
@@ -244,6 +271,8 @@ def scoring_input(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = 
     if flags:
         joined = joined.where(~_any_missing(flags))
     inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
+    used = {f.table for f in plan.features()}
+    inputs += [flag for table, flag in _join_flags(plan).items() if table in used]
     return joined.select(*dict.fromkeys(inputs))
 
 

@@ -13,14 +13,18 @@ several tasks in parallel they exceed the wall time.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pyarrow import fs as pafs
+from batchscore.physical.task_files import (
+    read_task_files,
+    remove_task_files,
+    task_dir,
+    write_task_file,
+)
 
 UPSTREAM = "scan + joins + transfer into Python"
 ASSEMBLE = "feature assembly"
@@ -29,7 +33,7 @@ WRITE = "Parquet write + file stats"
 
 
 def profile_dir(table_path: str, run_id: str) -> str:
-    return f"{table_path.rstrip('/')}/_batchscore/profile/{run_id}"
+    return task_dir(table_path, "profile", run_id)
 
 
 @dataclass
@@ -52,12 +56,8 @@ class StageClock:
             self.add(name, time.perf_counter() - start)
 
     def dump(self, folder: str) -> None:
-        """One JSON file per task (no shared file: tasks write concurrently)."""
-        filesystem, path = pafs.FileSystem.from_uri(_uri(folder))
-        filesystem.create_dir(path, recursive=True)
         body = {"seconds": self.seconds, "rows": self.rows, "batches": self.batches}
-        with filesystem.open_output_stream(f"{path}/{uuid.uuid4().hex}.json") as out:
-            out.write(json.dumps(body).encode())
+        write_task_file(folder, uuid.uuid4().hex, body)
 
 
 @dataclass(frozen=True)
@@ -86,28 +86,11 @@ class RunProfile:
 
 def collect(folder: str, driver: dict[str, float]) -> RunProfile:
     """Add up the tasks' files under `folder`, then delete it."""
-    filesystem, path = pafs.FileSystem.from_uri(_uri(folder))
     tasks: dict[str, float] = {}
-    n = rows = 0
-    try:
-        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    except OSError:
-        infos = []
-    for info in infos:
-        if not info.path.endswith(".json"):
-            continue
-        with filesystem.open_input_stream(info.path) as src:
-            body = json.loads(src.read().decode())
-        n += 1
-        rows += int(body.get("rows", 0))
+    bodies = read_task_files(folder)
+    for body in bodies:
         for stage, sec in body.get("seconds", {}).items():
             tasks[stage] = tasks.get(stage, 0.0) + float(sec)
-    try:
-        filesystem.delete_dir(path)
-    except OSError:
-        pass
-    return RunProfile(driver, tasks, n, rows)
-
-
-def _uri(folder: str) -> str:
-    return folder if "://" in folder else f"file://{folder}"
+    remove_task_files(folder)
+    rows = sum(int(body.get("rows", 0)) for body in bodies)
+    return RunProfile(driver, tasks, len(bodies), rows)

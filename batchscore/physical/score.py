@@ -8,11 +8,13 @@ batch once; models reading the same columns share the assembled blocks.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 from batchscore.errors import BatchScoreError, StepError
@@ -28,6 +30,7 @@ from batchscore.physical.columns import (
     prediction_columns,
     timestamps,
 )
+from batchscore.physical.null_counts import NullTally, count_reasons, null_rows
 from batchscore.physical.profile import ASSEMBLE, OUTPUT, UPSTREAM, WRITE, StageClock
 
 
@@ -40,6 +43,9 @@ class ScoringModel:
     kernel: Kernel
     proba: bool
     columns: tuple[Column, ...]
+    present: tuple[str, ...] = ()
+    """Present flags of the joined tables this model reads (null where the left join found no
+    row): how a null prediction is attributed to a missing dimension row."""
 
 
 @dataclass(frozen=True)
@@ -68,21 +74,30 @@ class ScoringTask:
     groups: tuple[ScoringGroup, ...] = ()
     profile_dir: str | None = None
     """Where each task writes its stage times (`batchscore run --profile`), or None."""
+    null_dir: str | None = None
+    """Where each task writes its null-prediction counts (physical.null_counts), or None."""
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         _limit_threads(self.threads)
+        tally = NullTally() if self.null_dir is not None else None
         if self.profile_dir is not None:
-            yield from self._profiled(batches, self.profile_dir)
-            return
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            outputs = self._score(batch)
-            yield (
-                self._long(batch, outputs) if self.layout == "long" else self._wide(batch, outputs)
-            )
+            yield from self._profiled(batches, self.profile_dir, tally)
+        else:
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                outputs = self._score(batch, tally=tally)
+                yield (
+                    self._long(batch, outputs)
+                    if self.layout == "long"
+                    else self._wide(batch, outputs)
+                )
+        if tally is not None and self.null_dir is not None:
+            tally.dump(self.null_dir)
 
-    def _profiled(self, batches: Iterator[pa.RecordBatch], folder: str) -> Iterator[pa.RecordBatch]:
+    def _profiled(
+        self, batches: Iterator[pa.RecordBatch], folder: str, tally: NullTally | None = None
+    ) -> Iterator[pa.RecordBatch]:
         """The same loop, timed stage by stage (physical.profile)."""
         clock = StageClock()
         source = iter(batches)
@@ -96,7 +111,7 @@ class ScoringTask:
                     continue
                 clock.rows += batch.num_rows
                 clock.batches += 1
-                outputs = self._score(batch, clock)
+                outputs = self._score(batch, clock, tally)
                 with clock.stage(OUTPUT):
                     out = (
                         self._long(batch, outputs)
@@ -108,10 +123,29 @@ class ScoringTask:
         finally:
             clock.dump(folder)
 
-    def _score(self, batch: pa.RecordBatch, clock: StageClock | None = None) -> list[ScoreOutput]:
+    def _score(
+        self,
+        batch: pa.RecordBatch,
+        clock: StageClock | None = None,
+        tally: NullTally | None = None,
+    ) -> list[ScoreOutput]:
+        """Every model's output for one batch. Numeric warnings (overflow in exp, NaN
+        inputs) never reach stderr: such rows are null and counted (`tally`)."""
         cache: dict[str, Block] = {}
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            outputs = self._score_models(batch, cache, clock or StageClock())
+            if tally is not None:
+                for model, out in zip(self.models, outputs, strict=True):
+                    null = null_rows(out)
+                    if null.any():
+                        tally.add(model.name, count_reasons(batch, model, null, cache))
+        return outputs
+
+    def _score_models(
+        self, batch: pa.RecordBatch, cache: dict[str, Block], timing: StageClock
+    ) -> list[ScoreOutput]:
         done: dict[int, ScoreOutput] = {}
-        timing = clock or StageClock()
         for group in self.groups:
             with timing.stage(ASSEMBLE):
                 matrix = assemble(batch, group.columns, cache)

@@ -54,6 +54,10 @@ _TASK_FILE = re.compile(rf"^{re.escape(TASKS_DIR)}/[A-Za-z0-9_-]+\.pkl$")
 _PENDING_COMMIT = re.compile(r"^_delta_log/_commit_[0-9A-Za-z-]+\.json\.tmp$")
 _PROFILE_FILE = re.compile(rf"^{PROJECT_DIR}/profile/[0-9A-Za-z_-]+/[0-9a-f]{{32}}\.json$")
 """A task's stage times of a `--profile` run (physical.profile) that died before collecting."""
+_NULLS_FILE = re.compile(
+    rf"^{PROJECT_DIR}/nulls/[0-9A-Za-z_-]+/(part-[0-9]+|[0-9a-f]{{32}})\.json$"
+)
+"""A task's null-prediction counts (physical.null_counts) of a run that died before collecting."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,7 +161,7 @@ def project_file(rel: str, *, exists: bool) -> bool:
     Delta commit still being written (a `_delta_log/_commit_*.json.tmp`)."""
     if rel.startswith(f"{MARKERS_DIR}/") and rel.endswith(MARKER_SUFFIX):
         return True
-    if _TASK_FILE.match(rel) or _PENDING_COMMIT.match(rel) or _PROFILE_FILE.match(rel):
+    if any(p.match(rel) for p in (_TASK_FILE, _PENDING_COMMIT, _PROFILE_FILE, _NULLS_FILE)):
         return True
     return bool(DATA_FILE.match(rel.rsplit("/", 1)[-1])) and exists
 

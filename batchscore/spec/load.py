@@ -23,6 +23,8 @@ from batchscore.spec.validate import check_references
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_BROKEN_PLACEHOLDER = re.compile(r"\{run_date(?!\})|(?<!\{)run_date\}")
+"""{run_date with one brace: a template that would silently match nothing."""
 _RUN_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _PATH_PREFIXES = ("registry:", "models:/", "runs:/")
 
@@ -144,8 +146,22 @@ def _pydantic_error(ctx: _Context, exc: ValidationError) -> SpecError:
     if err["type"] == "missing":
         return ctx.error(path[:-1], f"missing required key '{where}'. Add it to the spec.")
     if err["type"] == "literal_error":
-        return ctx.error(path, f"invalid value for '{where}': {msg}.")
-    return ctx.error(path, f"invalid value for '{where}': {msg}.")
+        allowed = [str(v).strip("'") for v in _literal_choices(err)]
+        given = err.get("input")
+        hint = did_you_mean(str(given), allowed)
+        return ctx.error(
+            path,
+            f"invalid value {given!r} for '{where}'; use one of "
+            f"{', '.join(repr(a) for a in allowed)}.{hint}",
+        )
+    given = err.get("input")
+    shown = f" {given!r}" if isinstance(given, str | int | float | bool) else ""
+    return ctx.error(path, f"invalid value{shown} for '{where}': {msg}.")
+
+
+def _literal_choices(err: Any) -> list[str]:
+    expected = str((err.get("ctx") or {}).get("expected", ""))
+    return [p.strip() for p in expected.replace(" or ", ", ").split(",") if p.strip()]
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -161,6 +177,12 @@ def _substitute(
     ctx: _Context, text: str, run_date: str | None, where: tuple[str | int, ...]
 ) -> str:
     names = set(_PLACEHOLDER.findall(text))
+    broken = _BROKEN_PLACEHOLDER.search(_PLACEHOLDER.sub("", text))
+    if broken:
+        raise ctx.error(
+            where,
+            f"unclosed placeholder '{broken.group(0)}'; write it as {{run_date}}.",
+        )
     unknown = names - {"run_date"}
     if unknown:
         raise ctx.error(
