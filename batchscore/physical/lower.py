@@ -42,6 +42,7 @@ from batchscore.plan.nodes import (
     present_flag,
     qualified,
 )
+from batchscore.plan.spread import worth_spreading
 from batchscore.sinks.delta_table import read_delta
 
 BROADCAST_BYTES = 256 * 1024 * 1024
@@ -74,7 +75,9 @@ def lower_source(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = T
 def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) -> DataFrame:
     if isinstance(node, Scan):
         df = _scan(spark, node)
-        return _spread(spark, df) if node.table == plan.spec.source.table else df
+        if node.table == plan.spec.source.table and worth_spreading(plan):
+            return _spread(spark, df)
+        return df
     if isinstance(node, Partial):
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys)
@@ -98,12 +101,8 @@ SPREAD_ENV = "BATCHSCORE_SPREAD"
 
 
 def _spread(spark: SparkSession, fact: DataFrame) -> DataFrame:
-    """The fact rows over at least as many partitions as Spark runs tasks at once.
-
-    A day's partition is often one or two files, which Spark reads as one or two tasks, and
-    every stage above the scan (joins, scoring in the writer) inherits that: one core scores
-    while the others idle. Spreading the narrow fact rows (ids, keys, fact features) before the
-    joins costs one shuffle of those columns; scoring then runs on every core."""
+    """The fact rows over at least as many partitions as Spark runs tasks at once, when scoring
+    outweighs the shuffle (plan.spread)."""
     target = int(spark.sparkContext.defaultParallelism)
     if os.environ.get(SPREAD_ENV, "1") == "0" or fact.rdd.getNumPartitions() >= target:
         return fact
