@@ -6,41 +6,33 @@ starts) and asserts: the exit code, exactly one `error:` line on stderr naming t
 the fix, no traceback, and nothing written (no output folder) or, for the runtime case, the
 table left at its previous version.
 
-New cases here, by kind (NEW_CASES below):
-  spec     invalid enum values named with the value given (output.mode, output.layout,
-           joins[].on_missing, planner.factorize, models[].output), unknown keys with
-           did-you-mean (output, tables), duplicate model names, an unknown placeholder in a
-           path template, a --run-date that does not fit the template's partition
-  data     type drift of a feature column across the files of a Parquet table, a foreign
-           (non-Parquet) file in a table folder, an empty string in a numeric column, duplicate
-           keys in a Delta dimension
-  models   unsupported object (pinned pickle without predict), a pickle that would run code
-           without a pin (the code never runs), the same with a wrong pin, a damaged LightGBM
-           text model, a missing model file
-  paths    output path that is a file, quarantine = output, output inside an input table,
-           missing spec file, unreadable input (skipped: the suite runs as root)
+The cases (CASES below), by kind:
+  spec     unknown keys with did-you-mean (a model key, output, tables), invalid enum values
+           named with the value given (output.mode, output.layout, joins[].on_missing,
+           planner.factorize, models[].output), duplicate model names, an unknown feature, a
+           join key that is not a column, malformed YAML, a missing or malformed --run-date, an
+           unclosed placeholder, a where clause on a missing column
+  data     a Parquet table given as Delta, duplicate keys in a Parquet and in a Delta
+           dimension, a string column used as a feature, empty strings in a numeric column, type
+           drift of a feature column across the files of a table, a foreign (non-Parquet) file
+           in a table folder
+  models   wrong input count, a sha256 mismatch, an unpinned pickle, a pickle that would run
+           code without a pin (the code never runs) and with a wrong pin, a damaged model, a
+           damaged LightGBM text model, an unsupported object, a missing model file
+  paths    a missing table path, output path that is a file, quarantine = output, output
+           inside an input table, a missing spec file, unreadable input (skipped: the suite
+           runs as root)
   runtime  a write that fails half-way (its partition folder cannot be created): the table
            stays at its previous version and the rerun completes
-Not refusals, by design (test_null_keys_and_nan_are_scored_null_and_counted): null fact keys, NaN and inf in features: the
-rows are scored null and counted per model and reason in the summary (see
-tests/test_null_accounting.py for the exact counts).
+Not refusals, by design (test_null_keys_and_nan_are_scored_null_and_counted): null fact keys,
+NaN and inf in features: the rows are scored null and counted per model and reason in the
+summary (tests/test_null_accounting.py has the exact counts).
 
-Existing cases elsewhere (counted in the total, not repeated here):
-  tests/test_bad_inputs.py   CASES (15): unknown-spec-key, missing-table-path, unknown-feature,
-      feature-count, sha256-mismatch, unpinned-pickle, corrupt-model, parquet-given-as-delta,
-      join-key-missing, malformed-yaml, run-date-missing, bad-run-date,
-      duplicate-dimension-key, string-feature, unknown-where-column; plus
-      test_output_schema_change_is_refused and the empty partition selection (2)
-  tests/test_spec.py   test_mistakes_name_the_key_and_the_fix (8): typo-model-key,
-      typo-section, bad-enum, unknown-source, unknown-join, partition-not-id, missing-name,
-      bad-placeholder; test_malformed_yaml_names_the_line, test_bad_run_date_is_refused,
-      test_missing_spec_file (3)
-  tests/test_model_errors.py   unsupported estimator with the closest supported name (1)
-  tests/test_ownership.py   foreign output folder, write_delta/data source into a foreign
-      folder, output = an input table, output through a symlink to an input, quarantine into
-      a foreign folder (5)
-  tests/test_cluster_errors.py   unreachable master, master without workers, executors without
-      Python, a bad BATCHSCORE_EXECUTOR_TIMEOUT (4)
+Cases elsewhere: tests/test_bad_inputs.py (a schema change of the output table refused with
+the table untouched; an empty partition selection, exit 0, nothing written), tests/test_spec.py
+(spec mistakes at the loader), tests/test_model_errors.py, tests/test_ownership.py (foreign
+folders, output = input, symlinks, vacuum), tests/test_cluster_errors.py (unreachable master,
+no workers, broken worker Python), tests/test_crash_safety.py (kill -9 mid-run).
 """
 
 from __future__ import annotations
@@ -187,7 +179,62 @@ class Case:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-NEW_CASES: dict[str, Case] = {
+def _corrupt_model(root: Path) -> None:
+    model = root / "models" / "revenue_glm.joblib"
+    model.write_bytes(model.read_bytes()[:100])
+    import hashlib
+
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    text = (root / "conf" / "demo.yaml").read_text()
+    start = text.index("sha256: ") + len("sha256: ")
+    _edit(root, text[start : start + 64], digest)
+
+
+def _dimension_as_delta(root: Path) -> None:
+    _edit(root, "format: parquet", "format: delta")
+
+
+def _duplicate_key(root: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "data" / "stores"
+    table = pq.read_table(folder)
+    shutil.rmtree(folder)
+    folder.mkdir()
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), folder / "part-0.parquet")
+
+
+def _string_feature(root: Path) -> None:
+    _edit(
+        root,
+        "features: [price, quantity, stores.size_sqm",
+        "features: [ds, quantity, stores.size_sqm",
+    )
+
+
+CASES: dict[str, Case] = {
+    # spec
+    "unknown-spec-key": Case("spec", edit("  output: predict\n", "  outptu: predict\n"), 2, r"unknown key 'outptu'.*Did you mean 'output'"),
+    "unknown-feature": Case("spec", edit("stores.size_sqm, stores.region", "stores.size_sq, stores.region"), 2, r"stores.size_sq.*no column 'size_sq'.*Did you mean 'size_sqm'"),
+    "join-key-missing": Case("spec", edit("on: {store_id: store_id}", "on: {store_id: shop_id}"), 2, r"key column 'shop_id' is not in table 'stores'"),
+    "malformed-yaml": Case("spec", edit("joins:\n", "joins: [\n"), 2, r"malformed YAML"),
+    "run-date-missing": Case("spec", lambda r: None, 2, r"uses \{run_date\} but no run date was given", argv=()),
+    "bad-run-date": Case("spec", lambda r: None, 2, r"Run date 'yesterday' is not a date", argv=("--run-date", "yesterday")),
+    "unknown-feature-table": Case("spec", edit("stores.size_sqm, stores.region", "stors.size_sqm, stores.region"), 2, r"names table 'stors', which is not in the job's source or joins. Did you mean 'stores'"),
+    "unknown-where-column": Case("spec", edit("where: \"ds = ", "where: \"day = "), 2, r"uses column 'day' that table 'sales' does not have"),
+    # data
+    "parquet-given-as-delta": Case("data", _dimension_as_delta, 2, r"'stores'.*is not a Delta table.*format: parquet"),
+    "duplicate-dimension-key": Case("data", _duplicate_key, 2, r"Dimension table 'stores' has 2 rows for key store_id="),
+    "string-feature": Case("data", _string_feature, 2, r"Feature 'ds' of model 'revenue_glm' is a string column"),
+    # models
+    "feature-count": Case("models", edit("features: [price, quantity, stores.size_sqm", "features: [quantity, stores.size_sqm"), 2, r"revenue_glm.*expects 22 inputs"),
+    "sha256-mismatch": Case("models", edit("sha256: ", "sha256: 00"), 2, r"revenue_glm.*sha256"),
+    "unpinned-pickle": Case("models", edit("  sha256: ", "  # sha256: "), 2, r"revenue_glm.*no sha256 pin"),
+    "corrupt-model": Case("models", _corrupt_model, 2, r"revenue_glm.*cannot be loaded"),
+    "model-path-is-a-folder": Case("models", edit("../models/return_risk.txt", "../models"), 2, r"Model 'return_risk' .* is a folder, not a model file; point path: at the saved model"),
+    # paths
+    "missing-table-path": Case("paths", edit("../data/stores", "../data/storez"), 2, r"Table 'stores': path .*storez' does not exist"),
     # spec
     "enum-output-mode": Case("spec", edit("mode: overwrite_partitions", "mode: upsert_all"), 2, r"invalid value 'upsert_all' for 'output.mode'; use one of 'append', 'overwrite_partitions'"),
     "enum-layout": Case("spec", edit("layout: long", "layout: tall"), 2, r"invalid value 'tall' for 'output.layout'; use one of 'long', 'wide'"),
@@ -217,11 +264,11 @@ NEW_CASES: dict[str, Case] = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", list(NEW_CASES), ids=list(NEW_CASES))
+@pytest.mark.parametrize("name", list(CASES), ids=list(CASES))
 def test_bad_input_is_refused(
     name: str, job: Path, capsys: pytest.CaptureFixture[str], spark: Any
 ) -> None:
-    case = NEW_CASES[name]
+    case = CASES[name]
     case.make(job)
     before = sorted(p.relative_to(job) for p in job.rglob("*"))
     capsys.readouterr()

@@ -61,6 +61,11 @@ def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedAr
             f"{where} does not exist; check the model's path (relative paths resolve against "
             "the spec file's folder)."
         ) from None
+    except IsADirectoryError:
+        raise ModelError(
+            f"{where} is a folder, not a model file; point path: at the saved model itself "
+            "(.joblib, .pkl, .skops, LightGBM .txt) or use a registry: or models:/ URI."
+        ) from None
     except OSError as exc:
         raise ModelError(f"{where} cannot be read: {_one_line(exc)}.") from None
     actual = hashlib.sha256(data).hexdigest()
