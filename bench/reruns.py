@@ -184,7 +184,8 @@ def daily_then_optimize(ctx: Context) -> list[Row]:
             "optimize (compact)",
             total,
             optimize_s,
-            extra=f"files {files_before} -> {files_after}; {result.summary()}",
+            extra=f"files {files_before} -> {files_after}; "
+            + result.summary().replace(str(out), "<table>"),
             peak_rss_mb=peak_rss_mb(),
         ),
         Row(

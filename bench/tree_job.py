@@ -11,14 +11,13 @@ outputs compared (labels identical, probabilities rtol 1e-12).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench.harness import REPEAT_BUDGET_S, Context, Row, peak_rss_mb, timed_runs
-from bench.morpheus import NATIVE_BOUND, _bound, _native_bound
+from bench.morpheus import NATIVE_BOUND, _bound, _fresh, _native_bound
 
 ROWS, QUICK_ROWS = 1_000_000, 200_000
 A_ROWS, B_ROWS = 20_000, 1_000
@@ -163,8 +162,3 @@ def _output(path: Path) -> tuple[Any, np.ndarray]:
 
 def _same(a: tuple[Any, np.ndarray], b: tuple[Any, np.ndarray]) -> bool:
     return bool(a[0].equals(b[0]) and np.allclose(a[1], b[1], rtol=1e-12, atol=1e-15))
-
-
-def _fresh(out: Path, fn: Any) -> Any:
-    shutil.rmtree(out, ignore_errors=True)
-    return fn()
