@@ -1,23 +1,55 @@
 """batchscore: plan, score and commit batch predictions on Spark, with factorized inference.
 
-The notebook API (CONTRACT.md): `load_spec`, `run`, `explain`, `score`, `sql`. Spark is imported
-lazily, so `import batchscore` and spec/plan work stay fast and Spark-free.
+`import batchscore as bs` gives the notebook API (docs/api.md): `load_spec`, `explain`, `run`,
+`run_range`, `score`, `sql`, `read_table`, `history`, `spark_session`, `build_demo`, the
+`RunResult` they return and the `BatchScoreError` family they raise. Spark is imported lazily,
+so `import batchscore` and spec/plan work stay fast and Spark-free.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from batchscore.api import RunResult, explain, load_spec, run, score, sql
-from batchscore.errors import BatchScoreError
+from batchscore._version import __version__
+from batchscore.api import (
+    RunResult,
+    build_demo,
+    explain,
+    history,
+    load_spec,
+    read_table,
+    run,
+    run_range,
+    score,
+    spark_session,
+    sql,
+)
+from batchscore.errors import (
+    BatchScoreError,
+    CommitConflictError,
+    DataError,
+    ModelError,
+    SinkError,
+    SpecError,
+    StepError,
+)
 
 __all__ = [
     "BatchScoreError",
+    "CommitConflictError",
+    "DataError",
+    "ModelError",
     "RunResult",
+    "SinkError",
+    "SpecError",
+    "StepError",
     "__version__",
+    "build_demo",
     "explain",
+    "history",
     "load_spec",
+    "read_table",
     "run",
+    "run_range",
     "score",
+    "spark_session",
     "sql",
 ]

@@ -1,7 +1,8 @@
-"""The notebook API of CONTRACT.md: thin, typed, keyword-only past the first argument.
+"""The public Python API (`import batchscore as bs`), documented in docs/api.md.
 
-Spark modules are imported inside the functions that need them, so `import batchscore`,
-`load_spec` and `explain` work (and fail) in milliseconds without a JVM.
+Thin, typed, keyword-only past the first argument. Spark, delta-rs and the model libraries are
+imported inside the functions that need them, so `import batchscore`, `load_spec` and `explain`
+work (and fail) in milliseconds without a JVM.
 """
 
 from __future__ import annotations
@@ -18,7 +19,21 @@ from batchscore.spec.load import with_run_date
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["RunResult", "explain", "load_spec", "run", "score", "sql"]
+    from batchscore.datasets.demo import DemoInfo
+
+__all__ = [
+    "RunResult",
+    "build_demo",
+    "explain",
+    "history",
+    "load_spec",
+    "read_table",
+    "run",
+    "run_range",
+    "score",
+    "spark_session",
+    "sql",
+]
 
 
 def load_spec(path: str | Path, *, run_date: str | None = None) -> JobSpec:
@@ -98,15 +113,62 @@ def score(
 def sql(
     query: str,
     *,
-    tables: Mapping[str, str],
+    tables: Mapping[str, str | Path],
     spark: SparkSession | None = None,
     as_of: Mapping[str, int] | None = None,
 ) -> DataFrame:
-    """Run Spark SQL with each Delta table registered as a fresh temporary view."""
-    from batchscore.physical.session import get_spark
-    from batchscore.sinks.delta_table import register_view
+    """Run Spark SQL with each Delta table registered as a fresh temporary view.
+    `as_of`: {view name: table version} to query an older version (time travel)."""
+    from batchscore.sinks.spark_io import register_view
 
-    session = spark or get_spark()
+    session = spark or spark_session()
     for name, path in tables.items():
         register_view(session, name, str(path), version=(as_of or {}).get(name))
     return session.sql(query)
+
+
+def spark_session(
+    master: str | None = None, *, conf: Mapping[str, Any] | None = None
+) -> SparkSession:
+    """The active SparkSession, or a new one set up for batchscore: workers run this
+    interpreter, local Spark binds to loopback, the Delta data source is registered. `master`
+    defaults to local[*] (under spark-submit, the submitted master); `conf`: Spark settings."""
+    from batchscore.physical.session import get_spark
+
+    return get_spark(master, dict(conf) if conf is not None else None)
+
+
+def read_table(
+    path: str | Path, *, version: int | None = None, spark: SparkSession | None = None
+) -> DataFrame:
+    """A Delta table (a prediction or quarantine table, or any input) as a Spark DataFrame,
+    read fresh; `version`: an older version of the table (time travel)."""
+    from batchscore.sinks.spark_io import read_delta
+
+    return read_delta(spark or spark_session(), str(path), version=version)
+
+
+def history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
+    """A Delta table's commits, newest first, with their lineage: `version`, `timestamp` (ms
+    since the epoch), `operation`, `operation_parameters`, and `metadata` (run id, job, run
+    date, spec hash, model sha256s, input table versions). No Spark needed."""
+    from batchscore.sinks.log import history as table_history
+
+    return table_history(str(path), limit=limit)
+
+
+def build_demo(
+    root: str | Path,
+    *,
+    conf_path: str | Path,
+    days: int = 7,
+    rows_per_day: int = 20_000,
+    seed: int = 0,
+) -> DemoInfo:
+    """Write the demo star schema (sales, stores, products) under `root`, train its three
+    models and write its job spec to `conf_path`: what `make demo` and the quickstart use."""
+    from batchscore.datasets.demo import build_demo as build
+
+    return build(
+        Path(root), conf_path=Path(conf_path), days=days, rows_per_day=rows_per_day, seed=seed
+    )

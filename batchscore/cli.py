@@ -2,7 +2,9 @@
 
 Exit codes: 0 success (also: already committed, or nothing to score); 1 a runtime step failed;
 2 bad spec, model or input data; 4 the output table refused the write. Failures print one line
-starting with "error:" to stderr, never a traceback (set BATCHSCORE_DEBUG=1 for one).
+starting with "error:" to stderr, never a traceback (set BATCHSCORE_DEBUG=1 for one). `run`
+also shows the Spark stages' progress on stderr (jobs/progress.py) unless --quiet. The user
+contract of every command is docs/contract.md.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         help="only dates with source partitions that are not yet committed with the current "
         "models (see batchscore/jobs/backfill.py)",
     )
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress on stderr (bars on a terminal, one line per Spark stage otherwise)",
+    )
     explain = sub.add_parser("explain", help="print the optimized plan with its decisions")
     explain.add_argument("spec")
     explain.add_argument("--run-date", dest="run_date")
@@ -93,17 +100,19 @@ def _pairs(values: Sequence[str], what: str) -> dict[str, str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     import batchscore as bs
+    from batchscore.jobs.progress import SparkProgress
 
     if args.date_from or args.date_to or args.only_new:
         return _cmd_run_range(args)
-    result = bs.run(
-        args.spec,
-        run_date=args.run_date,
-        master=args.master,
-        force=args.force,
-        profile=args.profile,
-        executor_timeout=args.executor_timeout,
-    )
+    with SparkProgress(enabled=not args.quiet):
+        result = bs.run(
+            args.spec,
+            run_date=args.run_date,
+            master=args.master,
+            force=args.force,
+            profile=args.profile,
+            executor_timeout=args.executor_timeout,
+        )
     print(result.summary())
     if args.summary_json:
         _write_summary_json(args.summary_json, result.to_json())
@@ -129,6 +138,7 @@ def _write_summary_json(path: str, body: dict[str, Any]) -> None:
 def _cmd_run_range(args: argparse.Namespace) -> int:
     from batchscore.api import load_spec
     from batchscore.jobs.backfill import run_range
+    from batchscore.jobs.progress import SparkProgress
 
     if args.run_date and (args.date_from or args.date_to):
         raise SpecError("--run-date does not go with --from/--to; pass one or the other.")
@@ -142,7 +152,10 @@ def _cmd_run_range(args: argparse.Namespace) -> int:
     start = args.run_date or args.date_from
     end = args.run_date or args.date_to
     flush = lambda line: print(line, flush=True)  # noqa: E731
-    run_range(spec, start=start, end=end, only_new=args.only_new, master=args.master, echo=flush)
+    with SparkProgress(enabled=not args.quiet):
+        run_range(
+            spec, start=start, end=end, only_new=args.only_new, master=args.master, echo=flush
+        )
     return 0
 
 
@@ -155,11 +168,10 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 def _cmd_sql(args: argparse.Namespace) -> int:
     import batchscore as bs
-    from batchscore.physical.session import get_spark
 
     tables = _pairs(args.table, "--table")
     as_of = {k: int(v) for k, v in _pairs(args.as_of, "--as-of").items()}
-    spark = get_spark(args.master)
+    spark = bs.spark_session(args.master)
     df = bs.sql(args.query, tables=tables, spark=spark, as_of=as_of)
     rows = df.limit(args.limit).collect()
     print(format_table(df.columns, [list(r) for r in rows]))
@@ -167,9 +179,9 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    from batchscore.sinks.delta_table import history
+    import batchscore as bs
 
-    commits = history(args.path)
+    commits = bs.history(args.path)
     for commit in commits:
         print(json.dumps(commit, default=str) if args.json else _history_line(commit))
     return 0
@@ -267,7 +279,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
 def _unwrap(exc: BaseException) -> BatchScoreError | None:
     try:
-        from batchscore.sinks.delta_table import unwrap_spark_error
+        from batchscore.sinks.spark_errors import unwrap_spark_error
     except ImportError:
         return None
     return unwrap_spark_error(exc)

@@ -60,6 +60,18 @@ def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 REPEAT_BUDGET_S = 6.0  # Spark variants stop repeating once their runs took this long together
 
+SLOW_SAMPLE = 4
+"""The slow baselines (the predict_batch_udf peers, `strategy: native` in the tree job) score
+the rows whose id is a multiple of this, and are compared at their rate (`scaled`): they took
+most of `make bench` otherwise (196 s of 1,346 for one peer). Scaling counts a baseline's fixed
+costs (job start, about a second) this many times, so a ratio against it is overstated by at
+most that: 3 s of the k=32 peer's 196."""
+
+
+def scaled(seconds: float, rows_run: int, rows_full: int) -> float:
+    """The seconds a variant that ran on `rows_run` rows would take on `rows_full` at its rate."""
+    return seconds * rows_full / max(rows_run, 1)
+
 
 def timed_runs(
     fn: Callable[[], Any],

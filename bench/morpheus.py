@@ -17,7 +17,8 @@ once untimed (--quick: the bound only), so no variant pays for the first jobs of
 on those tables (without it, the walmart logistic-regression bound measured 3.35 s against
 1.31 s for the same scans, joins and write in the next job). The full run then takes the median
 of up to 3 runs per variant, fewer once a variant's runs took 6 s (the note gives the count);
-the peer and `always` run once. --quick runs each variant once on a quarter of the fact rows
+the peer and `always` run once, the peer on a quarter of the fact rows compared at its rate
+(harness.SLOW_SAMPLE). --quick runs each variant once on a quarter of the fact rows
 (`source.where: <id> % 4 = 0`), and leaves out the peer and `always`.
 """
 
@@ -29,7 +30,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from bench.harness import REPEAT_BUDGET_S, Context, Row, peak_rss_mb, timed_runs
+from bench.harness import (
+    REPEAT_BUDGET_S,
+    SLOW_SAMPLE,
+    Context,
+    Row,
+    peak_rss_mb,
+    scaled,
+    timed_runs,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "morpheus"
 
@@ -50,7 +59,7 @@ def _peer(spark: Any, plan: Any, out: Path) -> int:
     from pyspark.sql import types as T
 
     from batchscore.physical.lower import lower_source
-    from batchscore.sinks.delta_table import write_delta
+    from batchscore.sinks.spark_io import write_delta
 
     joined = lower_source(spark, plan, check_keys=False)
     parts = []
@@ -138,7 +147,7 @@ def _consumed(spark: Any, plan: Any) -> Any:
 
 def _bound(spark: Any, plan: Any, out: Path) -> int:
     """Scan + join (as the job does) + the project's Delta sink, constant scores."""
-    from batchscore.sinks.delta_table import write_delta
+    from batchscore.sinks.spark_io import write_delta
 
     return write_delta(_consumed(spark, plan), str(out), mode="overwrite", partition_by=["ds"]).rows
 
@@ -183,12 +192,23 @@ def run(ctx: Context) -> list[Row]:
         where = f"{id_column} % {QUICK_SAMPLE} = 0" if ctx.quick else None
         for i, (job, spec_name) in enumerate(jobs):
             spec_path = root / "conf" / spec_name
-            rows += _job(ctx, job, spec_path, root / "bench_out", where, warm_up=i == 0)
+            rows += _job(ctx, job, spec_path, root / "bench_out", where, id_column, warm_up=i == 0)
     return rows
 
 
+def _with_where(spec: Any, where: str) -> Any:
+    return spec.model_copy(update={"source": spec.source.model_copy(update={"where": where})})
+
+
 def _job(
-    ctx: Context, job: str, spec_path: Path, out: Path, where: str | None, *, warm_up: bool
+    ctx: Context,
+    job: str,
+    spec_path: Path,
+    out: Path,
+    where: str | None,
+    id_column: str,
+    *,
+    warm_up: bool,
 ) -> list[Row]:
     from batchscore.jobs.run import plan_job, run_job
     from batchscore.plan.rules import eliminate_unused_joins, prune_columns, prune_partitions
@@ -196,8 +216,10 @@ def _job(
 
     spec = load_spec(spec_path)
     if where:
-        spec = spec.model_copy(update={"source": spec.source.model_copy(update={"where": where})})
-    plan = plan_job(spec, rules=(eliminate_unused_joins, prune_partitions, prune_columns))
+        spec = _with_where(spec, where)
+    rules = (eliminate_unused_joins, prune_partitions, prune_columns)
+    plan = plan_job(spec, rules=rules)
+    peer_plan = plan_job(_with_where(spec, f"{id_column} % {SLOW_SAMPLE} = 0"), rules=rules)
     always = spec.model_copy(
         update={"planner": spec.planner.model_copy(update={"factorize": "always"})}
     )
@@ -211,13 +233,13 @@ def _job(
     if ctx.quick:  # one run, no peer, and not the extra `always` variant
         del variants[ALWAYS]
     else:
-        variants[PEER] = lambda: _peer(ctx.spark, plan, out)
+        variants[PEER] = lambda: _peer(ctx.spark, peer_plan, out)
     if warm_up:  # untimed: the session's and these tables' first jobs
         print(f"   {job}: warm-up (untimed) ...", flush=True)
         for name in (BOUND,) if ctx.quick else (NATIVE_BOUND, BOUND, OPTIMIZED):
             _fresh(out, variants[name])
     times, runs, same = {}, {}, {}
-    reference, fact_rows = None, 0
+    reference, fact_rows, peer_rows = None, 0, 0
     for name, fn in variants.items():
         repeats = 1 if name in (PEER, ALWAYS) else ctx.repeats  # the slow ones run once
         print(f"   {job}: {name} ...", flush=True)
@@ -226,29 +248,37 @@ def _job(
         )
         if name == BOUND:
             fact_rows = result  # the bound writes one row per fact row
+        if name == PEER:
+            peer_rows = result  # the peer writes one row per sampled fact row
         print(f"   {job}: {name}: {times[name]:.2f} s ({runs[name]} run(s))", flush=True)
         if name.startswith("batchscore"):
             got = _snapshot(spec.output.path)
             reference = reference or got
             same[name] = _equal(reference, got)
+    ran = dict(times)
+    if PEER in times:  # compared at its rate over all the rows
+        times[PEER] = scaled(times[PEER], peer_rows, fact_rows)
     peer, bound, native = times.get(PEER), times[BOUND], times[NATIVE_BOUND]
     n_rows = fact_rows * len(spec.models)
-    return [
-        Row(
-            job,
-            name,
-            n_rows,
-            sec,
-            "peer" if peer else "",
-            peer,
+    out_rows = []
+    for name, sec in times.items():
+        note = (
             f"{sec / native:.2f}x the native bound; {sec / bound:.2f}x the bound; "
             f"{runs[name]} run(s)"
             + (f"; output == naive's (rtol 1e-9): {same[name]}" if name in same else "")
-            + ("; = Delta sink / native Parquet write" if name == BOUND else ""),
-            peak_rss_mb(),
+            + ("; = Delta sink / native Parquet write" if name == BOUND else "")
         )
-        for name, sec in times.items()
-    ]
+        if name == PEER:
+            note = (
+                f"SAMPLE: {peer_rows:,} of {fact_rows:,} fact rows ({id_column} % {SLOW_SAMPLE} "
+                f"= 0), ratios at its rate ({sec:.1f} s for all rows); " + note
+            )
+            out_rows.append(Row(job, name, peer_rows * len(spec.models), ran[PEER], "peer",
+                                ran[PEER], note, peak_rss_mb()))  # fmt: skip
+            continue
+        out_rows.append(Row(job, name, n_rows, sec, "peer" if peer else "", peer, note,
+                            peak_rss_mb()))  # fmt: skip
+    return out_rows
 
 
 def _snapshot(path: str) -> tuple[Any, ...]:

@@ -73,7 +73,7 @@ def _one_copy(out: Path) -> tuple[int, bool]:
 
 def reruns(ctx: Context) -> list[Row]:
     import batchscore as bs
-    from batchscore.sinks.delta_table import table_version
+    from batchscore.sinks.log import table_version
 
     n = QUICK_RERUNS if ctx.quick else RERUNS
     forced = QUICK_FORCED if ctx.quick else FORCED

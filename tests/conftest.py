@@ -1,4 +1,10 @@
-"""One SparkSession for the whole suite: starting Spark costs ~5 s, so tests share it."""
+"""Fixtures and tiers of the suite.
+
+Tests live in three folders, each a marker of the same name, with its own timeout per test:
+`unit` (no Spark, no real dataset: `make test-fast`), `spark` (the one session-scoped local
+SparkSession, or batchscore commands that start their own), `acceptance` (the real Morpheus
+datasets end to end). A unit test that asks for Spark fails: it belongs in tests/spark.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,31 @@ prepare_environment()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "morpheus"
+"""The Morpheus star schemas (docs/datasets.md): read through the `shared_data` fixture."""
+TIER_TIMEOUTS = {"unit": 120, "spark": 600, "acceptance": 900}
+"""Seconds one test of each tier may take before pytest-timeout stops it."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.parent.name
+        if tier not in TIER_TIMEOUTS:
+            continue
+        if tier == "unit" and "spark" in item.fixturenames:
+            raise pytest.UsageError(f"{item.nodeid} asks for Spark: move it to tests/spark")
+        item.add_marker(getattr(pytest.mark, tier))
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUTS[tier]))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The Morpheus data folder; its tests skip, saying where to get it, when it is absent."""
+    if not (SHARED_DATA / "Walmart").is_dir() or not (SHARED_DATA / "Flights").is_dir():
+        pytest.skip(
+            f"no Morpheus data at {SHARED_DATA.name}/ beside the repository (docs/datasets.md)"
+        )
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="session")
@@ -41,12 +72,12 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def walmart(tmp_path_factory: pytest.TempPathFactory, spark: object) -> object:
+def walmart(tmp_path_factory: pytest.TempPathFactory, spark: object, shared_data: Path) -> object:
     """The Walmart star schema (421,570 sales) with its two models: built once per session."""
     from batchscore.datasets.morpheus import build_walmart
 
     root = tmp_path_factory.mktemp("walmart")
-    return build_walmart(root, conf_path=root / "conf" / "walmart.yaml", shared=SHARED_DATA,
+    return build_walmart(root, conf_path=root / "conf" / "walmart.yaml", shared=shared_data,
                          spark=spark)  # fmt: skip
 
 

@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batchscore.cli import run_cli
+from batchscore.jobs.progress import without_stage_lines
 
 pytestmark = pytest.mark.spark
 
@@ -274,7 +275,7 @@ def test_bad_input_is_refused(
     capsys.readouterr()
     code = run_cli(["run", str(_spec(job)), *case.argv])
     captured = capsys.readouterr()
-    err = captured.err.strip()
+    err = without_stage_lines(captured.err).strip()
     assert code == case.code, err
     assert len(err.splitlines()) == 1, err
     assert err.startswith("error: ") and "Traceback" not in err
@@ -305,7 +306,7 @@ def test_write_failing_half_way_keeps_the_table_and_the_rerun_completes(
     blocker.write_text("a file where the partition folder goes\n")
     capsys.readouterr()
     assert run_cli(["run", spec, "--run-date", RUN_DATE]) == 4
-    err = capsys.readouterr().err.strip()
+    err = without_stage_lines(capsys.readouterr().err).strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert re.search(r"Delta table .*predictions: writing a data file failed", err), err
     assert DeltaTable(str(table)).version() == 0

@@ -20,16 +20,12 @@ import pytest
 from deltalake import DeltaTable
 
 from batchscore.errors import CommitConflictError
-from batchscore.sinks.delta_table import (
-    FileAdd,
-    commit_files,
-    log_commits,
-    read_delta,
-    table_version,
-    write_delta,
-    written_files,
-)
+from batchscore.sinks.commit import FileAdd, commit_files
+from batchscore.sinks.log import log_commits, table_version
 from batchscore.sinks.maintenance import data_files_on_disk, live_files, optimize
+from batchscore.sinks.request import AppTransaction, WritePlan, WriteRequest
+from batchscore.sinks.spark_io import read_delta, write_delta
+from batchscore.sinks.storage import written_files
 from tests.cluster import REPO, loopback_env
 
 SCHEMA = pa.schema([("x", pa.int64()), ("ds", pa.string())])
@@ -45,14 +41,9 @@ def _file(root: Path, write_id: str, ds: str, values: list[int]) -> FileAdd:
 
 
 def _commit(root: Path, write_id: str, ds: str, values: list[int], **kwargs: Any) -> int | None:
-    return commit_files(
-        str(root),
-        [_file(root, write_id, ds, values)],
-        schema=SCHEMA,
-        partition_by=["ds"],
-        write_id=write_id,
-        **{"mode": "overwrite_partitions", **kwargs},
-    )
+    fields = {"mode": "overwrite_partitions", **kwargs}
+    request = WriteRequest(str(root), partition_by=["ds"], write_id=write_id, **fields)
+    return commit_files(WritePlan(request, SCHEMA), [_file(root, write_id, ds, values)])
 
 
 def _rows(root: Path) -> list[tuple[str, int]]:
@@ -130,12 +121,12 @@ def test_threads_racing_on_one_partition(tmp_path: Path) -> None:
     assert all(isinstance(v, int) for v in outcomes.values()), outcomes
     # Appends of the same app transaction (one run date, started twice): one commit.
     outcomes = _race({f"s{i}": (lambda i=i: _commit(root, f"s{i}", "f", [i], mode="append",
-                                                    app_id="job:f", app_version=1))
+                                                    app=AppTransaction("job:f", 1)))
                       for i in range(4)})  # fmt: skip
     assert sorted(v is None for v in outcomes.values()) == [False, True, True, True], outcomes
     # Appends of different run dates to one partition: all commit.
     outcomes = _race({f"g{i}": (lambda i=i: _commit(root, f"g{i}", "g", [i], mode="append",
-                                                    app_id=f"job:{i}", app_version=1))
+                                                    app=AppTransaction(f"job:{i}", 1)))
                       for i in range(4)})  # fmt: skip
     assert all(isinstance(v, int) for v in outcomes.values()), outcomes
     rows = _rows(root)
@@ -171,7 +162,7 @@ CHILD = """
 import json, os, sys, time
 from batchscore.errors import BatchScoreError
 from batchscore.physical.session import get_spark
-from batchscore.sinks.delta_table import write_delta
+from batchscore.sinks.spark_io import write_delta
 path, tag, ready = sys.argv[1:4]
 spark = get_spark("local[1]", {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1"})
 df = spark.createDataFrame([(i, "a", tag) for i in range(50)], "id long, ds string, tag string")

@@ -37,7 +37,7 @@ import json, os, sys
 from collections import Counter
 import pyarrow as pa
 from deltalake import DeltaTable
-from batchscore.sinks.delta_table import log_commits
+from batchscore.sinks.log import log_commits
 from batchscore.sinks.maintenance import vacuum, orphan_files, data_files_on_disk, live_files
 path = sys.argv[1]
 out = {"exists": os.path.isdir(os.path.join(path, "_delta_log"))}

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import write_deltalake
 
-from batchscore.sinks import write_delta
+from batchscore.sinks import SchemaPolicy, write_delta
 from batchscore.sinks.file_stats import STATS_STRING_CHARS, indexed_columns
 
 EXTRA = 40
@@ -134,6 +134,12 @@ def test_file_stats_match_the_data_and_follow_the_indexed_columns(
         partition_by=["ds"],
         configuration={"delta.dataSkippingNumIndexedCols": "-1"},
     )
-    write_delta(df, str(every), mode="overwrite", partition_by=["ds"], overwrite_schema=True)
+    write_delta(
+        df,
+        str(every),
+        mode="overwrite",
+        partition_by=["ds"],
+        schema_policy=SchemaPolicy(overwrite_schema=True),
+    )
     for add in _adds(every):
         _check_file(every, add, set(file_schema.names))

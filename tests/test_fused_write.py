@@ -23,9 +23,17 @@ import batchscore as bs
 from batchscore.errors import DataError, SinkError
 from batchscore.jobs.run import plan_job
 from batchscore.physical.lower import lower, lower_for_write
-from batchscore.sinks.delta_table import SOURCE_NAME, unwrap_spark_error, write_delta
 from batchscore.sinks.maintenance import vacuum
-from batchscore.sinks.transform import TASKS_DIR, encode_schema, load_transform, store_transform
+from batchscore.sinks.options import SOURCE_NAME
+from batchscore.sinks.spark_errors import unwrap_spark_error
+from batchscore.sinks.spark_io import write_delta
+from batchscore.sinks.transform import (
+    TASKS_DIR,
+    FusedTransform,
+    encode_schema,
+    load_transform,
+    store_transform,
+)
 from batchscore.spec.load import with_run_date
 
 pytestmark = pytest.mark.spark
@@ -80,7 +88,7 @@ def test_fused_write_equals_the_mapinarrow_write(
     assert "prediction" not in joined.columns  # the input is unscored: scoring is the writer's
     out = tmp_path / "fused"
     fused = write_delta(
-        joined, out, mode="append", partition_by=parts, transform=task, transform_schema=schema
+        joined, out, mode="append", partition_by=parts, transform=FusedTransform(task, schema)
     )
     assert fused.committed and fused.rows == unfused.rows
     assert DeltaTable(str(out)).metadata().partition_columns == list(parts)

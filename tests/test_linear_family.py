@@ -29,6 +29,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC, LinearSVR
 
 from batchscore.kernels.affine import AffineKernel
+from batchscore.kernels.base import KernelKind
 from batchscore.models import compile_from_object, compile_model
 from batchscore.models.converters import sklearn_linear
 
@@ -135,7 +136,7 @@ def fitted(case: str) -> Any:
 
 
 def check_parity(kernel: Any, model: Any, task: str, X: np.ndarray) -> None:
-    out = kernel.score(X, proba=bool(getattr(kernel, "supports_proba", True)))
+    out = kernel.score(X, proba=kernel.supports_proba)
     if task == "regression":
         np.testing.assert_allclose(out.prediction, model.predict(X), rtol=RTOL, atol=0)
         assert out.label is None and out.probability is None
@@ -165,12 +166,12 @@ def test_native_kernel_is_affine_and_exact(case: str) -> None:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_model_scores_exactly(case: str) -> None:
-    """Through the registry (native where the registry's probe can prove it, else opaque)."""
+    """Through compile_model (native where the parity probe can prove it, else opaque)."""
     task, _, _, link = CASES[case]
     model = fitted(case)
     kernel = compile_model(model, model_name="m")
     if link != "decision":
-        assert kernel.kind == "affine", kernel.describe()
+        assert kernel.kind is KernelKind.AFFINE, kernel.describe()
     check_parity(kernel, model, task, dataset(task)[0])
 
 

@@ -24,6 +24,7 @@ from sklearn.linear_model import LogisticRegression
 import batchscore as bs
 from batchscore.cli import run_cli
 from batchscore.errors import ModelError
+from batchscore.kernels.base import KernelKind
 from batchscore.models import compile_from_spec, load_artifact
 
 N_FEATURES = 4
@@ -121,7 +122,7 @@ def test_pinned_uris_match_predict_proba(store: Store, name: str) -> None:
         model = compile_from_spec(name, uri, store.sha256(name), "predict_proba", None)
         assert model.sha256 == store.sha256(name) and model.version == model.sha256[:12]
         # compiled natively (affine / compiled trees), not scored opaquely
-        assert model.kernel.kind in ("affine", "tree_ensemble"), model.describe()
+        assert model.kernel.kind in (KernelKind.AFFINE, KernelKind.TREE_ENSEMBLE), model.describe()
         np.testing.assert_allclose(model.score(X).probability, want, rtol=1e-9, err_msg=uri)
 
 
@@ -153,7 +154,9 @@ def test_lightgbm_text_loads_without_a_pin(store: Store) -> None:
     X, _ = _data(2, 300)
     booster = store.fitted["bs_booster"]
     model = compile_from_spec("b", "models:/bs_booster/1", None, None, None)
-    assert model.sha256 == store.sha256("bs_booster") and model.kernel.kind == "tree_ensemble"
+    assert (
+        model.sha256 == store.sha256("bs_booster") and model.kernel.kind is KernelKind.TREE_ENSEMBLE
+    )
     np.testing.assert_allclose(model.score(X).prediction, booster.predict(X), rtol=1e-9)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from batchscore.errors import ModelError
-from batchscore.models.registry import compile_model
+from batchscore.models import compile_model
 
 
 class RandomForestClasifier:  # a misspelt, unscorable class: no predict()

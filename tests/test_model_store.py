@@ -16,6 +16,7 @@ from sklearn.linear_model import LogisticRegression, Ridge
 
 from batchscore.cli import run_cli
 from batchscore.errors import ModelError
+from batchscore.kernels.base import KernelKind
 from batchscore.models import check_feature_count, compile_from_spec, load_artifact
 from batchscore.models.store import STORE_ENV, ModelStore, parse_ref
 
@@ -120,7 +121,7 @@ def test_registry_path_loads_without_a_spec_pin(tmp_path: Path, store: Path) -> 
         assert art.sha256 == mv.sha256 and art.format == "pickle"
         np.testing.assert_array_equal(art.obj.predict(X), model.predict(X))
     compiled = compile_from_spec("m", "registry:churn@latest", mv.sha256, None, None)
-    assert compiled.kernel.kind == "affine" and compiled.sha256 == mv.sha256
+    assert compiled.kernel.kind is KernelKind.AFFINE and compiled.sha256 == mv.sha256
     with pytest.raises(ModelError, match=r"spec pins sha256 0{64} but the registry has"):
         load_artifact("registry:churn@1", sha256="0" * 64, model_name="m")
 

@@ -42,14 +42,17 @@ from sklearn.svm import LinearSVC
 
 from batchscore.errors import DataError, ModelError
 from batchscore.kernels.affine import AffineKernel
+from batchscore.kernels.base import KernelKind
 from batchscore.kernels.lightgbm_native import (
     THREADS_ENV,
     LightGBMNativeKernel,
     clear_booster_cache,
     scoring_threads,
 )
+from batchscore.kernels.trees.lightgbm_text import ModelTextError, _check_numbers
 from batchscore.models import (
     CompiledModel,
+    ConvertOptions,
     check_feature_count,
     compile_from_object,
     compile_from_spec,
@@ -58,7 +61,6 @@ from batchscore.models import (
     register,
     supported_types,
 )
-from batchscore.models.converters.lightgbm import ModelTextError, _check_numbers
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -118,8 +120,8 @@ def fitted_booster(task: str, **params: Any) -> Callable[[], Any]:
     return make
 
 
-LINEAR = {"kind": "affine", "forms": ("dense", "csr")}
-TREES = {"kind": "tree_ensemble", "forms": ("dense", "csr", "dense_nan", "csr_nan")}
+LINEAR = {"kind": KernelKind.AFFINE, "forms": ("dense", "csr")}
+TREES = {"kind": KernelKind.TREE_ENSEMBLE, "forms": ("dense", "csr", "dense_nan", "csr_nan")}
 """LightGBM is compiled by default (a C compiler is on every machine that runs the tests)."""
 
 # id -> (task, factory, expectations). Factories return unfitted estimators or fitted Boosters.
@@ -174,7 +176,7 @@ CASES: dict[str, tuple[str, Callable[[], Any], dict[str, Any]]] = {
     "Pipeline-folded": (
         "binary",
         lambda: make_pipeline(StandardScaler(), LogisticRegression()),
-        {"kind": "affine", "forms": ("dense", "csr")},
+        {"kind": KernelKind.AFFINE, "forms": ("dense", "csr")},
     ),
 }
 
@@ -219,7 +221,7 @@ def test_kernel_matches_estimator(case: str, form: str) -> None:
     task, _, exp = CASES[case]
     model = fitted(case)
     kernel = compile_model(model, model_name="m")
-    assert kernel.kind == exp["kind"], kernel.describe()
+    assert kernel.kind is exp["kind"], kernel.describe()
     assert kernel.task == task
     X = load_breast_cancer().data if "Pipeline" in case else dataset(task)[0]
     X = inputs(X, form)
@@ -397,7 +399,9 @@ class Miscompiled(LinearRegression):
 
 
 @register(Miscompiled)
-def _wrong(obj: Any, *, model_name: str, n_features_hint: int | None) -> AffineKernel:
+def _wrong(
+    obj: Any, *, model_name: str, n_features_hint: int | None, options: ConvertOptions
+) -> AffineKernel:
     W = obj.coef_.reshape(-1, 1)
     return AffineKernel(W, np.array([obj.intercept_ + 1.0]), "identity", vector=True)
 
@@ -410,7 +414,7 @@ def test_unknown_object_is_refused_listing_supported() -> None:
 
 def test_object_with_predict_is_opaque() -> None:
     kernel = compile_model(CustomRegressor(), model_name="m")
-    assert kernel.kind == "opaque" and kernel.describe() == "opaque (CustomRegressor)"
+    assert kernel.kind is KernelKind.OPAQUE and kernel.describe() == "opaque (CustomRegressor)"
     X = np.arange(6.0).reshape(2, 3)
     assert kernel.score(X).prediction.tolist() == [3.0, 12.0]
 
@@ -434,14 +438,14 @@ def test_opaque_densifies_when_sparse_is_refused() -> None:
 
 def test_subclass_overriding_scoring_is_opaque() -> None:
     X, y = dataset("binary")
-    assert compile_model(TweakedLogistic().fit(X, y), model_name="m").kind == "opaque"
+    assert compile_model(TweakedLogistic().fit(X, y), model_name="m").kind is KernelKind.OPAQUE
 
 
 def test_converter_that_disagrees_falls_back_to_opaque() -> None:
     X, y = dataset("regression")
     model = Miscompiled().fit(X, y)
     kernel = compile_model(model, model_name="m")
-    assert kernel.kind == "opaque" and "disagreed" in kernel.describe()
+    assert kernel.kind is KernelKind.OPAQUE and "disagreed" in kernel.describe()
     np.testing.assert_array_equal(kernel.score(X).prediction, model.predict(X))
 
 
@@ -683,7 +687,7 @@ def test_predict_proba_on_regressor_is_refused(tmp_path: Path) -> None:
 def test_classifier_without_proba_defaults_to_predict() -> None:
     X, y = dataset("binary")
     model = compile_from_object("svm", LinearSVC().fit(X, y))
-    assert model.output == "predict" and model.kernel.kind == "affine"
+    assert model.output == "predict" and model.kernel.kind is KernelKind.AFFINE
     out = model.score(X)
     assert out.probability is None and np.isnan(out.prediction).all()
     with pytest.raises(ModelError, match="has no predict_proba; set output: predict"):

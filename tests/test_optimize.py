@@ -10,8 +10,10 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from batchscore.sinks.delta_table import history, read_delta, transaction_version, write_delta
+from batchscore.sinks.log import history, transaction_version
 from batchscore.sinks.maintenance import live_files, optimize
+from batchscore.sinks.request import AppTransaction
+from batchscore.sinks.spark_io import read_delta, write_delta
 
 pytestmark = pytest.mark.spark
 
@@ -34,7 +36,7 @@ def test_small_files_of_a_partition_become_one(spark: Any, tmp_path: Path) -> No
         "id", "cast(id % 2 as string) as ds", "id * 0.5 as score"
     )
     # Four tasks a run, two runs: four small files in each partition.
-    write_delta(frame, path, mode="append", partition_by=["ds"], app_id="day1", app_version=1)
+    write_delta(frame, path, mode="append", partition_by=["ds"], app=AppTransaction("day1", 1))
     write_delta(frame.selectExpr("id + 400 as id", "ds", "score"), path, mode="append")
     assert _per_partition(path) == {"ds=0": 8, "ds=1": 8}
     before = _rows(path)

@@ -23,16 +23,15 @@ from deltalake import DeltaTable
 
 from batchscore.cli import run_cli
 from batchscore.errors import SinkError
-from batchscore.sinks.delta_source import WriteConfig, _TaskWriter
-from batchscore.sinks.delta_table import (
-    delta_arrow_schema,
-    is_delta_table,
-    table_version,
-    unwrap_spark_error,
-    write_delta,
-)
+from batchscore.sinks.files import TaskWriter
+from batchscore.sinks.log import table_version
 from batchscore.sinks.maintenance import data_files_on_disk, live_files, orphan_files, vacuum
 from batchscore.sinks.ownership import list_markers, marker_path
+from batchscore.sinks.request import WritePlan, WriteRequest
+from batchscore.sinks.schema import delta_arrow_schema
+from batchscore.sinks.spark_errors import unwrap_spark_error
+from batchscore.sinks.spark_io import write_delta
+from batchscore.sinks.storage import is_delta_table
 from tests.cluster import loopback_env
 from tests.test_bad_inputs import _edit
 
@@ -179,7 +178,8 @@ KILLED_WRITE = r"""
 import sys, time
 import pyarrow as pa
 from batchscore.physical.session import get_spark, prepare_environment
-from batchscore.sinks.delta_table import write_delta
+from batchscore.sinks.spark_io import write_delta
+from batchscore.sinks.transform import FusedTransform
 
 prepare_environment()
 spark = get_spark("local[1]", {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1"})
@@ -194,8 +194,8 @@ class Stall:
         time.sleep(600)  # ... and is killed here, long before any commit
 
 
-write_delta(spark.range(1).coalesce(1), sys.argv[1], mode="append", transform=Stall(),
-            transform_schema=pa.schema([("x", pa.int64())]))
+write_delta(spark.range(1).coalesce(1), sys.argv[1], mode="append",
+            transform=FusedTransform(Stall(), pa.schema([("x", pa.int64())])))
 """
 
 
@@ -259,9 +259,10 @@ def test_files_written_by_the_sinks_writer_without_a_commit_are_vacuumed(
         pa.schema([("id", pa.int64()), ("ds", pa.string()), ("value", pa.float64())]),
         path=str(table),
     )
-    config = WriteConfig(path=str(table), mode="append", schema=schema, partition_by=("ds",),
-                         write_id=uuid.uuid4().hex[:16])  # fmt: skip
-    task = _TaskWriter(config)
+    request = WriteRequest(
+        str(table), "append", partition_by=["ds"], write_id=uuid.uuid4().hex[:16]
+    )
+    task = TaskWriter(WritePlan(request, schema))
     task.add(pa.record_batch({"id": [1, 2], "ds": ["a", "b"], "value": [0.5, 1.5]}, schema=schema))
     written = [f.path for f in task.finish()]  # a task that finished; its job never committed
     assert len(written) == 2 and all((table / marker_path(p)).is_file() for p in written)

@@ -86,7 +86,7 @@ DATASETS: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, str]]] = {
 @pytest.mark.parametrize("dataset", list(DATASETS))
 def test_every_model_kind_through_spark(spark: Any, dataset: str) -> None:
     if dataset == "flights" and not (SHARED_DATA / "Flights").exists():
-        pytest.skip("../shared/data/morpheus is not beside the repo")
+        pytest.skip("no Morpheus data beside the repo (docs/datasets.md)")
     X, y, kind = DATASETS[dataset]()
     X = np.asarray(X, dtype=np.float64)
     if kind == "regression":

@@ -1,6 +1,6 @@
 """Pipelines folded at compile time: random front ends, random data with NaN, rtol 1e-9.
 
-`pipeline_kernel` is the converter itself (the registry's extra probe check is tested in
+`pipeline_kernel` is the converter itself (compile_model's extra parity probe is tested in
 test_models.py); every example compares the folded kernel with the pipeline's own
 predict / predict_proba on fresh rows.
 """
@@ -30,6 +30,7 @@ from sklearn.preprocessing import (
 from sklearn.svm import LinearSVC
 
 from batchscore.kernels.affine import AffineKernel, TransformedKernel
+from batchscore.kernels.base import KernelKind
 from batchscore.models import compile_model
 from batchscore.models.converters.sklearn_pipeline import pipeline_kernel
 
@@ -55,7 +56,7 @@ def make_data(rng: np.random.Generator, n: int, n_num: int, n_cat: int, nan_rate
 
 
 def score(kernel: Any, model: Any, X: np.ndarray, classifier: bool) -> None:
-    proba = bool(getattr(kernel, "supports_proba", False))
+    proba = kernel.supports_proba
     out = kernel.score(X, proba=proba)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -157,13 +158,13 @@ def test_random_pipelines_match_sklearn(
         assume(False)
 
     kernel = pipeline_kernel(model, model_name="m", n_features_hint=None)
-    if final != "svc":  # labels-only: native once the registry's probe accepts no proba
-        assert kernel.kind in ("affine", "transformed"), kernel.describe()
+    if final != "svc":  # labels-only: native once the parity probe accepts no proba
+        assert kernel.kind in (KernelKind.AFFINE, KernelKind.TRANSFORMED), kernel.describe()
     assert kernel.n_features == X.shape[1]
     fresh = make_data(rng, 200, n_num, n_cat, nan_rate)
     score(kernel, model, fresh, classifier=final != "ridge")
     if final == "lgbm":
-        assert isinstance(kernel, TransformedKernel) and kernel.inner.kind != "opaque"
+        assert isinstance(kernel, TransformedKernel) and kernel.inner.kind is not KernelKind.OPAQUE
 
 
 def fit_ct(handle_unknown: str) -> tuple[Any, np.ndarray]:
@@ -264,7 +265,7 @@ def test_unsupported_step_is_opaque_and_named() -> None:
     X = make_data(rng, 100, 3, 0, 0.0)
     model = make_pipeline(QuantileTransformer(n_quantiles=20), Ridge()).fit(X, X[:, 0])
     kernel = compile_model(model, model_name="m")
-    assert kernel.kind == "opaque"
+    assert kernel.kind is KernelKind.OPAQUE
     assert "QuantileTransformer is not foldable" in kernel.describe()
     np.testing.assert_allclose(kernel.score(X).prediction, model.predict(X), rtol=RTOL)
 

@@ -17,7 +17,10 @@ from deltalake import DeltaTable
 import batchscore as bs
 from batchscore.cli import run_cli
 from batchscore.errors import SinkError
-from batchscore.sinks.delta_table import history, read_delta, table_version, write_delta
+from batchscore.jobs.progress import without_stage_lines
+from batchscore.sinks import SchemaPolicy
+from batchscore.sinks.log import history, table_version
+from batchscore.sinks.spark_io import read_delta, write_delta
 
 pytestmark = pytest.mark.spark
 
@@ -45,7 +48,11 @@ def test_new_columns_need_the_opt_in_then_old_rows_read_null(spark: Any, tmp_pat
     assert table_version(path) == 0
 
     result = write_delta(
-        wider, path, mode="overwrite_partitions", evolve_schema=True, metadata={"run": "r2"}
+        wider,
+        path,
+        mode="overwrite_partitions",
+        schema_policy=SchemaPolicy(evolve_schema=True),
+        metadata={"run": "r2"},
     )
     assert result.committed and result.rows == 20
     back = read_delta(spark, path)
@@ -62,7 +69,7 @@ def test_new_columns_need_the_opt_in_then_old_rows_read_null(spark: Any, tmp_pat
     # A type change is still refused, opt-in or not, naming the column.
     changed = wider.withColumn("a__prediction", F.col("a__prediction").cast("string"))
     with pytest.raises(SinkError, match="column 'a__prediction' changes type from double"):
-        write_delta(changed, path, mode="append", evolve_schema=True)
+        write_delta(changed, path, mode="append", schema_policy=SchemaPolicy(evolve_schema=True))
     assert table_version(path) == 2
 
 
@@ -75,11 +82,11 @@ def test_missing_columns_are_filled_only_when_allowed(spark: Any, tmp_path: Path
     narrow = _base(spark, "d2")
     with pytest.raises(SinkError, match=r"column 'b__prediction' \(double\) is missing"):
         write_delta(narrow, path, mode="append")
-    only_models = lambda name: name.endswith("__prediction")  # noqa: E731
+    only_models = SchemaPolicy(fill_missing=lambda name: name.endswith("__prediction"))
     # Id and partition columns are never filled with nulls.
     with pytest.raises(SinkError, match=r"column 'id' \(long\) is missing"):
-        write_delta(narrow.drop("id"), path, mode="append", fill_missing=only_models)
-    result = write_delta(narrow, path, mode="append", fill_missing=only_models)
+        write_delta(narrow.drop("id"), path, mode="append", schema_policy=only_models)
+    result = write_delta(narrow, path, mode="append", schema_policy=only_models)
     assert result.committed and table_version(path) == 1
     rows = {(r.ds, r.id): r.b__prediction for r in read_delta(spark, path).collect()}
     assert len(rows) == 40
@@ -124,7 +131,7 @@ def test_wide_spec_gains_and_loses_a_model(
     # A model added without the opt-in: exit 4, one line naming the new columns and the fix.
     capsys.readouterr()
     assert run_cli(["run", str(three), "--run-date", DAYS[1]]) == 4
-    err = capsys.readouterr().err.strip()
+    err = without_stage_lines(capsys.readouterr().err).strip()
     assert len(err.splitlines()) == 1, err
     assert all(f"new column '{c}'" in err for c in RISK) and "evolve_schema: true" in err
     assert table_version(out) == 0

@@ -19,6 +19,8 @@ from deltalake import Schema as DeltaSchema
 
 from batchscore.errors import BatchScoreError, CommitConflictError, SinkError
 from batchscore.sinks import (
+    AppTransaction,
+    SchemaPolicy,
     check_schema_compatible,
     history,
     is_delta_table,
@@ -29,7 +31,9 @@ from batchscore.sinks import (
     unwrap_spark_error,
     write_delta,
 )
-from batchscore.sinks.delta_table import load_snapshot, mark_error, partition_dir
+from batchscore.sinks.snapshot import load_snapshot
+from batchscore.sinks.spark_errors import mark_error
+from batchscore.sinks.storage import partition_dir
 
 UTC = dt.UTC
 
@@ -114,7 +118,10 @@ def test_concurrent_commits_conflict_cleanly(tmp_path: Path) -> None:
 
     import pyarrow.parquet as pq
 
-    from batchscore.sinks.delta_table import FileAdd, commit_files, log_commits, written_files
+    from batchscore.sinks.commit import FileAdd, commit_files
+    from batchscore.sinks.log import log_commits
+    from batchscore.sinks.request import WritePlan, WriteRequest
+    from batchscore.sinks.storage import written_files
 
     root = tmp_path / "race"
     schema = pa.schema([("x", pa.int64()), ("ds", pa.string())])
@@ -129,14 +136,8 @@ def test_concurrent_commits_conflict_cleanly(tmp_path: Path) -> None:
 
     def commit(write_id: str, mode: str) -> None:
         try:
-            version = commit_files(
-                str(root),
-                [one_file(write_id, 1)],
-                mode=mode,
-                schema=schema,
-                partition_by=["ds"],
-                write_id=write_id,
-            )
+            request = WriteRequest(str(root), mode, partition_by=["ds"], write_id=write_id)
+            version = commit_files(WritePlan(request, schema), [one_file(write_id, 1)])
             outcomes[write_id] = version
         except CommitConflictError as exc:
             outcomes[write_id] = exc
@@ -304,14 +305,20 @@ def test_overwrite_partitions_replaces_only_written_partitions(spark: Any, tmp_p
 def test_idempotent_rerun_commits_nothing_and_leaves_no_files(spark: Any, tmp_path: Path) -> None:
     path = tmp_path / "idem"
     df = simple_df(spark, [("a", 1, 1.0), ("b", 2, 2.0)])
-    first = write_delta(df, path, mode="append", partition_by=["ds"], app_id="job-1", app_version=5)
+    first = write_delta(
+        df, path, mode="append", partition_by=["ds"], app=AppTransaction("job-1", 5)
+    )
     assert first.committed and transaction_version(path, "job-1") == 5
     files = data_files(path)
 
-    again = write_delta(df, path, mode="append", partition_by=["ds"], app_id="job-1", app_version=5)
+    again = write_delta(
+        df, path, mode="append", partition_by=["ds"], app=AppTransaction("job-1", 5)
+    )
     assert not again.committed and again.version is None
     assert again.reason == "already_committed"
-    older = write_delta(df, path, mode="append", partition_by=["ds"], app_id="job-1", app_version=4)
+    older = write_delta(
+        df, path, mode="append", partition_by=["ds"], app=AppTransaction("job-1", 4)
+    )
     assert not older.committed
     # Straight through the data source (no driver-side pre-check): still nothing.
     (
@@ -322,7 +329,9 @@ def test_idempotent_rerun_commits_nothing_and_leaves_no_files(spark: Any, tmp_pa
     )
     assert table_version(path) == 0 and data_files(path) == files
 
-    newer = write_delta(df, path, mode="append", partition_by=["ds"], app_id="job-1", app_version=6)
+    newer = write_delta(
+        df, path, mode="append", partition_by=["ds"], app=AppTransaction("job-1", 6)
+    )
     assert newer.committed and newer.version == 1 and transaction_version(path, "job-1") == 6
 
 
@@ -359,7 +368,11 @@ def test_schema_change_is_rejected_and_table_untouched(spark: Any, tmp_path: Pat
     # overwrite_schema replaces the schema on a whole-table overwrite.
     changed = df.withColumn("extra", F.lit("x"))
     result = write_delta(
-        changed, path, mode="overwrite", partition_by=["ds"], overwrite_schema=True
+        changed,
+        path,
+        mode="overwrite",
+        partition_by=["ds"],
+        schema_policy=SchemaPolicy(overwrite_schema=True),
     )
     assert result.version == 1 and read_delta(spark, path).columns == changed.columns
 

@@ -20,8 +20,9 @@ import batchscore as bs
 from batchscore.cli import run_cli
 from batchscore.errors import CommitConflictError, SinkError
 from batchscore.jobs.backfill import committed_models, date_range, run_range
-from batchscore.sinks.delta_table import read_delta, table_version, write_delta
+from batchscore.sinks.log import table_version
 from batchscore.sinks.maintenance import data_files_on_disk, live_files, optimize, orphan_files
+from batchscore.sinks.spark_io import read_delta, write_delta
 
 pytestmark = pytest.mark.spark
 

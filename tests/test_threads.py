@@ -8,6 +8,7 @@ session) every pool is 1; a second local Spark with spark.task.cpus = 2 gives 2.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -88,3 +89,45 @@ def test_two_task_cpus_give_two_threads(tmp_path: Path) -> None:
     assert seen["lightgbm"] == [2.0]
     assert seen["blas"] == [2.0]
     assert seen["openmp"] in ([2.0], [-1.0])
+
+
+def test_a_stage_of_fewer_tasks_than_cores_gives_each_task_the_idle_ones(spark: Any) -> None:
+    from batchscore.physical.threads import task_threads
+
+    assert task_threads(spark, lambda: 1) == 2  # local[2]: one task, two cores
+    assert task_threads(spark, lambda: 2) == 1
+    assert task_threads(spark, lambda: None) == 1  # a shuffle decides: the task's own share
+
+
+def test_a_one_file_fact_table_is_scored_with_both_cores(spark: Any, tmp_path: Path) -> None:
+    """The job's scoring task gets 2 threads when its fact scan is one file (one task), 1 when
+    it is two files; listing the scan's splits runs no Spark job."""
+    from datetime import UTC, datetime
+
+    import joblib
+    import pyarrow as pa
+    from deltalake import write_deltalake
+    from sklearn.linear_model import LinearRegression
+
+    from batchscore.jobs.run import plan_job
+    from batchscore.physical.lower import scoring_task
+    from batchscore.spec import load_spec
+
+    X = np.arange(20.0).reshape(10, 2)
+    joblib.dump(LinearRegression().fit(X, X[:, 0]), tmp_path / "m.joblib")
+    digest = hashlib.sha256((tmp_path / "m.joblib").read_bytes()).hexdigest()
+    fact = pa.table({"id": np.arange(10), "a": X[:, 0], "b": X[:, 1]})
+    write_deltalake(str(tmp_path / "fact"), fact)
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(
+        "name: threads\ntables: {fact: {path: fact, format: delta}}\n"
+        "source: {table: fact, id_columns: [id]}\n"
+        f"models: [{{name: m, path: m.joblib, sha256: {digest}, features: [a, b]}}]\n"
+        "output: {path: out}\n"
+    )
+    now = datetime.now(UTC)
+    one = scoring_task(spark, plan_job(load_spec(spec_path)), run_id="r", scored_at=now)
+    assert one.threads == 2
+    write_deltalake(str(tmp_path / "fact"), fact, mode="append")
+    two = scoring_task(spark, plan_job(load_spec(spec_path)), run_id="r", scored_at=now)
+    assert two.threads == 1

@@ -32,6 +32,7 @@ from sklearn.ensemble import (
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from batchscore.errors import ModelError
+from batchscore.kernels.base import KernelKind
 from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
 from batchscore.kernels.trees import (
     STRATEGIES,
@@ -39,8 +40,8 @@ from batchscore.kernels.trees import (
     choose_strategy,
     node_goes_left,
 )
+from batchscore.kernels.trees.lightgbm_text import lightgbm_ir
 from batchscore.models import compile_from_object
-from batchscore.models.converters.lightgbm import lightgbm_ir
 from batchscore.models.converters.sklearn_trees import to_ir
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
@@ -49,7 +50,7 @@ RTOL = 1e-9
 COMPILED_RTOL = 1e-12
 """The compiled kernel adds leaf values in the libraries' own order: held to 1e-12."""
 ARRAY_STRATEGIES = ("compiled", "traversal", "perfect", "gemm", "bitvector")
-FLIGHTS = Path("/work/shared/data/morpheus")
+FLIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "morpheus"  # docs/datasets.md
 
 
 # ---------------------------------------------------------------- data
@@ -134,7 +135,7 @@ def accepts_nan(model: str) -> bool:
 def check_parity(obj: Any, kernel: Any, X: np.ndarray, *, csr: bool = False) -> None:
     """`csr`: the kernel scores the CSR form (HistGradientBoosting refuses CSR itself)."""
     got = kernel.score(sp.csr_matrix(X) if csr else X)
-    rtol = COMPILED_RTOL if getattr(kernel, "strategy", "") == "compiled" else RTOL
+    rtol = COMPILED_RTOL if kernel.strategy == "compiled" else RTOL
     atol = 1e-15 if rtol == COMPILED_RTOL else 1e-12
     if kernel.classes is None:
         want = np.asarray(obj.predict(X), dtype=np.float64)
@@ -324,7 +325,7 @@ def test_numpy_strategy_rule() -> None:
     assert choose_strategy(deep, 100) == "traversal"
     assert choose_strategy(shallow, 10) == "perfect"  # tiny batches: no matmul set-up
     kernel = compile_from_object("m", fitted("RandomForestClassifier", "wine")).kernel
-    assert kernel.kind == "tree_ensemble" and "strategy compiled" in kernel.describe()
+    assert kernel.kind is KernelKind.TREE_ENSEMBLE and "strategy compiled" in kernel.describe()
 
 
 def test_without_a_compiler_sklearn_uses_numpy_and_lightgbm_its_own_predictor(

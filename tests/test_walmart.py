@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 @pytest.mark.skipif(
-    not (SHARED_DATA / "Walmart").exists(), reason="../shared/data/morpheus is not beside the repo"
+    not (SHARED_DATA / "Walmart").exists(), reason="no Morpheus data (docs/datasets.md)"
 )
 def test_walmart_scores_every_row_exactly(spark: Any, walmart: Any) -> None:
     from batchscore.datasets.morpheus import materialize_walmart

@@ -1,8 +1,8 @@
 """Dataset builders: input tables, trained models and job specs for the demo and benchmarks.
 
 - `build_demo`: a synthetic retail star schema (sales / stores / products) with three models.
-- `build_walmart`, `build_flights`: the real Morpheus star schemas (see
-  shared/data/morpheus/README.md) with a linear and a LightGBM model each, plus
+- `build_walmart`, `build_flights`: the real Morpheus star schemas (see docs/datasets.md)
+  with a linear and a LightGBM model each, plus
   `materialize_walmart` / `materialize_flights`, the joined feature matrices to check against.
 
 Names are imported lazily, so `python -m batchscore.datasets.demo` runs without a warning and

@@ -1,6 +1,6 @@
 """Star-schema tables, models and specs from the real Morpheus datasets (Walmart, Flights).
 
-The source files (`shared/data/morpheus/<Dataset>/`, see the README there) are a fact table S,
+The source files (`<data folder>/<Dataset>/`, see docs/datasets.md) are a fact table S,
 dimension tables R1..Rk as sparse one-hot matrices, and 1-based foreign keys. The builders turn
 them into what a user of batchscore would have:
 

@@ -69,7 +69,8 @@ def _json_value(value: Any) -> Any:
 
 def committed_models(path: str, job: str) -> dict[str, dict[str, str]]:
     """{run date: {model name: sha256}} from the newest commit of each run date of `job`."""
-    from batchscore.sinks.delta_table import is_delta_table, log_commits
+    from batchscore.sinks.log import log_commits
+    from batchscore.sinks.storage import is_delta_table
 
     if not is_delta_table(path):
         return {}
@@ -123,7 +124,7 @@ def run_range(
     echo: Callable[[str], None] = print,
 ) -> list[RunResult]:
     """Run every date of [start, end] in order (see the module docstring for `only_new`)."""
-    from batchscore.jobs.run import _empty_selection, plan_job, run_job
+    from batchscore.jobs.run import empty_selection, plan_job, run_job
 
     if (start is None) != (end is None):
         raise SpecError("--from and --to go together; pass both (or neither, with --only-new).")
@@ -140,7 +141,7 @@ def run_range(
         decision = _Decision(run=True)
         if only_new:
             plan = plan_job(dated)
-            empty = _empty_selection(plan)
+            empty = empty_selection(plan)
             if empty:
                 result = _not_run(dated, plan.output.path, "empty", empty)
                 echo(result.summary())
@@ -184,7 +185,7 @@ def _decide(committed: dict[str, str] | None, current: dict[str, str], mode: str
 
 
 def _not_run(spec: JobSpec, out: str, status: Any, message: str) -> RunResult:
-    from batchscore.sinks.delta_table import table_version
+    from batchscore.sinks.log import table_version
 
     return RunResult(
         run_id="",

@@ -1,23 +1,34 @@
 """Run a job: bind and optimize the plan, score on Spark, commit once to Delta, return lineage.
 
-Everything that can be checked without Spark is checked first (spec, schemas, models, where the
-output goes, the output table's schema and whether this run already committed), so a bad job
-fails in seconds and an already-done job costs nothing.
+`run_job` is four phases, in this order because each one is cheaper than the next and a failure
+in any of them must leave nothing behind:
+
+1. `preflight`: everything that needs neither Spark nor a commit (spec and run date, plan and
+   models, where the output goes, the Parquet inputs, whether this run already committed);
+   then `nothing_to_do` ends a run that is already committed or selects no partition. A bad
+   job fails in seconds; an already-done job costs no Spark session.
+2. `prepare`: executors able to run Python, the lowered job (which checks dimension keys for
+   duplicates with one small aggregation each) and the output table's schema against what the
+   run will write. Still nothing committed.
+3. `commit_quarantine`, then `score_and_commit`: the quarantined rows first, under their own
+   idempotency key, so a rerun after a failed predictions commit skips them instead of writing
+   them twice; then the predictions, scored inside the Delta writer, in one commit.
+4. `build_result`: the `RunResult`, by keyword.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from batchscore import __version__
+from batchscore._version import __version__
 from batchscore.physical.input_checks import check_parquet_inputs
 from batchscore.physical.lower import lower_for_write, quarantined_rows
 from batchscore.physical.null_counts import NullCounts, collect_nulls, discard, null_dir
@@ -30,13 +41,12 @@ from batchscore.plan.explain import compiled_trees
 from batchscore.plan.nodes import LogicalPlan, Scan
 from batchscore.plan.rules import Rule
 from batchscore.result import RunResult, RunStatus
-from batchscore.sinks.delta_table import (
-    CommitResult,
-    check_schema_compatible,
-    transaction_version,
-    write_delta,
-)
+from batchscore.sinks.log import table_version, transaction_version
 from batchscore.sinks.ownership import check_apart, check_table_folder
+from batchscore.sinks.request import AppTransaction, WriteRequest
+from batchscore.sinks.schema import SchemaPolicy, check_schema_compatible
+from batchscore.sinks.spark_io import CommitResult, write_delta
+from batchscore.sinks.transform import FusedTransform
 from batchscore.spec.load import with_run_date
 from batchscore.spec.model import JobSpec
 
@@ -61,117 +71,93 @@ def run_job(
     profile: bool = False,
     executor_timeout: float | None = None,
 ) -> RunResult:
-    """`profile`: time every stage (physical.profile) and attach it to the result.
+    """Plan, score and commit one run (see the module docstring for the phases).
+
+    `profile`: time every stage (physical.profile) and attach it to the result.
     `executor_timeout`: seconds to wait for executors before the first job (default
     BATCHSCORE_EXECUTOR_TIMEOUT, else 120; physical.session.check_executors)."""
+    job = preflight(spec, run_date=run_date, rules=rules, executor_timeout=executor_timeout)
+    done = nothing_to_do(job, force=force)
+    if done is not None:
+        return done
+    session = spark or get_spark(master)
+    write = prepare(session, job, profile=profile, own_session=spark is None)
+    held = commit_quarantine(session, job)
+    job.lap("checks + Spark session + quarantine")
+    commit, nulls = score_and_commit(job, write)
+    job.lap("Spark job (scan, join, score, write) + commit")
+    run_profile = collect(profile_dir(job.out, job.run_id), job.phases) if profile else None
+    return _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
+
+
+# ---------------------------------------------------------------- 1. preflight (no Spark)
+
+
+@dataclass
+class Job:
+    """What preflight established, for the later phases: the checked plan and the run's
+    identity. `done` is the app transaction version this (job, run date) already committed
+    (None: never), so a forced rerun commits `done + 1`."""
+
+    spec: JobSpec
+    plan: LogicalPlan
+    run_id: str
+    scored_at: datetime
+    started: float
+    wait: float
+    done: int | None
+    compile_seconds: float = 0.0
+    compiled: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def out(self) -> str:
+        return self.plan.output.path
+
+    @property
+    def app_id(self) -> str:
+        return app_id_for(self.spec)
+
+    @property
+    def app_version(self) -> int:
+        return (self.done or 0) + 1
+
+    def lap(self, phase: str) -> None:
+        """Record the time since the previous phase ended (what `--profile` prints)."""
+        self.phases[phase] = time.monotonic() - self.started - sum(self.phases.values())
+
+
+def preflight(
+    spec: JobSpec,
+    *,
+    run_date: str | None = None,
+    rules: Sequence[Rule] = RULES,
+    executor_timeout: float | None = None,
+) -> Job:
+    """Every check that needs no Spark and no commit, cheapest first, so a bad job fails in
+    seconds: the run date, the executor timeout's value, the plan (which loads and checks every
+    model), where the output and quarantine tables go, the Parquet inputs' files, and whether
+    this (job, run date) already committed."""
     started = time.monotonic()
     scored_at = datetime.now(UTC).replace(microsecond=0)
     spec = with_run_date(spec, run_date)
     wait = executor_wait(executor_timeout)  # a bad value fails before any work
-    run_id = f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    phases: dict[str, float] = {}
     plan = plan_job(spec, rules=rules)
-    phases["plan + compile models"] = time.monotonic() - started
+    job = Job(
+        spec=spec,
+        plan=plan,
+        run_id=f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        scored_at=scored_at,
+        started=started,
+        wait=wait,
+        done=None,
+    )
+    job.lap("plan + compile models")
+    job.compile_seconds, job.compiled = compiled_trees(plan)
     check_output_location(plan)
     check_parquet_inputs(plan)
-    out = plan.output.path
-    app_id = app_id_for(spec)
-    done = transaction_version(out, app_id)
-    versions = {b.name: b.model.version for b in plan.models}
-    compile_seconds, compiled = compiled_trees(plan)
-
-    held = 0
-    run_profile: RunProfile | None = None
-    nulls: NullCounts = {}
-
-    def result(status: RunStatus, rows: int, version: int | None, message: str = "") -> RunResult:
-        return RunResult(
-            run_id,
-            spec.name,
-            spec.run_date,
-            status,
-            rows,
-            version,
-            out,
-            time.monotonic() - started,
-            versions,
-            message,
-            held,
-            compile_seconds,
-            compiled,
-            run_profile,
-            nulls,
-        )
-
-    if done is not None and not force:
-        from batchscore.sinks.delta_table import table_version
-
-        return result("skipped", 0, table_version(out))
-    empty = _empty_selection(plan)
-    if empty:
-        return result("empty", 0, None, empty)
-    session = spark or get_spark(master)
-    check_executors(session, wait, stop=spark is None)
-    held = _write_quarantine(session, plan, app_id, (done or 0) + 1, run_id, scored_at)
-    joined, task, schema = lower_for_write(session, plan, run_id=run_id, scored_at=scored_at)
-    task = replace(task, null_dir=null_dir(out, run_id))
-    if profile:
-        task = replace(task, profile_dir=profile_dir(out, run_id))
-    phases["checks + Spark session + quarantine"] = (
-        time.monotonic() - started - sum(phases.values())
-    )
-    fill_missing = _model_output_column if plan.output.layout == "wide" else None
-    check_schema_compatible(
-        out,
-        schema,
-        partition_by=plan.output.partition_by,
-        evolve_schema=plan.output.evolve_schema,
-        fill_missing=fill_missing,
-    )
-    try:
-        commit = _write_predictions(plan, joined, task, schema, app_id, done, run_id, scored_at)
-    except BaseException:
-        discard(null_dir(out, run_id))
-        raise
-    nulls = collect_nulls(null_dir(out, run_id))
-    phases["Spark job (scan, join, score, write) + commit"] = (
-        time.monotonic() - started - sum(phases.values())
-    )
-    if profile:
-        run_profile = collect(profile_dir(out, run_id), phases)
-    if commit.reason == "empty":
-        why = f"all {held:,} selected rows were quarantined." if held else "the source "
-        return result("empty", 0, None, why if held else why + "selection produced no rows.")
-    if commit.reason == "already_committed":
-        return result("skipped", 0, commit.version)
-    return result("committed", commit.rows, commit.version)
-
-
-def _write_predictions(
-    plan: LogicalPlan,
-    joined: DataFrame,
-    task: ScoringTask,
-    schema: pa.Schema,
-    app_id: str,
-    done: int | None,
-    run_id: str,
-    scored_at: datetime,
-) -> CommitResult:
-    out = plan.output.path
-    fill_missing = _model_output_column if plan.output.layout == "wide" else None
-    return write_delta(
-        joined,
-        out,
-        transform=task,
-        transform_schema=schema,
-        mode=plan.output.mode,
-        partition_by=plan.output.partition_by,
-        app_id=app_id,
-        app_version=(done or 0) + 1,
-        metadata=lineage(plan, run_id=run_id, scored_at=scored_at),
-        evolve_schema=plan.output.evolve_schema,
-        fill_missing=fill_missing,
-    )
+    job.done = transaction_version(job.out, job.app_id)
+    return job
 
 
 def check_output_location(plan: LogicalPlan) -> None:
@@ -196,45 +182,19 @@ def check_output_location(plan: LogicalPlan) -> None:
         check_table_folder(output.quarantine, label="output.quarantine")
 
 
-def _write_quarantine(
-    spark: SparkSession,
-    plan: LogicalPlan,
-    app_id: str,
-    app_version: int,
-    run_id: str,
-    scored_at: datetime,
-) -> int:
-    """Commit the rows the quarantine joins refused, before the predictions.
-
-    Its own idempotency key (the job's, plus ':quarantine') makes a rerun after a failed
-    predictions commit skip it instead of writing the rows twice.
-    """
-    rows = quarantined_rows(spark, plan, run_id=run_id, scored_at=scored_at)
-    if rows is None or plan.output.quarantine is None:
-        return 0
-    partition_by = [c for c in plan.output.partition_by if c in rows.columns]
-    commit = write_delta(
-        rows,
-        plan.output.quarantine,
-        mode="overwrite_partitions" if partition_by and plan.output.mode != "append" else "append",
-        partition_by=partition_by,
-        app_id=f"{app_id}:quarantine",
-        app_version=app_version,
-        metadata={"batchscore.run_id": run_id, "batchscore.job": plan.spec.name},
-    )
-    return commit.rows
+def nothing_to_do(job: Job, *, force: bool) -> RunResult | None:
+    """The result of a run that ends before Spark starts: this (job, run date) is already
+    committed (`skipped`, unless `force`), or the partition filter selects no file of the
+    source table (`empty`). None: there is work to do."""
+    if job.done is not None and not force:
+        return build_result(job, "skipped", version=table_version(job.out))
+    empty = empty_selection(job.plan)
+    if empty:
+        return build_result(job, "empty", message=empty)
+    return None
 
 
-_MODEL_COLUMN_SUFFIXES = ("__prediction", "__label", "__probability")
-
-
-def _model_output_column(name: str) -> bool:
-    """A wide-layout model column: a model dropped from the spec leaves them null in new rows
-    (the table keeps them, so older rows keep their predictions)."""
-    return any(name.endswith(s) and len(name) > len(s) for s in _MODEL_COLUMN_SUFFIXES)
-
-
-def _empty_selection(plan: LogicalPlan) -> str:
+def empty_selection(plan: LogicalPlan) -> str:
     """A partition filter that matches no file: say so before starting any Spark job."""
     for scan in plan.scans():
         if (
@@ -247,6 +207,111 @@ def _empty_selection(plan: LogicalPlan) -> str:
                 where = plan.spec.source.where
                 return f"source table '{scan.table}' has no partition matching {where!r}."
     return ""
+
+
+# ---------------------------------------------------------------- 2. prepare (Spark, no commit)
+
+
+@dataclass(frozen=True)
+class Write:
+    """The lowered job: the unscored joined input, the scoring task the Delta writer runs over
+    it, and the Arrow schema of what that task yields (the table's schema)."""
+
+    joined: DataFrame
+    task: ScoringTask
+    schema: pa.Schema
+
+
+def prepare(session: SparkSession, job: Job, *, profile: bool, own_session: bool) -> Write:
+    """Executors that run Python, the lowered plan, and the output table checked against it,
+    before anything is committed: a missing executor (StepError, exit 1), a duplicate
+    dimension key (DataError, exit 2) or a schema the table refuses (SinkError, exit 4) must
+    not leave a quarantine commit behind. `own_session`: the run started the session, so a
+    failed executor check stops it."""
+    check_executors(session, job.wait, stop=own_session)
+    joined, task, schema = lower_for_write(
+        session, job.plan, run_id=job.run_id, scored_at=job.scored_at
+    )
+    task = replace(task, null_dir=null_dir(job.out, job.run_id))
+    if profile:
+        task = replace(task, profile_dir=profile_dir(job.out, job.run_id))
+    output = job.plan.output
+    check_schema_compatible(
+        job.out, schema, partition_by=output.partition_by, policy=_schema_policy(job.plan)
+    )
+    return Write(joined, task, schema)
+
+
+# ---------------------------------------------------------------- 3. commits
+
+
+def commit_quarantine(session: SparkSession, job: Job) -> int:
+    """Commit the rows the quarantine joins refused, before the predictions; their count.
+
+    Its own idempotency key (the job's, plus ':quarantine') makes a rerun after a failed
+    predictions commit skip it instead of writing the rows twice.
+    """
+    plan = job.plan
+    rows = quarantined_rows(session, plan, run_id=job.run_id, scored_at=job.scored_at)
+    if rows is None or plan.output.quarantine is None:
+        return 0
+    partition_by = [c for c in plan.output.partition_by if c in rows.columns]
+    commit = write_delta(
+        rows,
+        plan.output.quarantine,
+        mode="overwrite_partitions" if partition_by and plan.output.mode != "append" else "append",
+        partition_by=partition_by,
+        app=AppTransaction(f"{job.app_id}:quarantine", job.app_version),
+        metadata={"batchscore.run_id": job.run_id, "batchscore.job": plan.spec.name},
+    )
+    return commit.rows
+
+
+def score_and_commit(job: Job, write: Write) -> tuple[CommitResult, NullCounts]:
+    """Score inside the Delta writer and commit once; then add up the null predictions the
+    write tasks counted (they are known only once every file is written)."""
+    nulls_at = null_dir(job.out, job.run_id)
+    try:
+        commit = _write_predictions(job, write)
+    except BaseException:
+        discard(nulls_at)
+        raise
+    return commit, collect_nulls(nulls_at)
+
+
+def _write_predictions(job: Job, write: Write) -> CommitResult:
+    output = job.plan.output
+    request = WriteRequest(
+        job.out,
+        output.mode,
+        partition_by=output.partition_by,
+        app=AppTransaction(job.app_id, job.app_version),
+        metadata=lineage(job.plan, run_id=job.run_id, scored_at=job.scored_at),
+        schema_policy=_schema_policy(job.plan),
+        transform=FusedTransform(write.task, write.schema),
+    )
+    return write_delta(write.joined, request)
+
+
+def _schema_policy(plan: LogicalPlan) -> SchemaPolicy:
+    """Which columns a run may add (output.evolve_schema) or leave null (a wide layout's
+    models dropped from the spec)."""
+    return SchemaPolicy(evolve_schema=plan.output.evolve_schema, fill_missing=_fill_missing(plan))
+
+
+_MODEL_COLUMN_SUFFIXES = ("__prediction", "__label", "__probability")
+
+
+def _model_output_column(name: str) -> bool:
+    """A wide-layout model column: a model dropped from the spec leaves them null in new rows
+    (the table keeps them, so older rows keep their predictions)."""
+    return any(name.endswith(s) and len(name) > len(s) for s in _MODEL_COLUMN_SUFFIXES)
+
+
+def _fill_missing(plan: LogicalPlan) -> Callable[[str], bool] | None:
+    """Which table columns a write may leave out (filled with nulls): model columns of the wide
+    layout; none in the long layout."""
+    return _model_output_column if plan.output.layout == "wide" else None
 
 
 def lineage(plan: LogicalPlan, *, run_id: str, scored_at: datetime) -> dict[str, Any]:
@@ -272,3 +337,67 @@ def lineage(plan: LogicalPlan, *, run_id: str, scored_at: datetime) -> dict[str,
             for name, info in plan.tables.items()
         },
     }
+
+
+# ---------------------------------------------------------------- 4. result
+
+
+def _finished(
+    job: Job,
+    commit: CommitResult,
+    *,
+    held: int,
+    nulls: NullCounts,
+    profile: RunProfile | None,
+) -> RunResult:
+    """The result of a run that reached the predictions commit: committed, or empty (every
+    selected row quarantined, or no row at all), or skipped (a concurrent run with the same
+    key committed first)."""
+    if commit.reason == "empty":
+        why = (
+            f"all {held:,} selected rows were quarantined."
+            if held
+            else "the source selection produced no rows."
+        )
+        return build_result(job, "empty", message=why, held=held, nulls=nulls, profile=profile)
+    status: RunStatus = "skipped" if commit.reason == "already_committed" else "committed"
+    return build_result(
+        job,
+        status,
+        rows=commit.rows if status == "committed" else 0,
+        version=commit.version,
+        held=held,
+        nulls=nulls,
+        profile=profile,
+    )
+
+
+def build_result(
+    job: Job,
+    status: RunStatus,
+    *,
+    rows: int = 0,
+    version: int | None = None,
+    message: str = "",
+    held: int = 0,
+    nulls: NullCounts | None = None,
+    profile: RunProfile | None = None,
+) -> RunResult:
+    """The `RunResult` of this run; `seconds` counts from the start of preflight."""
+    return RunResult(
+        run_id=job.run_id,
+        job=job.spec.name,
+        run_date=job.spec.run_date,
+        status=status,
+        rows=rows,
+        table_version=version,
+        output_path=job.out,
+        seconds=time.monotonic() - job.started,
+        models={b.name: b.model.version for b in job.plan.models},
+        message=message,
+        quarantined=held,
+        compile_seconds=job.compile_seconds,
+        compiled=job.compiled,
+        profile=profile,
+        nulls=nulls or {},
+    )

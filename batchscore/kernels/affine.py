@@ -21,7 +21,7 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from batchscore.errors import DataError
-from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, class_codes
+from batchscore.kernels.base import Kernel, KernelKind, Matrix, ScoreOutput, Task, class_codes
 
 Link = Literal[
     "identity",
@@ -81,7 +81,7 @@ class AffineKernel(Kernel):
     sklearn then computes a matrix-vector product, which we repeat to match it bit for bit.
     """
 
-    kind: ClassVar[str] = "affine"
+    kind: ClassVar[KernelKind] = KernelKind.AFFINE
 
     def __init__(
         self,
@@ -130,7 +130,11 @@ class AffineKernel(Kernel):
         self.n_features = W.shape[0]
         self.vector = vector
         self.source = source
-        self.supports_proba = classes is not None and link != "decision"
+
+    @property
+    def supports_proba(self) -> bool:
+        """A "decision" link gives labels only (LinearSVC, Perceptron, RidgeClassifier)."""
+        return self.classes is not None and self.link != "decision"
 
     def decision(self, X: Matrix) -> np.ndarray:
         """(n, k) decision values, computed the way sklearn's `decision_function` does."""
@@ -532,7 +536,7 @@ class TransformedKernel(Kernel):
     is densified before the stage (every stage op is per column on dense values).
     """
 
-    kind: ClassVar[str] = "transformed"
+    kind: ClassVar[KernelKind] = KernelKind.TRANSFORMED
 
     def __init__(self, stage: StageOp, inner: Kernel, *, source: str = "") -> None:
         if inner.n_features >= 0 and stage.n_out != inner.n_features:
@@ -544,8 +548,11 @@ class TransformedKernel(Kernel):
         self.n_features = stage.n_in
         self.task = inner.task
         self.classes = inner.classes
-        self.supports_proba = bool(getattr(inner, "supports_proba", inner.classes is not None))
         self.source = source
+
+    @property
+    def supports_proba(self) -> bool:
+        return self.inner.supports_proba
 
     def transform(self, X: Matrix) -> tuple[np.ndarray, np.ndarray]:
         """The stage's output for a batch, and which rows it could not transform."""

@@ -8,13 +8,32 @@ table that owns each feature) and lets tests check parity in milliseconds.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal, TypeAlias
+from enum import StrEnum
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
-Task = Literal["regression", "binary", "multiclass"]
+from batchscore.kernels.task import Task as Task
+
+if TYPE_CHECKING:
+    from batchscore.kernels.trees.ir import TreeEnsemble
+
 Matrix: TypeAlias = "np.ndarray | sp.csr_matrix"
+
+
+class KernelKind(StrEnum):
+    """What a kernel is, for the planner's rules and for `explain`.
+
+    A str enum: it prints as its value in `explain`, lineage metadata and JSON, so those read
+    as before, while a misspelt kind is a name error instead of a comparison that never holds.
+    """
+
+    AFFINE = "affine"
+    TRANSFORMED = "transformed"
+    TREE_ENSEMBLE = "tree_ensemble"
+    LIGHTGBM_NATIVE = "lightgbm_native"
+    OPAQUE = "opaque"
 
 
 class ScoreOutput:
@@ -61,9 +80,15 @@ class ScoreOutput:
 
 
 class Kernel(ABC):
-    """A compiled model: n_features inputs in the spec's feature order, one ScoreOutput out."""
+    """A compiled model: n_features inputs in the spec's feature order, one ScoreOutput out.
 
-    kind: ClassVar[str]
+    Besides `score` and `describe`, a kernel answers a few questions the compiler and the
+    planner ask of every kernel (`supports_proba`, `strategy`, `probe`, `tree_ir`). The
+    defaults here are right for most kernels; a kernel that knows better overrides them, so
+    what each kernel can do is read from its class, not guessed from its attributes.
+    """
+
+    kind: ClassVar[KernelKind]
     n_features: int
     task: Task
     classes: tuple[str, ...] | None
@@ -75,6 +100,39 @@ class Kernel(ABC):
     @abstractmethod
     def describe(self) -> str:
         """One line for `explain`: the kernel kind, its shape and strategy."""
+
+    @property
+    def supports_proba(self) -> bool:
+        """Whether `output: predict_proba` is possible: it decides a model's default output.
+
+        A classifier has probabilities unless its kernel says otherwise (labels-only linear
+        classifiers, estimators without predict_proba)."""
+        return self.classes is not None
+
+    @property
+    def strategy(self) -> str:
+        """How the trees are scored ("compiled", "native", "traversal", ...); "" for kernels
+        without trees. The cost model prices a node test by it."""
+        return ""
+
+    def probe(self, rng: np.random.Generator, rows: int) -> np.ndarray:
+        """A batch the model accepts, for checking a kernel against the model it came from.
+
+        Random values spread well past typical feature scales, with a block of all-zero rows
+        (a common edge: sparse rows, default splits). Kernels whose inputs must be valid codes
+        (categories in a preprocessing stage) override it.
+        """
+        X = rng.normal(0.0, 3.0, size=(rows, self.n_features))
+        X[: rows // 8] = 0.0
+        return X
+
+    def tree_ir(self) -> TreeEnsemble | None:
+        """The trees this kernel scores, as IR, when a plan rule may rewrite them.
+
+        None for kernels without trees, for trees the IR cannot express, and for kernels a
+        rule has already rewritten (their inputs are no longer the IR's features).
+        """
+        return None
 
 
 def class_codes(indices: np.ndarray, unknown: np.ndarray | None = None) -> np.ndarray:

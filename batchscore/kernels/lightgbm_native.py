@@ -12,19 +12,23 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from batchscore.kernels.affine import as_float_matrix
 from batchscore.kernels.base import (
     Kernel,
+    KernelKind,
     Matrix,
     ScoreOutput,
     Task,
     classifier_output,
     regressor_output,
 )
+
+if TYPE_CHECKING:
+    from batchscore.kernels.trees.ir import TreeEnsemble
 
 THREADS_ENV = "BATCHSCORE_THREADS"
 
@@ -66,7 +70,7 @@ def clear_booster_cache() -> None:
 class LightGBMNativeKernel(Kernel):
     """A LightGBM model string plus what its output means (task, classes, objective)."""
 
-    kind: ClassVar[str] = "lightgbm_native"
+    kind: ClassVar[KernelKind] = KernelKind.LIGHTGBM_NATIVE
 
     def __init__(
         self,
@@ -87,11 +91,39 @@ class LightGBMNativeKernel(Kernel):
         self.objective = objective
         self.num_trees = num_trees
         self.source = source
-        self.supports_proba = classes is not None
+        self._ir: TreeEnsemble | None = None
+        self._ir_parsed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Executors never read the IR, and it is about as large as the model string again.
+        state = dict(self.__dict__)
+        state["_ir"], state["_ir_parsed"] = None, False
+        return state
 
     @property
     def booster(self) -> Any:
         return cached_booster(self.model_str, self.model_sha256)
+
+    @property
+    def strategy(self) -> str:
+        return "native"
+
+    def tree_ir(self) -> TreeEnsemble | None:
+        """The model's trees parsed from its text, once per kernel, only when a plan rule asks
+        (most jobs never do); None when the IR cannot express them (linear leaves, ...)."""
+        if not self._ir_parsed:
+            # Imported here: executors unpickle this kernel and never need the parser.
+            from batchscore.kernels.trees.ir import UnsupportedTree
+            from batchscore.kernels.trees.lightgbm_text import lightgbm_ir
+
+            try:
+                self._ir = lightgbm_ir(
+                    self.model_str, task=self.task, classes=self.classes, source=self.source
+                )
+            except UnsupportedTree:
+                self._ir = None
+            self._ir_parsed = True
+        return self._ir
 
     def raw_predict(self, X: Matrix) -> np.ndarray:
         """`Booster.predict` on float64 input (dense or CSR), NaN read as missing."""

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 
 from batchscore.errors import DataError
 from batchscore.kernels.affine import as_float_matrix
-from batchscore.kernels.base import Kernel, Matrix, ScoreOutput, Task, class_codes
+from batchscore.kernels.base import Kernel, KernelKind, Matrix, ScoreOutput, Task, class_codes
 
 UNKNOWN_N_FEATURES = -1
 """`n_features` of a model that does not say how many inputs it takes (no n_features_in_)."""
@@ -41,7 +41,7 @@ def _predict_is_proba_argmax(estimator: Any) -> bool:
 class OpaqueKernel(Kernel):
     """Scores by calling the estimator. `classes` None means a regressor."""
 
-    kind: ClassVar[str] = "opaque"
+    kind: ClassVar[KernelKind] = KernelKind.OPAQUE
 
     def __init__(
         self,
@@ -59,12 +59,15 @@ class OpaqueKernel(Kernel):
         self.n_features = n_features
         self.model_name = model_name
         self.note = note
-        self.supports_proba = classes is not None and callable(
-            getattr(estimator, "predict_proba", None)
-        )
+        self._proba = classes is not None and callable(getattr(estimator, "predict_proba", None))
         # Set once a sparse batch was refused, so later batches skip the failing attempt.
         self.densify = False
-        self.label_is_argmax = self.supports_proba and _predict_is_proba_argmax(estimator)
+        self.label_is_argmax = self._proba and _predict_is_proba_argmax(estimator)
+
+    @property
+    def supports_proba(self) -> bool:
+        """A classifier without predict_proba (an SVC without probability=True) gives labels."""
+        return self._proba
 
     @property
     def class_name(self) -> str:

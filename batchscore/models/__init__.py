@@ -7,12 +7,14 @@ from batchscore.models.compiled import (
     check_feature_count,
     compile_from_object,
     compile_from_spec,
+    compile_model,
     resolve_output,
 )
-from batchscore.models.registry import compile_model, register, supported_types
+from batchscore.models.converter_table import ConvertOptions, register, supported_types
 
 __all__ = [
     "CompiledModel",
+    "ConvertOptions",
     "LoadedArtifact",
     "OutputKind",
     "check_feature_count",

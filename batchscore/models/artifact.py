@@ -22,6 +22,7 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from batchscore.errors import ModelError
+from batchscore.models.store_reader import StoreReader, check_signature
 
 ArtifactFormat = Literal["pickle", "lightgbm_text", "skops"]
 
@@ -97,9 +98,7 @@ def _load_bytes(
 
 def _load_registered(ref: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:
     """Resolve through the model registry; the manifest's sha256 pins the copied file."""
-    from batchscore.models.store import ModelStore, check_signature
-
-    store = ModelStore()
+    store = StoreReader()
     mv = store.resolve(ref)
     where = f"Model '{model_name}' ({ref})"
     expected = _normalise_pin(sha256, where)
@@ -289,7 +288,7 @@ def _normalise_pin(sha256: str | None, where: str) -> str | None:
 def _load_lightgbm_text(data: bytes, where: str) -> Any:
     import lightgbm
 
-    from batchscore.models.converters.lightgbm import validate_model_text
+    from batchscore.kernels.trees.lightgbm_text import validate_model_text
 
     try:
         # Checked first: LightGBM's loader aborts the process on some malformed files.

@@ -2,6 +2,10 @@
 
 Everything that can be wrong with a model (unpinned pickle, wrong output kind, input count
 that does not match the features) is found here, on the driver, before any Spark job runs.
+
+This is where models get compiled, so this module imports every converter module: each
+registers its converters in the converter table on import, where `compile_model` (re-exported
+here, so that callers get it with every converter loaded) finds them.
 """
 
 from __future__ import annotations
@@ -13,11 +17,17 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from batchscore.errors import ModelError
-from batchscore.kernels.base import Kernel, Matrix, ScoreOutput
+from batchscore.kernels.base import Kernel, KernelKind, Matrix, ScoreOutput
 from batchscore.kernels.opaque import UNKNOWN_N_FEATURES
-from batchscore.kernels.trees.kernel import forced_strategy
 from batchscore.models.artifact import load_artifact
-from batchscore.models.registry import compile_model
+from batchscore.models.convert import compile_model as compile_model
+from batchscore.models.converter_table import ConvertOptions
+from batchscore.models.converters import (  # noqa: F401  (imported to register their converters)
+    lightgbm,
+    sklearn_linear,
+    sklearn_pipeline,
+    sklearn_trees,
+)
 
 OutputKind = Literal["predict", "predict_proba"]
 
@@ -102,12 +112,15 @@ def compile_from_object(
 def _compile(
     obj: Any, name: str, n_features_hint: int | None, opaque: bool, strategy: str | None
 ) -> Kernel:
-    """compile_model with the spec's tree strategy visible to the tree converters."""
-    with forced_strategy(strategy):
-        kernel = compile_model(obj, model_name=name, n_features_hint=n_features_hint, opaque=opaque)
-    if strategy is None or kernel.kind == "tree_ensemble":
+    """compile_model with the spec's tree strategy, refused where no trees can take it."""
+    options = ConvertOptions(strategy=strategy)
+    kernel = compile_model(
+        obj, model_name=name, n_features_hint=n_features_hint, opaque=opaque, options=options
+    )
+    if strategy is None or kernel.kind is KernelKind.TREE_ENSEMBLE:
         return kernel
-    if strategy == "native" and kernel.kind in ("opaque", "lightgbm_native") and not opaque:
+    native_kinds = (KernelKind.OPAQUE, KernelKind.LIGHTGBM_NATIVE)
+    if strategy == "native" and kernel.kind in native_kinds and not opaque:
         return kernel
     raise ModelError(
         f"Model '{name}' sets strategy: {strategy}, but it is scored as {kernel.describe()}; "
@@ -118,7 +131,7 @@ def _compile(
 
 def resolve_output(name: str, kernel: Kernel, output: OutputKind | None) -> OutputKind:
     """Default: predict_proba for classifiers that have it, predict otherwise."""
-    has_proba = bool(getattr(kernel, "supports_proba", kernel.classes is not None))
+    has_proba = kernel.supports_proba
     if output is None:
         return "predict_proba" if has_proba else "predict"
     if output == "predict_proba" and not has_proba:

@@ -21,22 +21,42 @@ the file against a digest from its origin first.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from batchscore.errors import DataError, ModelError, did_you_mean
+from batchscore.errors import DataError, ModelError
+from batchscore.models.store_reader import (
+    DEFAULT_STORE,
+    MANIFEST,
+    STORE_ENV,
+    ModelVersion,
+    StoreReader,
+    check_signature,
+    parse_ref,
+    store_root,
+)
 
-STORE_ENV = "BATCHSCORE_MODEL_STORE"
-DEFAULT_STORE = "model_registry"
-MANIFEST = "manifest.json"
+__all__ = [
+    "DEFAULT_STORE",
+    "MANIFEST",
+    "STORE_ENV",
+    "ModelStore",
+    "ModelVersion",
+    "check_signature",
+    "model_signature",
+    "parse_ref",
+    "profile_table",
+    "store_root",
+]
+
 QUANTILES: tuple[tuple[str, float], ...] = (
     ("p1", 0.01),
     ("p5", 0.05),
@@ -49,116 +69,10 @@ QUANTILES: tuple[tuple[str, float], ...] = (
 TOP_CATEGORIES = 10
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_REF = re.compile(r"^registry:(?P<name>[^@]+)@(?P<version>latest|[0-9]+)$")
 
 
-@dataclass(frozen=True)
-class ModelVersion:
-    """One registered version, as its manifest entry records it."""
-
-    name: str
-    version: int
-    file: str
-    sha256: str
-    signature: dict[str, Any]
-    registered_at: str
-    source: str
-    metrics: dict[str, Any] = field(default_factory=dict)
-    training_profile: dict[str, Any] | None = None
-
-    @property
-    def ref(self) -> str:
-        return f"registry:{self.name}@{self.version}"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def store_root(store: str | os.PathLike[str] | None = None) -> Path:
-    """--store, else $BATCHSCORE_MODEL_STORE, else ./model_registry."""
-    return Path(store if store is not None else os.environ.get(STORE_ENV) or DEFAULT_STORE)
-
-
-def parse_ref(ref: str) -> tuple[str, int | None]:
-    """`registry:NAME@VERSION` -> (NAME, VERSION); `@latest` -> (NAME, None)."""
-    match = _REF.match(ref.strip())
-    if match is None:
-        raise ModelError(
-            f"Model path '{ref}' is not a registry reference; write registry:NAME@VERSION "
-            "(a number) or registry:NAME@latest."
-        )
-    version = match["version"]
-    return match["name"], None if version == "latest" else int(version)
-
-
-class ModelStore:
-    """A registry folder. Cheap to create; every call reads the manifests it needs."""
-
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        self.root = store_root(root)
-
-    # ------------------------------------------------------------ reading
-
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file())
-
-    def versions(self, name: str) -> list[ModelVersion]:
-        manifest = self._read_manifest(name)
-        return [ModelVersion(**entry) for entry in manifest.get("versions", [])]
-
-    def list(self) -> list[ModelVersion]:
-        return [v for name in self.names() for v in self.versions(name)]
-
-    def get(self, name: str, version: int | None = None) -> ModelVersion:
-        """A version by number, or the latest (`version=None`); ModelError naming the fix."""
-        if name not in self.names():
-            hint = did_you_mean(name, self.names())
-            raise ModelError(
-                f"Model registry {self.root} has no model '{name}'.{hint} "
-                f"Register it with `batchscore models register {name} PATH`, or set "
-                f"--store / {STORE_ENV} to the registry that has it."
-            )
-        versions = self.versions(name)
-        if not versions:
-            raise ModelError(f"Model registry {self.root}: '{name}' has no versions yet.")
-        if version is None:
-            return versions[-1]
-        for v in versions:
-            if v.version == version:
-                return v
-        known = ", ".join(str(v.version) for v in versions)
-        raise ModelError(
-            f"Model registry {self.root}: '{name}' has no version {version} (it has {known}); "
-            f"use registry:{name}@latest or one of those."
-        )
-
-    def resolve(self, ref: str) -> ModelVersion:
-        name, version = parse_ref(ref)
-        return self.get(name, version)
-
-    def read_verified(self, mv: ModelVersion) -> bytes:
-        """The registered file's bytes, refused unless they still hash to the manifest's pin."""
-        import hashlib
-
-        path = Path(mv.file)
-        try:
-            data = path.read_bytes()
-        except OSError:
-            raise ModelError(
-                f"Registered model {mv.ref}: artifact {path} is missing or unreadable; "
-                "restore it, or register the model again."
-            ) from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != mv.sha256:
-            raise ModelError(
-                f"Registered model {mv.ref}: artifact {path} was tampered with (sha256 {actual}, "
-                f"registered {mv.sha256}); restore the registered file or register a new version."
-            )
-        return data
-
-    # ------------------------------------------------------------ writing
+class ModelStore(StoreReader):
+    """A registry folder that versions can be added to (reading is StoreReader's)."""
 
     def register(
         self,
@@ -170,8 +84,8 @@ class ModelStore:
         sha256: str | None = None,
     ) -> ModelVersion:
         """Copy the artifact in as the next version, with its signature, profile and metrics."""
-        import hashlib
-
+        # Imported here: loading and compiling a model pulls in the converters (scikit-learn,
+        # LightGBM), which listing or resolving versions never needs.
         from batchscore.models.artifact import load_artifact
 
         if not _NAME.match(name):
@@ -217,22 +131,6 @@ class ModelStore:
         self._write_manifest(name, {"name": name, "versions": [*versions, mv.to_json()]})
         return mv
 
-    # ------------------------------------------------------------ manifests
-
-    def _read_manifest(self, name: str) -> dict[str, Any]:
-        path = self.root / name / MANIFEST
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise ModelError(
-                f"Model registry manifest {path} cannot be read ({exc}); restore it from backup."
-            ) from None
-        if not isinstance(data, dict):
-            raise ModelError(f"Model registry manifest {path} is not a JSON object.")
-        return data
-
     def _write_manifest(self, name: str, manifest: dict[str, Any]) -> None:
         path = self.root / name / MANIFEST
         tmp = path.with_suffix(".json.tmp")
@@ -242,7 +140,8 @@ class ModelStore:
 
 def model_signature(obj: Any, name: str) -> dict[str, Any]:
     """n_features, feature names (when the model knows them), task and classes."""
-    from batchscore.models.registry import compile_model
+    # From models.compiled, which imports (so registers) every converter.
+    from batchscore.models.compiled import compile_model
 
     kernel = compile_model(obj, model_name=name)
     names = getattr(obj, "feature_names_in_", None)
@@ -258,28 +157,6 @@ def model_signature(obj: Any, name: str) -> dict[str, Any]:
         "model_class": f"{type(obj).__module__}.{type(obj).__qualname__}",
         "kernel": kernel.describe(),
     }
-
-
-def check_signature(obj: Any, mv: ModelVersion, model_name: str) -> None:
-    """Refuse a loaded object whose classes or input count differ from its registered ones."""
-    sig = mv.signature
-    where = f"Model '{model_name}' ({mv.ref})"
-    want = sig.get("classes")
-    raw = getattr(obj, "classes_", None)
-    if want is not None and raw is not None:
-        got = [str(c) for c in raw]
-        if got != list(want):
-            raise ModelError(
-                f"{where} has classes {got} but the registry signature says {list(want)}; "
-                "register the retrained model as a new version."
-            )
-    n = sig.get("n_features")
-    declared = getattr(obj, "n_features_in_", None)
-    if isinstance(n, int) and isinstance(declared, int) and declared != n:
-        raise ModelError(
-            f"{where} takes {declared} inputs but the registry signature says {n}; "
-            "register the retrained model as a new version."
-        )
 
 
 # ---------------------------------------------------------------- training profile

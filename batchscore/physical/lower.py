@@ -29,6 +29,7 @@ from batchscore.physical.score import (
     ScoringTask,
     long_names,
 )
+from batchscore.physical.threads import task_threads
 from batchscore.plan.nodes import (
     Join,
     LogicalPlan,
@@ -43,7 +44,7 @@ from batchscore.plan.nodes import (
     qualified,
 )
 from batchscore.plan.spread import worth_spreading
-from batchscore.sinks.delta_table import read_delta
+from batchscore.sinks.spark_io import read_delta
 
 BROADCAST_BYTES = 256 * 1024 * 1024
 PRESENT = present_flag("")
@@ -199,7 +200,7 @@ def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:
 def scoring_task(
     spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime
 ) -> ScoringTask:
-    threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    threads = task_threads(spark, lambda: _scoring_stage_tasks(spark, plan))
     index = {b.name: i for i, b in enumerate(plan.models)}
     groups = tuple(
         ScoringGroup(
@@ -218,6 +219,20 @@ def scoring_task(
         scored_at=scored_at,
         threads=threads,
     )
+
+
+def _scoring_stage_tasks(spark: SparkSession, plan: LogicalPlan) -> int | None:
+    """Tasks of the stage that scores: the fact scan's, when every join is broadcast and the
+    scan is not spread (None otherwise: a shuffle sets the count). Listing the scan's splits
+    runs no Spark job."""
+    nodes = _walk(plan.source)
+    if worth_spreading(plan) or any(
+        isinstance(n, Join) and _dimension_bytes(plan, n.right) > BROADCAST_BYTES for n in nodes
+    ):
+        return None
+    fact = plan.spec.source.table
+    scan = next((n for n in nodes if isinstance(n, Scan) and n.table == fact), None)
+    return None if scan is None else int(_scan(spark, scan).rdd.getNumPartitions())
 
 
 def _scoring_model(binding: ModelBinding, flags: dict[str, str]) -> ScoringModel:

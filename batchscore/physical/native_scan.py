@@ -35,7 +35,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
-from batchscore.sinks.delta_table import Snapshot, load_snapshot, normalize_path
+from batchscore.sinks.snapshot import Snapshot, load_snapshot
+from batchscore.sinks.storage import normalize_path
 
 ENV = "BATCHSCORE_NATIVE_SCAN"
 MAX_GROUPS = 64

@@ -78,7 +78,7 @@ def _under_submit() -> bool:
 
 def register_sources(spark: SparkSession) -> None:
     """Register the project's Python data sources once per session."""
-    from batchscore.sinks.delta_source import DeltaDataSource
+    from batchscore.sinks.source import DeltaDataSource
 
     spark.dataSource.register(DeltaDataSource)
 
@@ -186,7 +186,7 @@ def _wait_for_executors(spark: SparkSession, seconds: float) -> None:
 
 
 def _probe(_: object) -> int:
-    import batchscore  # noqa: F401  (the executors' Python must have batchscore)
+    import batchscore._version  # noqa: F401  (the executors' Python must have batchscore)
 
     return 1
 

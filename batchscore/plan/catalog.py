@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cached_property
 from typing import Literal
 
@@ -17,12 +20,16 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from batchscore.errors import DataError, SpecError
+from batchscore.sinks.snapshot import partition_selection, partition_types
 from batchscore.spec.model import TableSpec
 
 ColumnKind = Literal["scalar", "array", "vector"]
 PartitionFilter = tuple[str, str, object]
 
 _VECTOR_FIELDS = {"type", "size", "indices", "values"}
+_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 def column_kind(dtype: pa.DataType) -> ColumnKind | None:
@@ -106,7 +113,25 @@ class TableInfo:
     def select_files(
         self, filters: list[PartitionFilter]
     ) -> list[tuple[str, dict[str, str | None], int, int]]:
-        return [f for f in self.files if all(_matches(f[1].get(c), op, v) for c, op, v in filters)]
+        """The live files whose partitions `filters` (AND-ed) select, decided by the same
+        evaluator as the Delta reader's (sinks/snapshot.py), so "nothing to score" here means
+        the reader would find nothing either."""
+        if not filters:
+            return list(self.files)
+        label = None if self.spec.format == "delta" else f"Parquet table {self.path}"
+        selection = partition_selection(self.path, filters, self.partition_types, label=label)
+        return [f for f in self.files if selection.accepts(f[1])]
+
+    @cached_property
+    def partition_types(self) -> dict[str, str]:
+        """{partition column: the Delta type name its values compare by}: the table's own for a
+        Delta table; for Hive-partitioned Parquet, the type Spark infers from the values."""
+        if self.spec.format == "delta":
+            return partition_types(self.schema, self.partition_columns)
+        return {
+            column: inferred_partition_type(f[1].get(column) for f in self.files)
+            for column in self.partition_columns
+        }
 
     def nonzeros(self, column: str) -> int:
         """Stored values per row of a vector column (sparse: its non-zeros), from the sample."""
@@ -148,39 +173,26 @@ def _as_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _matches(actual: str | None, op: str, value: object) -> bool:
-    if op == "in":
-        return actual in {str(v) for v in value}  # type: ignore[attr-defined]
-    if actual is None:
-        return False
-    target = str(value)
-    numbers = _both_numbers(actual, target)
-    if numbers is not None:
-        left, right = numbers
-        return {
-            "=": left == right,
-            "!=": left != right,
-            "<": left < right,
-            "<=": left <= right,
-            ">": left > right,
-            ">=": left >= right,
-        }[op]
-    return {
-        "=": actual == target,
-        "!=": actual != target,
-        "<": actual < target,
-        "<=": actual <= target,
-        ">": actual > target,
-        ">=": actual >= target,
-    }[op]
-
-
-def _both_numbers(left: str, right: str) -> tuple[float, float] | None:
-    """Partition values are strings in the log; compare numbers as numbers ('10' > '9')."""
-    try:
-        return float(left), float(right)
-    except ValueError:
-        return None
+def inferred_partition_type(values: Iterable[str | None]) -> str:
+    """The type Spark's partition discovery gives a Parquet table's partition column holding
+    `values` (spark.sql.sources.partitionColumnTypeInference): long when every value is an
+    integer, double when every value is a number, date when every value is an ISO date, else
+    string (nulls do not count)."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return "string"
+    if all(_INTEGER.match(v) for v in present):
+        return "long"
+    if all(_NUMBER.match(v) for v in present):
+        return "double"
+    if all(_DATE.match(v) for v in present):
+        try:
+            for v in present:
+                date.fromisoformat(v)
+        except ValueError:
+            return "string"
+        return "date"
+    return "string"
 
 
 def _parquet_dataset(path: str) -> ds.Dataset:

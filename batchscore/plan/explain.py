@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+from batchscore.kernels.base import Kernel
+from batchscore.kernels.trees.kernel import TreeEnsembleKernel
+from batchscore.kernels.trees.merged import TreeGroup
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, ModelBinding, Node, Partial, Scan
 
 
 def compiled_trees(plan: LogicalPlan) -> tuple[float, str]:
     """Seconds this process spent compiling tree models for `plan`, and one phrase for the run
     summary ("" when no model is compiled)."""
-    infos: list[Any] = []
-    kernels: list[Any] = [b.model.kernel for b in plan.models]
-    kernels += [getattr(g.group, "merged", None) for g in plan.groups]
-    for kernel in kernels:
-        for attr in ("compiled", "fact_forest"):
-            forest = getattr(kernel, attr, None)
-            if forest is not None:
-                infos.append(forest.info)
+    kernels: list[Kernel] = [b.model.kernel for b in plan.models]
+    kernels += [g.group.merged for g in plan.groups if isinstance(g.group, TreeGroup)]
+    trees = [k for k in kernels if isinstance(k, TreeEnsembleKernel)]
+    infos = [forest.info for kernel in trees for forest in kernel.compiled_forests()]
     if not infos:
         return 0.0, ""
     cold = [i.seconds for i in infos if not i.cache_hit]

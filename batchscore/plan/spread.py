@@ -10,8 +10,9 @@ the shuffle. Both sides are in the cost model's unit (bytes moved; FLOPs x FLOP_
 
 from __future__ import annotations
 
-from typing import Any
-
+from batchscore.kernels.base import Kernel
+from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
+from batchscore.kernels.trees.kernel import TreeEnsembleKernel
 from batchscore.plan.cost import FLOP_WEIGHT, TEST_FLOPS, value_bytes
 from batchscore.plan.nodes import LogicalPlan
 
@@ -38,16 +39,14 @@ def worth_spreading(plan: LogicalPlan) -> bool:
     return scoring_cost_per_row(plan) > SHUFFLE_FACTOR * fact_bytes_per_row(plan)
 
 
-def _kernel_cost(kernel: Any) -> float:
-    ir = getattr(kernel, "ir", None)
-    strategy = getattr(kernel, "strategy", "")
-    if ir is not None:
-        nodes = int(sum(t.n_internal for t in ir.trees))
+def _kernel_cost(kernel: Kernel) -> float:
+    strategy = kernel.strategy
+    if isinstance(kernel, TreeEnsembleKernel):
+        nodes = int(sum(t.n_internal for t in kernel.ir.trees))
         rate = TEST_FLOPS["compiled" if strategy == "compiled" else "numpy"]
         if strategy == "native":
             rate = TEST_FLOPS["native"]
         return float(nodes * rate * FLOP_WEIGHT)
-    trees = getattr(kernel, "num_trees", None)
-    if isinstance(trees, int):  # LightGBM's own predictor
-        return trees * NODES_PER_NATIVE_TREE * TEST_FLOPS["native"] * FLOP_WEIGHT
+    if isinstance(kernel, LightGBMNativeKernel):  # LightGBM's own predictor
+        return kernel.num_trees * NODES_PER_NATIVE_TREE * TEST_FLOPS["native"] * FLOP_WEIGHT
     return 0.0  # affine and opaque models: at the scan's speed (bench/glms.py), never heavy

@@ -14,7 +14,7 @@ All of it runs in the driver process through delta-rs, without Spark.
 - `orphan_files` lists data files on disk that the current version does not reference (whoever
   wrote them).
 
-No DeltaTable handle outlives a call (see delta_table's note on delta-rs #2184).
+No DeltaTable handle outlives a call (see sinks/storage.py's note on delta-rs #2184).
 """
 
 from __future__ import annotations
@@ -31,22 +31,17 @@ from deltalake import DeltaTable
 from deltalake.transaction import CommitProperties
 
 from batchscore.errors import SinkError
-from batchscore.sinks.delta_table import (
-    check_table_features,
-    delete_files,
-    filesystem,
-    normalize_path,
-    one_line,
-    open_table,
-    table_partition_columns,
-)
 from batchscore.sinks.ownership import (
+    delete_files,
     describe,
     list_markers,
     remove_markers,
     table_files,
     written_by_project,
 )
+from batchscore.sinks.schema import check_table_features, table_partition_columns
+from batchscore.sinks.spark_errors import one_line
+from batchscore.sinks.storage import filesystem, normalize_path, open_table
 
 DEFAULT_RETAIN_HOURS = 168
 """Delta's default `delta.deletedFileRetentionDuration` (7 days)."""

@@ -18,6 +18,9 @@ Two rules keep a bad path from costing anybody data:
    partition columns (the root for an unpartitioned table). Everything else is foreign: listed,
    never deleted. Files the Delta log removed (tombstones) are the table's by the log itself.
 
+Markers stay in step with their files: `delete_files`, the one way the sink deletes data files,
+removes a file's marker after the file.
+
 `_batchscore/` is hidden to Delta readers and to vacuum (`_`-prefixed), like `_delta_log/`.
 """
 
@@ -30,7 +33,7 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 import pyarrow.fs as pafs
 
 from batchscore.errors import SinkError
-from batchscore.sinks.delta_table import (
+from batchscore.sinks.storage import (
     delete_and_prune,
     filesystem,
     is_delta_table,
@@ -88,6 +91,15 @@ def remove_markers(fs: pafs.FileSystem, base: str, rels: Iterable[str]) -> None:
     """Delete the markers of data files `rels` (already deleted); missing ones are fine. Empty
     folders left under `_batchscore/written` go too (local tables)."""
     delete_and_prune(fs, base, (marker_path(rel) for rel in rels), stop=MARKERS_DIR)
+
+
+def delete_files(path: str, relative_paths: Iterable[str]) -> None:
+    """Delete data files of the table at `path` (normalized); missing files are fine. Empty
+    partition folders left behind are removed too (local tables), and so are the files' markers
+    (after the file: a file that could not be deleted keeps its marker)."""
+    fs, base = filesystem(path)
+    gone = delete_and_prune(fs, base, relative_paths)
+    remove_markers(fs, base, gone)
 
 
 def list_markers(path: str) -> dict[str, int]:

@@ -19,7 +19,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from batchscore.errors import SinkError
-from batchscore.sinks.delta_table import normalize_path, register_view, table_version
+from batchscore.sinks.log import table_version
+from batchscore.sinks.spark_io import register_view
+from batchscore.sinks.storage import normalize_path
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

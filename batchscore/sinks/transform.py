@@ -8,6 +8,9 @@ as options. An executor unpickles only bytes whose sha256 matches, so a file swa
 storage is refused rather than executed. The driver deletes the file when the write ends,
 committed or not. `_`-prefixed folders are not data to delta-rs, its vacuum or the project's
 maintenance, so the file is never mistaken for (or vacuumed as) a data file.
+
+A caller hands write_delta a `FusedTransform` (the callable and its output schema); the data
+source gets the `TransformRef` (where the pickle lies, its sha256 and the schema).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import pyarrow as pa
 import pyarrow.ipc
 
 from batchscore.errors import SinkError
-from batchscore.sinks.delta_table import filesystem
+from batchscore.sinks.storage import filesystem
 
 BatchTransform = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 TASKS_DIR = "_batchscore/tasks"
@@ -31,6 +34,15 @@ CACHE_SIZE = 2
 """Loaded transforms kept per worker process: a backfill's dates each bring a new one."""
 
 _LOADED: OrderedDict[str, BatchTransform] = OrderedDict()
+
+
+@dataclass(frozen=True)
+class FusedTransform:
+    """A fused write's batch transform (picklable) and the schema of the batches it yields,
+    which is the schema the table gets, as the caller hands them to write_delta."""
+
+    function: BatchTransform
+    schema: pa.Schema
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The job spec as typed, validated objects (CONTRACT.md, "The job spec").
+"""The job spec as typed, validated objects (docs/contract.md, "The job spec (YAML)").
 
 pydantic gives types and defaults; the friendlier checks (unknown keys with suggestions, line
 numbers, cross-references between sections) live in `load.py` and `validate.py`, because users

@@ -13,8 +13,6 @@ from batchscore.kernels.trees.kernel import (
     TreeEnsembleKernel,
     check_strategy,
     choose_strategy,
-    forced_strategy,
-    requested_strategy,
 )
 
 __all__ = [
@@ -27,7 +25,5 @@ __all__ = [
     "build_tree",
     "check_strategy",
     "choose_strategy",
-    "forced_strategy",
     "node_goes_left",
-    "requested_strategy",
 ]

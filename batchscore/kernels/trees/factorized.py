@@ -276,6 +276,15 @@ class FactorizedTreeKernel(TreeEnsembleKernel):
     def leaves(self, X: Matrix, strategy: str | None = None) -> np.ndarray:
         raise NotImplementedError("a factorized kernel finds leaves from joined words")
 
+    def tree_ir(self) -> TreeEnsemble | None:
+        """None: its inputs are the fact side's and the joined words, no longer the IR's
+        features, so no plan rule may split it again."""
+        return None
+
+    def compiled_forests(self) -> tuple[CompiledForest, ...]:
+        own = super().compiled_forests()
+        return own if self.fact_forest is None else (*own, self.fact_forest)
+
     def raw(self, X: Matrix) -> np.ndarray:
         side, ens = self.side, self.ir
         dense = _dense(X, side.n_inputs, f"factorized {ens.source}")

@@ -2,7 +2,7 @@
 
 Plain data (picklable, small, no estimator inside), so that the planner can look at it: every
 node test is a function of ONE input feature (`node_goes_left`), which is what lets QuickScorer
-masks be split by the table that owns each feature (DESIGN.md, "Trees factorized too").
+masks be split by the table that owns each feature (plan.rules.factorize_trees).
 
 Layout of one `Tree` (m internal nodes, L leaves):
 - internal nodes are numbered in preorder (the root is 0, a parent precedes its children);
@@ -35,7 +35,7 @@ from typing import Literal
 
 import numpy as np
 
-from batchscore.kernels.base import Task
+from batchscore.kernels.task import Task
 
 Link = Literal["identity", "sigmoid", "softmax", "exp"]
 LabelRule = Literal["proba_argmax", "raw_ge0", "raw_gt0", "raw_argmax"]

@@ -9,9 +9,7 @@ link and fill the long layout in float64.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +19,7 @@ from batchscore.errors import ModelError
 from batchscore.kernels.affine import as_float_matrix
 from batchscore.kernels.base import (
     Kernel,
+    KernelKind,
     Matrix,
     ScoreOutput,
     class_codes,
@@ -44,22 +43,6 @@ DEFAULT_BATCH_ROWS = 10_000
 GEMM_MAX_DEPTH = 3
 PERFECT_AUTO_DEPTH = 10
 
-_FORCED: ContextVar[str | None] = ContextVar("batchscore_tree_strategy", default=None)
-
-
-@contextmanager
-def forced_strategy(strategy: str | None) -> Iterator[None]:
-    """Converters called inside see `strategy` (the spec's `strategy:`) as forced."""
-    token = _FORCED.set(check_strategy(strategy))
-    try:
-        yield
-    finally:
-        _FORCED.reset(token)
-
-
-def requested_strategy() -> str | None:
-    return _FORCED.get()
-
 
 def check_strategy(strategy: str | None) -> str | None:
     if strategy is not None and strategy not in STRATEGIES:
@@ -82,8 +65,8 @@ def choose_strategy(ir: TreeEnsemble, batch_rows: int = DEFAULT_BATCH_ROWS) -> s
     - deeper: traversal (depth-synchronous, one gather per level; LightGBM's leaf-wise trees
       reach depth 15-18 with 31 leaves: 43k rows/s at 100 trees vs 38k perfect, 19k bitvector).
     - bitvector (QuickScorer) is never the fastest in numpy because it evaluates every node;
-      it is the form that factorizes by table (DESIGN.md), so the planner or the spec asks for
-      it explicitly.
+      it is the form that factorizes by table (plan.rules.factorize_trees), so the planner or
+      the spec asks for it explicitly.
     LightGBM keeps its native C++ predictor unless the spec forces a strategy (its converter).
     """
     return strategy_reason(ir, batch_rows)[0]
@@ -102,7 +85,7 @@ def strategy_reason(ir: TreeEnsemble, batch_rows: int = DEFAULT_BATCH_ROWS) -> t
 class TreeEnsembleKernel(Kernel):
     """A tree ensemble in IR form, scored by one strategy."""
 
-    kind: ClassVar[str] = "tree_ensemble"
+    kind: ClassVar[KernelKind] = KernelKind.TREE_ENSEMBLE
 
     def __init__(
         self,
@@ -125,7 +108,7 @@ class TreeEnsembleKernel(Kernel):
                 "'traversal' or 'bitvector', or leave strategy out."
             )
         self.ir = ir
-        self.strategy = strategy
+        self._strategy = strategy
         self.reason = reason or "forced by the spec"
         self.native = native
         self.compiled = compiled
@@ -133,13 +116,23 @@ class TreeEnsembleKernel(Kernel):
         self.task = ir.task
         self.classes = ir.classes
         self.n_features = ir.n_features
-        self.supports_proba = ir.classes is not None
         self._packed: Packed | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_packed"] = None
         return state
+
+    @property
+    def strategy(self) -> str:
+        return self._strategy
+
+    def tree_ir(self) -> TreeEnsemble | None:
+        return self.ir
+
+    def compiled_forests(self) -> tuple[CompiledForest, ...]:
+        """The C code this kernel loaded, so the run summary can say what compiling cost."""
+        return () if self.compiled is None else (self.compiled,)
 
     @property
     def packed(self) -> Packed:
@@ -272,25 +265,25 @@ class TreeEnsembleKernel(Kernel):
 
 
 def make_tree_kernel(
-    ir: TreeEnsemble, native: Callable[[], Kernel], *, model_name: str
+    ir: TreeEnsemble, native: Callable[[], Kernel], *, model_name: str, strategy: str | None
 ) -> TreeEnsembleKernel:
-    """The kernel a converter returns: the forced strategy (spec) or `choose_strategy`'s."""
-    forced = requested_strategy()
+    """The kernel a converter returns: the spec's `strategy` (forced) or `choose_strategy`'s."""
+    forced = check_strategy(strategy)
     if forced is None:
-        strategy, reason = strategy_reason(ir)
+        chosen, reason = strategy_reason(ir)
     else:
-        strategy, reason = forced, "forced by the spec"
-    if strategy == "perfect" and ir.max_depth > PERFECT_MAX_DEPTH:
+        chosen, reason = forced, "forced by the spec"
+    if chosen == "perfect" and ir.max_depth > PERFECT_MAX_DEPTH:
         raise ModelError(
             f"Model '{model_name}' has trees of depth {ir.max_depth}; strategy 'perfect' pads "
             f"every tree to 2^depth leaves and stops at depth {PERFECT_MAX_DEPTH}. Use "
             "'traversal' or 'bitvector', or leave strategy out."
         )
     compiled = None
-    if strategy == "compiled" or forced is None:
+    if chosen == "compiled" or forced is None:
         compiled, problem = try_compile(ir)
         if compiled is not None:
-            strategy, reason = "compiled", compiled_reason(compiled)
+            chosen, reason = "compiled", compiled_reason(compiled)
         elif forced == "compiled":
             raise ModelError(
                 f"Model '{model_name}' sets strategy: compiled, but {problem}. Install a C "
@@ -301,9 +294,9 @@ def make_tree_kernel(
             reason = f"{reason}; not compiled: {problem}"
     return TreeEnsembleKernel(
         ir,
-        strategy,
+        chosen,
         reason=reason,
-        native=native() if strategy == "native" else None,
+        native=native() if chosen == "native" else None,
         compiled=compiled,
     )
 
@@ -332,13 +325,17 @@ def compiled_reason(forest: CompiledForest) -> str:
 
 
 def refuse_or_native(
-    problem: str, native: Callable[[], Kernel], *, model_name: str, what: str
+    problem: str,
+    native: Callable[[], Kernel],
+    *,
+    model_name: str,
+    what: str,
+    strategy: str | None,
 ) -> Kernel:
     """A model the IR cannot express: its own predictor, unless the spec forced an array one."""
-    forced = requested_strategy()
-    if forced is not None and forced != "native":
+    if strategy is not None and strategy != "native":
         raise ModelError(
-            f"Model '{model_name}' ({what}) cannot be scored with strategy '{forced}': "
+            f"Model '{model_name}' ({what}) cannot be scored with strategy '{strategy}': "
             f"{problem}. Use strategy: native, or leave strategy out."
         )
     return native()

@@ -1,11 +1,6 @@
-"""Model converters. Importing this package registers every converter with the registry."""
+"""Model converters, one module per library family: estimator object -> kernel.
 
-from batchscore.models.converters import (
-    lightgbm,
-    opaque,
-    sklearn_linear,
-    sklearn_pipeline,
-    sklearn_trees,  # noqa: F401
-)
-
-__all__ = ["lightgbm", "opaque", "sklearn_linear", "sklearn_pipeline"]
+Each module registers its converters in `models.converter_table` when imported, and
+`models.compiled` imports them all. This package imports none of them, so importing one
+converter module (or the opaque fallback, which `models.convert` needs) loads only that one.
+"""

@@ -49,8 +49,9 @@ from sklearn.svm import LinearSVC, LinearSVR
 from batchscore.errors import ModelError
 from batchscore.kernels.affine import AffineKernel, Link
 from batchscore.kernels.base import Kernel
+from batchscore.models.converter_table import DEFAULT_OPTIONS, ConvertOptions, register
 from batchscore.models.converters.opaque import to_opaque
-from batchscore.models.registry import parity_problem, register
+from batchscore.models.parity import parity_problem
 
 
 @register(
@@ -76,7 +77,13 @@ from batchscore.models.registry import parity_problem, register
     PassiveAggressiveRegressor,
     LinearSVR,
 )
-def linear_regressor(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def linear_regressor(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     """One affine output with the identity link; multi-target models are refused."""
     coef, intercept = _fitted(obj, model_name)
     if coef.ndim == 1:
@@ -96,7 +103,13 @@ def linear_regressor(obj: Any, *, model_name: str, n_features_hint: int | None) 
 
 
 @register(PoissonRegressor, GammaRegressor, TweedieRegressor)
-def glm_regressor(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def glm_regressor(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     """`link.inverse(X @ coef_ + intercept_)`: identity or log link (read from the fitted loss)."""
     coef, intercept = _fitted(obj, model_name)
     link_name = type(getattr(getattr(obj, "_base_loss", None), "link", None)).__name__
@@ -119,14 +132,26 @@ def glm_regressor(obj: Any, *, model_name: str, n_features_hint: int | None) -> 
 
 
 @register(LogisticRegression)
-def logistic_regression(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def logistic_regression(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     return _linear_classifier(
         obj, model_name, binary=("logistic", "binary_softmax"), multi=("softmax", "ovr")
     )
 
 
 @register(SGDClassifier)
-def sgd_classifier(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def sgd_classifier(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     """log_loss: logistic / OvR probabilities; modified_huber: its clipped formula; any other
     loss (hinge, perceptron, squared_hinge, ...) has no predict_proba: labels only."""
     loss = getattr(obj, "loss", None)
@@ -140,14 +165,26 @@ def sgd_classifier(obj: Any, *, model_name: str, n_features_hint: int | None) ->
 
 
 @register(LinearSVC, Perceptron, PassiveAggressiveClassifier, RidgeClassifier, RidgeClassifierCV)
-def decision_classifier(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def decision_classifier(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     """Linear classifiers without predict_proba: `predict` is the sign or argmax of
     `decision_function`, so the kernel outputs labels only (output: predict)."""
     return _linear_classifier(obj, model_name, binary=("decision",), multi=("decision",))
 
 
 @register(OneVsRestClassifier)
-def one_vs_rest(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def one_vs_rest(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     """OneVsRestClassifier over binary logistic regressions (probabilities: expit, then
     row-normalised) or over other linear classifiers (labels only). Anything else is opaque."""
     estimators = list(getattr(obj, "estimators_", []) or [])
@@ -199,7 +236,7 @@ def _linear_classifier(
             return kernel
         first = first or kernel
     assert first is not None
-    return first  # the registry's parity check turns this into an opaque fallback
+    return first  # compile_model's parity check turns this into an opaque fallback
 
 
 def _fitted(obj: Any, model_name: str) -> tuple[np.ndarray, Any]:

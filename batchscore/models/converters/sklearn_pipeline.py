@@ -56,9 +56,10 @@ from batchscore.kernels.affine import (
     TransformedKernel,
     fold_affine,
 )
-from batchscore.kernels.base import Kernel
+from batchscore.kernels.base import Kernel, KernelKind
+from batchscore.models.convert import compile_model
+from batchscore.models.converter_table import DEFAULT_OPTIONS, ConvertOptions, register
 from batchscore.models.converters.opaque import to_opaque
-from batchscore.models.registry import compile_model, register
 
 FOLDABLE_STEPS: tuple[type, ...] = (
     ColumnTransformer,
@@ -86,7 +87,13 @@ def step_hint(name: str) -> str:
 
 
 @register(Pipeline)
-def pipeline_kernel(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def pipeline_kernel(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     """Fold the pipeline's transformers into a stage in front of its final estimator's kernel."""
     steps = [step for _, step in obj.steps]
     final = steps[-1]
@@ -104,8 +111,10 @@ def pipeline_kernel(obj: Any, *, model_name: str, n_features_hint: int | None) -
             n_features_hint=n_features_hint,
             note=f"pipeline not folded: {exc}",
         )
-    inner = compile_model(final, model_name=model_name, n_features_hint=stage.n_out)
-    if inner.kind == "opaque":
+    inner = compile_model(
+        final, model_name=model_name, n_features_hint=stage.n_out, options=options
+    )
+    if inner.kind is KernelKind.OPAQUE:
         return to_opaque(obj, model_name=model_name, n_features_hint=n_features_hint)
     if isinstance(inner, TransformedKernel):  # a pipeline as the final step
         stage = Chain([stage, inner.stage], stage.n_in)

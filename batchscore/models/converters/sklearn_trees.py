@@ -51,8 +51,8 @@ from batchscore.kernels.trees.ir import (
     build_tree,
 )
 from batchscore.kernels.trees.kernel import make_tree_kernel, refuse_or_native
+from batchscore.models.converter_table import DEFAULT_OPTIONS, ConvertOptions, register
 from batchscore.models.converters.opaque import to_opaque
-from batchscore.models.registry import register
 
 SINGLE_TREES = (
     DecisionTreeClassifier,
@@ -67,7 +67,13 @@ MAX_CATEGORY = 1 << 16
 
 
 @register(*SINGLE_TREES, *FORESTS, *BOOSTED, *HIST)
-def sklearn_trees(obj: Any, *, model_name: str, n_features_hint: int | None) -> Kernel:
+def sklearn_trees(
+    obj: Any,
+    *,
+    model_name: str,
+    n_features_hint: int | None,
+    options: ConvertOptions = DEFAULT_OPTIONS,
+) -> Kernel:
     opaque = to_opaque(obj, model_name=model_name, n_features_hint=n_features_hint)
 
     def native() -> Kernel:
@@ -76,8 +82,14 @@ def sklearn_trees(obj: Any, *, model_name: str, n_features_hint: int | None) -> 
     try:
         ir = to_ir(obj)
     except UnsupportedTree as exc:
-        return refuse_or_native(str(exc), native, model_name=model_name, what=type(obj).__name__)
-    return make_tree_kernel(ir, native, model_name=model_name)
+        return refuse_or_native(
+            str(exc),
+            native,
+            model_name=model_name,
+            what=type(obj).__name__,
+            strategy=options.strategy,
+        )
+    return make_tree_kernel(ir, native, model_name=model_name, strategy=options.strategy)
 
 
 def to_ir(obj: Any) -> TreeEnsemble:

@@ -23,12 +23,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from batchscore.kernels.base import Kernel
-from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
 from batchscore.kernels.trees.compiled.toolchain import find_compiler
 from batchscore.kernels.trees.factorized import FACT, Factorization, factorize_ensemble
-from batchscore.kernels.trees.ir import TreeEnsemble, UnsupportedTree
-from batchscore.kernels.trees.kernel import TreeEnsembleKernel
-from batchscore.models.converters.lightgbm import lightgbm_ir
+from batchscore.kernels.trees.ir import TreeEnsemble
 from batchscore.plan.cost import (
     PASS_BYTES,
     TEST_FLOPS,
@@ -106,40 +103,16 @@ def factorize_trees(plan: LogicalPlan) -> LogicalPlan:
 
 
 def _plain_trees(binding: ModelBinding) -> bool:
-    """Tree ensembles scored straight from their inputs (no pipeline stage in front)."""
-    return ensemble_of(binding.model.kernel) is not None
-
-
-def ensemble_of(kernel: Kernel) -> TreeEnsemble | None:
-    """The IR behind a tree kernel; LightGBM's native kernel is parsed from its model text."""
-    if type(kernel) is TreeEnsembleKernel:
-        return kernel.ir
-    if isinstance(kernel, LightGBMNativeKernel):
-        try:
-            return _lightgbm_ir(kernel)
-        except UnsupportedTree:
-            return None
-    return None
-
-
-_IR_CACHE: dict[str, TreeEnsemble] = {}
-
-
-def _lightgbm_ir(kernel: LightGBMNativeKernel) -> TreeEnsemble:
-    key = kernel.model_sha256
-    if key not in _IR_CACHE:
-        _IR_CACHE[key] = lightgbm_ir(
-            kernel.model_str, task=kernel.task, classes=kernel.classes, source=kernel.source
-        )
-    return _IR_CACHE[key]
+    """Tree ensembles scored straight from their inputs (no pipeline stage in front); the
+    kernel says so by having IR (LightGBM's native kernel parses its model text once)."""
+    return binding.model.kernel.tree_ir() is not None
 
 
 def _scoring_rate(kernel: Kernel) -> float:
     """Cost of one node test of the materialized model, by how it is scored."""
-    strategy = getattr(kernel, "strategy", "")
-    if isinstance(kernel, LightGBMNativeKernel) or strategy == "native":
+    if kernel.strategy == "native":
         return TEST_FLOPS["native"]
-    return TEST_FLOPS["compiled" if strategy == "compiled" else "numpy"]
+    return TEST_FLOPS["compiled" if kernel.strategy == "compiled" else "numpy"]
 
 
 def _fact_side_rate() -> float:
@@ -174,7 +147,7 @@ def _cost(
     feature_values = fact_values = columns = 0
     flops_m = flops_f = 0.0
     for binding in users:
-        ir = ensemble_of(binding.model.kernel)
+        ir = binding.model.kernel.tree_ir()
         assert ir is not None
         owner = _owner(binding, {dim.table: dim.tables}, {dim.table: 1})
         nodes_here = sum(int((owner[t.feature] == 1).sum()) for t in ir.trees)
@@ -213,7 +186,7 @@ def _cost(
             b.name
             for b in plan.models
             if b not in users
-            and ensemble_of(b.model.kernel) is None
+            and b.model.kernel.tree_ir() is None
             and any(f.table in dim.tables for f in b.features)
         ),
     )
@@ -236,7 +209,7 @@ def _split(
     """The fact-side binding and one TreePartialModel per factorized dimension, and what the
     probe found wrong (None: the split model reproduces the model's own kernel)."""
     kernel = binding.model.kernel
-    ir = ensemble_of(kernel)
+    ir = kernel.tree_ir()
     assert ir is not None
     groups = {d.table: g for g, d in enumerate(dims, start=1)}
     owner = _owner(binding, {d.table: d.tables for d in dims}, groups)
