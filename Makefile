@@ -10,7 +10,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo walmart test check format bench bench-quick bench-10m clean
+.PHONY: help venv demo walmart test test-fast check format bench bench-quick bench-10m clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,8 +34,11 @@ walmart: $(STAMP) ## build the Walmart star schema and score all 421,570 fact ro
 	$(PY) -m batchscore.datasets.morpheus walmart demo/walmart conf/walmart.yaml --shared ../shared/data/morpheus --spark
 	$(PY) -m batchscore run conf/walmart.yaml
 
-test: $(STAMP) ## run the test suite
-	$(PY) -m pytest -q
+test: $(STAMP) ## run the test suite (every tier), the 15 slowest tests listed
+	$(PY) -m pytest -q --durations=15
+
+test-fast: $(STAMP) ## the unit tier only: no Spark, under 2 minutes
+	$(PY) -m pytest -q tests/unit
 
 check: $(STAMP) ## format check, lint, type-check
 	$(VENV)/bin/ruff format --check batchscore tests jobs bench

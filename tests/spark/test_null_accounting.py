@@ -23,9 +23,9 @@ from deltalake import DeltaTable
 from batchscore.datasets.demo import FEATURES
 from batchscore.physical.null_counts import NullTally, collect_nulls, null_dir
 from batchscore.sinks.ownership import project_file
-from tests.test_cli_and_cluster import _cli
+from tests.spark.test_cli_and_cluster import _cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_DATE = "2026-11-21"
 LINEAR = ("revenue_glm", "basket_class")
 

@@ -1,8 +1,9 @@
 """Compiled trees: every code form, the disk cache and its integrity, threads, executors.
 
 The parity matrix over every tree family and dataset (labels identical, rtol 1e-12, NaN,
-sparse input, exit leaves) is tests/test_trees.py with the `compiled` strategy; this file covers
-what is specific to compiled code. No Spark except the last test.
+sparse input, exit leaves) is tests/unit/test_trees.py with the `compiled` strategy; this file
+covers what is specific to compiled code; tests/spark/test_compiled_trees_spark.py covers
+Spark executors.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-import pyarrow as pa
 import pytest
 from sklearn.ensemble import (
     HistGradientBoostingClassifier,
@@ -25,7 +25,7 @@ from sklearn.ensemble import (
 from batchscore.kernels.trees import TreeEnsembleKernel
 from batchscore.kernels.trees.compiled import cache, codegen, forest, toolchain
 from batchscore.models import compile_from_object
-from tests.test_trees import categorical_data, check_parity, unseen
+from tests.unit.test_trees import categorical_data, check_parity, unseen
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -251,49 +251,6 @@ def test_c_double_is_exact(value: float) -> None:
         assert float.fromhex(text) == value
 
 
-# ---------------------------------------------------------------- Spark executors
-
-
-@pytest.mark.spark
-def test_spark_executors_load_the_shipped_library(spark: Any) -> None:
-    """In a Spark task (marked as an executor, compiling forbidden) the kernel scores from the
-    bytes it was shipped with: no fallback, no compile, the model's own probabilities."""
-    X, y = data(n=2000)
-    obj = lgb.LGBMClassifier(n_estimators=20, verbose=-1, n_jobs=1).fit(X, y)
-    kernel = compiled(obj)
-    table = pa.table({f"f{i}": X[:, i] for i in range(X.shape[1])})
-    df = spark.createDataFrame(table.to_pandas()).repartition(2)
-
-    def score(batches: Any) -> Any:
-        import os
-
-        from batchscore.kernels.trees.compiled import forest as fmod
-        from batchscore.physical.score import _limit_threads
-
-        _limit_threads(1)
-        for batch in batches:
-            M = np.column_stack([batch.column(i).to_numpy() for i in range(batch.num_columns)])
-            out = kernel.score(M)
-            yield pa.RecordBatch.from_pydict(
-                {
-                    "p": out.probability[:, 1],
-                    "marked": [os.environ.get(toolchain.EXECUTOR_ENV)] * len(M),
-                    "loaded": [kernel.compiled.sha256 in fmod._HANDLES] * len(M),
-                    "broken": [kernel._compiled_broken] * len(M),
-                    **{f"f{i}": M[:, i] for i in range(M.shape[1])},
-                }
-            )
-
-    schema = "p double, marked string, loaded boolean, broken string, " + ", ".join(
-        f"f{i} double" for i in range(X.shape[1])
-    )
-    rows = df.mapInArrow(score, schema).toPandas()
-    assert set(rows["marked"]) == {"1"} and set(rows["loaded"]) == {True}
-    assert set(rows["broken"]) == {""}
-    M = rows[[f"f{i}" for i in range(X.shape[1])]].to_numpy()
-    np.testing.assert_allclose(rows["p"], obj.predict_proba(M)[:, 1], rtol=1e-12, atol=1e-15)
-
-
 # ---------------------------------------------------------------- factorized fact side
 
 
@@ -304,7 +261,7 @@ def test_compiled_fact_side_equals_numpy_fact_side(
     """The factorized fact side walks its trees with word tests (compiled) and ANDs masks
     (numpy): the same exit leaves, so the same bits; and both equal the model."""
     from batchscore.kernels.trees.factorized import FactorizedTreeKernel
-    from tests.test_factorize_trees import MODELS, N_FEATURES, _data, _scored_factorized
+    from tests.spark.test_factorize_trees import MODELS, N_FEATURES, _data, _scored_factorized
 
     model = MODELS[0][name]
     kernel = compile_from_object(name, model, strategy="traversal").kernel

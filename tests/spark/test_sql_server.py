@@ -20,13 +20,11 @@ import pytest
 
 import batchscore as bs
 from batchscore.sinks.sql_server import wait_for_port
-from tests.cluster import loopback_env
-
-from .cluster import free_port
+from tests.cluster import free_port, loopback_env
 
 pytestmark = pytest.mark.spark
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BEELINE = Path(pyspark.__file__).resolve().parent / "bin" / "beeline"
 DAYS = ["2026-11-19", "2026-11-20"]
 QUERY = "SELECT model, count(*) AS n FROM global_temp.preds GROUP BY model ORDER BY model"

@@ -14,12 +14,9 @@ from deltalake import DeltaTable
 import batchscore as bs
 from tests.conftest import SHARED_DATA
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
+pytestmark = pytest.mark.spark
 
 
-@pytest.mark.skipif(
-    not (SHARED_DATA / "Walmart").exists(), reason="no Morpheus data (docs/datasets.md)"
-)
 def test_walmart_scores_every_row_exactly(spark: Any, walmart: Any) -> None:
     from batchscore.datasets.morpheus import materialize_walmart
 

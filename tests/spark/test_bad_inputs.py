@@ -1,7 +1,7 @@
 """Bad inputs that change a table, or select nothing: the table is left as it was.
 
 The table-driven refusals (spec, data, models, paths, runtime) are in
-tests/test_bad_input_matrix.py; these two need a committed table first, or are not refusals.
+tests/spark/test_bad_input_matrix.py; these two need a committed table first, or are not refusals.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.spark
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class ThreadProbe:
@@ -74,7 +74,7 @@ def test_two_task_cpus_give_two_threads(tmp_path: Path) -> None:
         "import json, sys\n"
         f"sys.path.insert(0, {str(ROOT)!r})\n"
         "from batchscore.physical.session import get_spark\n"
-        "from tests.test_threads import measure\n"
+        "from tests.spark.test_threads import measure\n"
         "spark = get_spark('local[2]', {'spark.task.cpus': '2', 'spark.ui.enabled': 'false'})\n"
         "print('RESULT ' + json.dumps(measure(spark)))\n"
         "spark.stop()\n"

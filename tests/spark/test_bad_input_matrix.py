@@ -26,13 +26,13 @@ The cases (CASES below), by kind:
            stays at its previous version and the rerun completes
 Not refusals, by design (test_null_keys_and_nan_are_scored_null_and_counted): null fact keys,
 NaN and inf in features: the rows are scored null and counted per model and reason in the
-summary (tests/test_null_accounting.py has the exact counts).
+summary (tests/spark/test_null_accounting.py has the exact counts).
 
-Cases elsewhere: tests/test_bad_inputs.py (a schema change of the output table refused with
-the table untouched; an empty partition selection, exit 0, nothing written), tests/test_spec.py
-(spec mistakes at the loader), tests/test_model_errors.py, tests/test_ownership.py (foreign
-folders, output = input, symlinks, vacuum), tests/test_cluster_errors.py (unreachable master,
-no workers, broken worker Python), tests/test_crash_safety.py (kill -9 mid-run).
+Cases elsewhere: tests/spark/test_bad_inputs.py (a schema change of the output table refused with
+the table untouched; an empty partition selection, exit 0, nothing written), tests/unit/test_spec.py
+(spec mistakes at the loader), tests/unit/test_model_errors.py, tests/spark/test_ownership.py (foreign
+folders, output = input, symlinks, vacuum), tests/spark/test_cluster_errors.py (unreachable master,
+no workers, broken worker Python), tests/spark/test_crash_safety.py (kill -9 mid-run).
 """
 
 from __future__ import annotations

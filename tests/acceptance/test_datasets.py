@@ -33,11 +33,10 @@ from batchscore.datasets._write import (
 )
 from batchscore.datasets.demo import main as demo_main
 from batchscore.spec import load_spec
+from tests.conftest import SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "morpheus"
-needs_morpheus = pytest.mark.skipif(
-    not (SHARED / "Walmart" / "MLY.csv").is_file(), reason="Morpheus data not present"
-)
+SHARED = SHARED_DATA
+needs_morpheus = pytest.mark.usefixtures("shared_data")  # skips, saying why, without the data
 
 DAYS, ROWS_PER_DAY = 3, 400
 
@@ -248,7 +247,6 @@ def _check_booster(path: Path, x: sp.csr_matrix, n_classes: int) -> None:
     assert p.shape == ((2000, n_classes) if n_classes > 2 else (2000,))
 
 
-@pytest.mark.slow
 @needs_morpheus
 def test_walmart(tmp_path: Path) -> None:
     info = build_walmart(
@@ -316,7 +314,6 @@ def _is_spark_vector(spark: Any, path: Path) -> bool:
     return isinstance(spark.read.parquet(str(path)).schema["onehot"].dataType, VectorUDT)
 
 
-@pytest.mark.slow
 @pytest.mark.spark
 @needs_morpheus
 def test_flights_with_spark_vectors(tmp_path: Path, spark: Any) -> None:

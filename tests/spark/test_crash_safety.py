@@ -25,7 +25,7 @@ from tests.cluster import loopback_env
 
 pytestmark = pytest.mark.spark
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DAYS = ["2026-11-20", "2026-11-21"]
 ROWS_PER_DAY = 400
 MODELS = 3

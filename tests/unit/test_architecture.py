@@ -15,7 +15,7 @@ SPARK_FREE_LAYERS = ("spec", "models", "kernels", "plan")
 """Never import pyspark, not even inside a function: they run in plain Python processes."""
 SPARK_MODULES = frozenset(
     {
-        "batchscore.api",  # inside its functions only (tests/test_api.py)
+        "batchscore.api",  # inside its functions only (tests/unit/test_api.py)
         "batchscore.cli",
         "batchscore.datasets._write",
         "batchscore.sinks.source",

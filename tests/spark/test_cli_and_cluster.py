@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 
 from tests.cluster import StandaloneCluster
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:

@@ -26,8 +26,7 @@ from tests.conftest import SHARED_DATA
 
 pytestmark = [
     pytest.mark.spark,
-    pytest.mark.slow,
-    pytest.mark.skipif(not (SHARED_DATA / "Walmart").exists(), reason="no Morpheus data"),
+    pytest.mark.usefixtures("shared_data"),
 ]
 
 

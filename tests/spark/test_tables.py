@@ -124,7 +124,7 @@ def test_optimize_and_vacuum_keep_results(spark: Any, demo: Path, tmp_path: Path
     files_before = len(live_files(out))
     assert orphan_files(out)  # the forced rerun's replaced files
     # A dead run's file, as a killed job of a version without ownership markers left it (its
-    # name and partition folder make it batchscore's; tests/test_ownership.py has the rest).
+    # name and partition folder make it batchscore's; tests/spark/test_ownership.py has the rest).
     dead = out / f"ds={DAYS[0]}" / f"part-deadbeefdeadbeef-{'0' * 32}.snappy.parquet"
     dead.write_bytes(b"not really parquet")
     assert run_cli(["optimize", str(out), "--target-size", "64"]) == 0

@@ -33,12 +33,12 @@ from batchscore.sinks.spark_errors import unwrap_spark_error
 from batchscore.sinks.spark_io import write_delta
 from batchscore.sinks.storage import is_delta_table
 from tests.cluster import loopback_env
-from tests.test_bad_inputs import _edit
+from tests.spark.test_bad_inputs import _edit
 
 pytestmark = pytest.mark.spark
 
 RUN_DATE = "2026-11-21"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _last_job(spark: Any) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import batchscore as bs
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PUBLIC = {
     "BatchScoreError",
     "CommitConflictError",

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import StandaloneCluster, free_port
-from tests.test_cli_and_cluster import _cli
+from tests.spark.test_cli_and_cluster import _cli
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_DATE = "2026-11-21"
 pytestmark = pytest.mark.spark
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import pickle
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -43,6 +42,7 @@ from batchscore.kernels.trees import (
 from batchscore.kernels.trees.lightgbm_text import lightgbm_ir
 from batchscore.models import compile_from_object
 from batchscore.models.converters.sklearn_trees import to_ir
+from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 
@@ -50,7 +50,7 @@ RTOL = 1e-9
 COMPILED_RTOL = 1e-12
 """The compiled kernel adds leaf values in the libraries' own order: held to 1e-12."""
 ARRAY_STRATEGIES = ("compiled", "traversal", "perfect", "gemm", "bitvector")
-FLIGHTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "morpheus"  # docs/datasets.md
+FLIGHTS = SHARED_DATA  # docs/datasets.md
 
 
 # ---------------------------------------------------------------- data

@@ -65,7 +65,7 @@ from batchscore.models import (
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 RTOL = 1e-9
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ---------------------------------------------------------------- data

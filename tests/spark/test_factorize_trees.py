@@ -25,7 +25,7 @@ from sklearn.ensemble import (
 from batchscore.kernels.trees import TreeEnsembleKernel
 from batchscore.kernels.trees.factorized import FACT, factorize_ensemble
 from batchscore.models import compile_from_object
-from tests.test_factorize import _variant
+from tests.spark.test_factorize import _variant
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

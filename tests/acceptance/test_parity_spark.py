@@ -19,7 +19,7 @@ from sklearn import datasets, ensemble, linear_model, pipeline, preprocessing, s
 import batchscore as bs
 from tests.conftest import SHARED_DATA
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.usefixtures("shared_data")]
 
 Factory = Callable[[], Any]
 NAN_OK = {"hgb", "lgbm", "lgbm_booster", "tree", "forest", "extra", "forest_bitvector", "forest_perfect",
