@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from batchscore.commands import COMMAND_MODULES
-from batchscore.errors import BatchScoreError, SpecError
+from batchscore.errors import BatchScoreError, SpecError, first_line
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -271,7 +271,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             _report(wrapped)
             return wrapped.exit_code
         _report(
-            StepError(f"Step '{args.command}' failed: {type(exc).__name__}: {_first_line(exc)}"),
+            StepError(f"Step '{args.command}' failed: {type(exc).__name__}: {first_line(exc)}"),
             exc,
         )
         return 1
@@ -283,11 +283,6 @@ def _unwrap(exc: BaseException) -> BatchScoreError | None:
     except ImportError:
         return None
     return unwrap_spark_error(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _report(error: BaseException, cause: BaseException | None = None) -> None:

@@ -54,3 +54,25 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """Return " Did you mean 'x'?" for the closest candidate, or "" when none is close."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" Did you mean '{matches[0]}'?" if matches else ""
+
+
+def first_line(problem: BaseException | str) -> str:
+    """The first non-empty line of an error or a text, stripped (delta-rs and compilers append
+    backtraces); for an exception without text, its class name. Never raises."""
+    text = str(problem)
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    if isinstance(problem, BaseException):
+        return type(problem).__name__
+    return text.strip()
+
+
+def collapsed(problem: BaseException | Warning | str, limit: int = 300) -> str:
+    """The whole text of an error on one line (whitespace collapsed), at most `limit`
+    characters: for a model library's message, whose cause may be on any line; for an
+    exception without text, its class name."""
+    text = " ".join(str(problem).split())
+    if not text and isinstance(problem, BaseException):
+        return type(problem).__name__
+    return text[:limit]

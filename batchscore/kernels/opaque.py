@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import scipy.sparse as sp
 
-from batchscore.errors import DataError
+from batchscore.errors import DataError, collapsed
 from batchscore.kernels.affine import as_float_matrix
 from batchscore.kernels.base import Kernel, KernelKind, Matrix, ScoreOutput, Task, class_codes
 
@@ -86,7 +86,7 @@ class OpaqueKernel(Kernel):
         except (TypeError, ValueError) as exc:
             if not sp.issparse(X):
                 raise DataError(
-                    f"{self._who()} failed in {method}(): {_one_line(exc)}. "
+                    f"{self._who()} failed in {method}(): {collapsed(exc)}. "
                     "Check the batch's values (missing values need a model that accepts NaN)."
                 ) from exc
         self.densify = True
@@ -187,8 +187,3 @@ def _empty(classes: tuple[str, ...] | None, *, proba: bool) -> ScoreOutput:
         return ScoreOutput(np.zeros(0), None, None)
     probability = np.zeros((0, len(classes))) if proba else None
     return ScoreOutput(np.zeros(0), np.zeros(0, dtype=object), probability)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
-from batchscore.errors import ModelError
+from batchscore.errors import ModelError, collapsed
 from batchscore.models.store_reader import StoreReader, check_signature
 
 ArtifactFormat = Literal["pickle", "lightgbm_text", "skops"]
@@ -68,7 +68,7 @@ def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedAr
             "(.joblib, .pkl, .skops, LightGBM .txt) or use a registry: or models:/ URI."
         ) from None
     except OSError as exc:
-        raise ModelError(f"{where} cannot be read: {_one_line(exc)}.") from None
+        raise ModelError(f"{where} cannot be read: {collapsed(exc)}.") from None
     actual = hashlib.sha256(data).hexdigest()
     expected = _normalise_pin(sha256, where)
     if expected is not None and expected != actual:
@@ -132,7 +132,7 @@ def _load_mlflow(uri: str, *, sha256: str | None, model_name: str) -> LoadedArti
         try:
             data = file.read_bytes()
         except OSError as exc:
-            raise ModelError(f"{where}: {file.name} cannot be read: {_one_line(exc)}.") from None
+            raise ModelError(f"{where}: {file.name} cannot be read: {collapsed(exc)}.") from None
     where = f"Model '{model_name}' ({uri}, file {file.name})"
     actual = hashlib.sha256(data).hexdigest()
     if expected is not None and expected != actual:
@@ -176,7 +176,7 @@ def _download_mlflow(mlflow_artifacts: Any, uri: str, dst: str, where: str) -> P
             ) from None
         raise ModelError(
             f"{where} cannot be resolved by MLflow (tracking URI {tracking}): "
-            f"{_one_line(text)}; check the URI and MLFLOW_TRACKING_URI."
+            f"{collapsed(text)}; check the URI and MLFLOW_TRACKING_URI."
         ) from None
 
 
@@ -201,7 +201,7 @@ def _mlflow_model_file(local: Path, where: str) -> Path:
             "mlflow.lightgbm.log_model."
         ) from None
     except yaml.YAMLError as exc:
-        raise ModelError(f"{where} has an unreadable MLmodel file: {_one_line(exc)}.") from None
+        raise ModelError(f"{where} has an unreadable MLmodel file: {collapsed(exc)}.") from None
     flavors = meta.get("flavors") if isinstance(meta, dict) else None
     flavors = flavors if isinstance(flavors, dict) else {}
     for flavor, key, default in _MLFLOW_FLAVORS:
@@ -243,10 +243,10 @@ def _load_skops(
             obj = sio.loads(data, trusted=sio.get_untrusted_types(data=data))
         except Exception as exc:  # corrupt zip, missing module, version clash
             raise ModelError(
-                f"{where} cannot be loaded: {type(exc).__name__}: {_one_line(exc)}. "
+                f"{where} cannot be loaded: {type(exc).__name__}: {collapsed(exc)}. "
                 "Install the packages the model was logged with, or re-log it."
             ) from None
-    notes = tuple(dict.fromkeys(_one_line(w.message) for w in caught))
+    notes = tuple(dict.fromkeys(collapsed(w.message) for w in caught))
     return LoadedArtifact(obj, actual, "skops", path, notes)
 
 
@@ -296,7 +296,7 @@ def _load_lightgbm_text(data: bytes, where: str) -> Any:
         return lightgbm.Booster(model_str=data.decode("utf-8"))
     except Exception as exc:  # ModelTextError, LightGBMError, UnicodeDecodeError
         raise ModelError(
-            f"{where} cannot be loaded: {_one_line(exc)}. Re-save it with Booster.save_model()."
+            f"{where} cannot be loaded: {collapsed(exc)}. Re-save it with Booster.save_model()."
         ) from None
 
 
@@ -314,12 +314,7 @@ def _unpickle(data: bytes, where: str) -> tuple[Any, tuple[str, ...]]:
             ) from None
         except Exception as exc:  # truncated, garbage, incompatible: all one answer
             raise ModelError(
-                f"{where} cannot be loaded: {type(exc).__name__}: {_one_line(exc)}. "
+                f"{where} cannot be loaded: {type(exc).__name__}: {collapsed(exc)}. "
                 "Check that the file is a complete joblib/pickle dump."
             ) from None
-    return obj, tuple(dict.fromkeys(_one_line(w.message) for w in caught))
-
-
-def _one_line(exc: BaseException | Warning | str) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
+    return obj, tuple(dict.fromkeys(collapsed(w.message) for w in caught))

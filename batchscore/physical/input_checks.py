@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from batchscore.errors import DataError
+from batchscore.errors import DataError, first_line
 from batchscore.plan.nodes import LogicalPlan, Scan
 
 
@@ -45,7 +45,7 @@ def _check_folder(table: str, root: str, columns: tuple[str, ...] | None) -> Non
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as exc:
-            why = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            why = first_line(exc)[:120]
             raise DataError(
                 f"Table '{table}': file '{rel}' in {root} is not a readable Parquet file "
                 f"({why}); move it out of the table's folder (or name it with a leading '_')."

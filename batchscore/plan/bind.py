@@ -15,9 +15,12 @@ from batchscore.models.compiled import CompiledModel, check_feature_count, compi
 from batchscore.plan.catalog import TableInfo, column_kind, describe_table
 from batchscore.plan.nodes import FeatureRef, IdColumn, Join, LogicalPlan, ModelBinding, Node, Scan
 from batchscore.plan.predicates import referenced_columns
-from batchscore.spec.model import JobSpec, JoinSpec, ModelSpec
+from batchscore.spec.model import JobSpec, JoinSpec, ModelSpec, TableSpec
 
 ModelLoader = Callable[[ModelSpec], CompiledModel]
+TableDescriber = Callable[[str, TableSpec], TableInfo]
+"""How a table's schema, partitions and files are learnt: from storage, or (tests of the rules)
+from a synthetic catalog."""
 
 
 def _load_model(model: ModelSpec) -> CompiledModel:
@@ -31,10 +34,15 @@ def _load_model(model: ModelSpec) -> CompiledModel:
     )
 
 
-def bind(spec: JobSpec, *, load_model: ModelLoader = _load_model) -> LogicalPlan:
+def bind(
+    spec: JobSpec,
+    *,
+    load_model: ModelLoader = _load_model,
+    describe: TableDescriber = describe_table,
+) -> LogicalPlan:
     """The naive plan: scan everything, left-join every dimension, score every model."""
     used = [spec.source.table, *(j.table for j in spec.all_joins())]
-    tables = {name: describe_table(name, spec.tables[name]) for name in used}
+    tables = {name: describe(name, spec.tables[name]) for name in used}
     source = _bind_source(spec, tables)
     id_columns = tuple(_bind_id(spec, tables, name) for name in spec.source.id_columns)
     models = tuple(_bind_model(spec, tables, m, load_model) for m in spec.models)

@@ -6,7 +6,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError
 
-from batchscore.errors import SpecError
+from batchscore.errors import SpecError, first_line
 from batchscore.plan.catalog import PartitionFilter
 
 _OPS: dict[type[exp.Expr], str] = {
@@ -24,7 +24,7 @@ def parse_where(where: str) -> exp.Expr:
     try:
         return sqlglot.parse_one(where, read="spark")
     except ParseError as exc:
-        first = str(exc).splitlines()[0]
+        first = first_line(exc)
         raise SpecError(
             f"source.where '{where}' is not a valid Spark SQL predicate ({first}). "
             "Fix the expression."

@@ -29,7 +29,7 @@ from deltalake.transaction import (
     create_table_with_add_actions,
 )
 
-from batchscore.errors import BatchScoreError, CommitConflictError, SinkError
+from batchscore.errors import BatchScoreError, CommitConflictError, SinkError, first_line
 from batchscore.sinks.log import (
     METADATA_KEY,
     check_no_conflict,
@@ -46,7 +46,6 @@ from batchscore.sinks.schema import (
     check_table_features,
     table_partition_columns,
 )
-from batchscore.sinks.spark_errors import one_line
 from batchscore.sinks.storage import is_delta_table
 
 
@@ -152,7 +151,7 @@ def _commit_with_retries(commit: _Commit, max_retries: int) -> int | None:
                 if not known:
                     keep_files = True
                     raise SinkError(
-                        f"Delta table {path}: the commit failed ({one_line(str(exc))}) and its "
+                        f"Delta table {path}: the commit failed ({first_line(str(exc))}) and its "
                         "outcome cannot be read back; the new files were left in place, check "
                         "`batchscore history` and rerun the job if the write is missing."
                     ) from None
@@ -166,11 +165,11 @@ def _commit_with_retries(commit: _Commit, max_retries: int) -> int | None:
                 if isinstance(exc, CommitFailedError):
                     raise CommitConflictError(
                         f"Delta table {path}: another writer committed first {attempt} times in "
-                        f"a row and this {mode} write gave up ({one_line(str(exc))}); "
+                        f"a row and this {mode} write gave up ({first_line(str(exc))}); "
                         "nothing was committed and the new files were deleted, rerun the job."
                     ) from None
                 raise SinkError(
-                    f"Delta table {path}: the commit failed ({one_line(str(exc))}); nothing was "
+                    f"Delta table {path}: the commit failed ({first_line(str(exc))}); nothing was "
                     "committed and the new files were deleted, fix the cause and rerun."
                 ) from None
             committed = True

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batchscore.errors import SinkError
+from batchscore.errors import SinkError, first_line
 from batchscore.sinks.commit import FileAdd
 from batchscore.sinks.encoding import choose_encoding
 from batchscore.sinks.file_stats import FileStats, indexed_columns
@@ -89,7 +89,7 @@ class TaskWriter:
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SinkError(
                 f"Delta table {self.plan.path}: a batch of type {batch.schema.to_string()!r} "
-                f"cannot be cast to the table's types ({str(exc).splitlines()[0]}); cast the "
+                f"cannot be cast to the table's types ({first_line(exc)}); cast the "
                 "columns before writing."
             ) from None
 

@@ -30,7 +30,7 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.transaction import CommitProperties
 
-from batchscore.errors import SinkError
+from batchscore.errors import SinkError, first_line
 from batchscore.sinks.ownership import (
     delete_files,
     describe,
@@ -40,7 +40,6 @@ from batchscore.sinks.ownership import (
     written_by_project,
 )
 from batchscore.sinks.schema import check_table_features, table_partition_columns
-from batchscore.sinks.spark_errors import one_line
 from batchscore.sinks.storage import filesystem, normalize_path, open_table
 
 DEFAULT_RETAIN_HOURS = 168
@@ -219,7 +218,7 @@ def _delta_vacuum(
             ),
         )
     except Exception as exc:
-        text = one_line(str(exc))
+        text = first_line(str(exc))
         hint = (
             " Pass a longer retention, or allow a short one explicitly "
             "(enforce_retention=False / --no-enforce-retention) when no job writes to the table."
@@ -276,7 +275,7 @@ def optimize(
         )
     except Exception as exc:
         raise SinkError(
-            f"Delta table {table_path}: optimize failed ({one_line(str(exc))}); if another "
+            f"Delta table {table_path}: optimize failed ({first_line(str(exc))}); if another "
             "job committed meanwhile, rerun optimize."
         ) from None
     del table

@@ -32,7 +32,7 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 
 import pyarrow.fs as pafs
 
-from batchscore.errors import SinkError
+from batchscore.errors import SinkError, first_line
 from batchscore.sinks.storage import (
     delete_and_prune,
     filesystem,
@@ -208,7 +208,7 @@ def check_table_folder(path: str | os.PathLike[str], *, label: str = "Delta tabl
         if not isinstance(exc, OSError):
             raise
         raise SinkError(
-            f"{label} {table_path} cannot be listed ({_os_line(exc)}); check the path and "
+            f"{label} {table_path} cannot be listed ({first_line(exc)}); check the path and "
             "its permissions."
         ) from None
     if foreign and any(f.startswith("_delta_log/") for f in foreign) and is_delta_table(table_path):
@@ -225,10 +225,6 @@ def describe(files: Sequence[str], shown: int = SHOWN) -> str:
     """'a, b, c and more' for up to `shown` file names."""
     names = ", ".join(files[:shown])
     return names + (" and more" if len(files) > shown else "")
-
-
-def _os_line(exc: OSError) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _foreign_files(fs: pafs.FileSystem, base: str, *, limit: int) -> list[str]:

@@ -20,9 +20,8 @@ from deltalake import DeltaTable
 from deltalake import Schema as DeltaSchema
 from deltalake.transaction import CommitProperties
 
-from batchscore.errors import SinkError, did_you_mean
+from batchscore.errors import SinkError, did_you_mean, first_line
 from batchscore.sinks.ownership import check_table_folder
-from batchscore.sinks.spark_errors import one_line
 from batchscore.sinks.storage import is_delta_table, normalize_path, open_table
 
 ColumnFilter = Callable[[str], bool]
@@ -137,7 +136,7 @@ def delta_arrow_schema(schema: pa.Schema, *, path: str) -> pa.Schema:
         DeltaSchema.from_arrow(result)
     except Exception as exc:
         raise SinkError(
-            f"Delta table {path}: the schema cannot be stored in Delta ({one_line(str(exc))}); "
+            f"Delta table {path}: the schema cannot be stored in Delta ({first_line(str(exc))}); "
             "cast the offending column to a supported type before writing."
         ) from None
     return result
@@ -393,7 +392,7 @@ def add_columns(
         if not set(names) & set(again.added) and not again.changed:
             return []  # another writer added exactly these columns first
         raise SinkError(
-            f"Delta table {table_path}: adding column(s) {names} failed ({one_line(str(exc))}); "
+            f"Delta table {table_path}: adding column(s) {names} failed ({first_line(str(exc))}); "
             "nothing was written, check the table and rerun."
         ) from None
     return names

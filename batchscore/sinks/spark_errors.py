@@ -14,19 +14,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from batchscore import errors as _errors
-from batchscore.errors import BatchScoreError, SinkError
+from batchscore.errors import BatchScoreError, SinkError, first_line
 
 ERROR_MARKER = "BATCHSCORE_ERROR"
 
 _MARKED = re.compile(ERROR_MARKER + r"\[(\w+)\]: (.*)")
-
-
-def one_line(text: str) -> str:
-    """The first non-empty line of `text`, without delta-rs' appended backtraces."""
-    for line in str(text).splitlines():
-        if line.strip():
-            return line.strip()
-    return str(text).strip()
 
 
 def mark_error(err: BatchScoreError) -> BatchScoreError:
@@ -35,7 +27,7 @@ def mark_error(err: BatchScoreError) -> BatchScoreError:
     Errors raised inside the data source reach the driver wrapped in Spark exceptions; the marker
     lets `unwrap_spark_error` find and rebuild them.
     """
-    message = one_line(str(err))
+    message = first_line(str(err))
     if message.startswith(ERROR_MARKER + "["):
         return err
     return type(err)(f"{ERROR_MARKER}[{type(err).__name__}]: {message}")

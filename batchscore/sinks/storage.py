@@ -17,8 +17,7 @@ from collections.abc import Iterable
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
-from batchscore.errors import SinkError
-from batchscore.sinks.spark_errors import one_line
+from batchscore.errors import SinkError, first_line
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder name (and log label) of a null partition value."""
@@ -74,7 +73,7 @@ def open_table(path: str, *, version: int | None = None) -> DeltaTable:
                 f"pass a version between 0 and {latest}, or None for the latest."
             ) from None
         raise SinkError(
-            f"Delta table {path} cannot be opened: {one_line(str(exc))}; check the path and "
+            f"Delta table {path} cannot be opened: {first_line(str(exc))}; check the path and "
             "the _delta_log files."
         ) from None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.ipc
 
-from batchscore.errors import SinkError
+from batchscore.errors import SinkError, first_line
 from batchscore.sinks.storage import filesystem
 
 BatchTransform = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
@@ -80,7 +80,7 @@ def store_transform(
     except OSError as exc:
         raise SinkError(
             f"Delta table {table_path}: cannot write the scoring task file {rel} "
-            f"({str(exc).splitlines()[0]}); check that the table path is writable."
+            f"({first_line(exc)}); check that the table path is writable."
         ) from None
     return TransformRef(rel, hashlib.sha256(data).hexdigest(), schema)
 
@@ -123,7 +123,7 @@ def _read(table_path: str, ref: TransformRef) -> bytes:
     except (FileNotFoundError, OSError) as exc:
         raise SinkError(
             f"Delta table {table_path}: scoring task file {ref.path} cannot be read "
-            f"({str(exc).splitlines()[0]}); executors must reach the table path. Rerun the job."
+            f"({first_line(exc)}); executors must reach the table path. Rerun the job."
         ) from None
 
 
@@ -138,7 +138,7 @@ def decode_schema(text: str, *, table_path: str) -> pa.Schema:
     except (ValueError, pa.ArrowInvalid) as exc:
         raise SinkError(
             f"Delta table {table_path}: option transform_schema is not a serialized Arrow "
-            f"schema ({str(exc).splitlines()[0]}); pass transform_schema=... to write_delta."
+            f"schema ({first_line(exc)}); pass transform_schema=... to write_delta."
         ) from None
 
 

@@ -20,7 +20,7 @@ from pyspark.sql.datasource import DataSourceArrowWriter, WriterCommitMessage
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
-from batchscore.errors import BatchScoreError, SinkError, StepError
+from batchscore.errors import BatchScoreError, SinkError, StepError, first_line
 from batchscore.sinks.commit import FileAdd, commit_files
 from batchscore.sinks.files import TaskWriter
 from batchscore.sinks.log import find_commit, transaction_version
@@ -31,7 +31,7 @@ from batchscore.sinks.schema import (
     delta_arrow_schema,
     table_partition_columns,
 )
-from batchscore.sinks.spark_errors import marked, one_line
+from batchscore.sinks.spark_errors import marked
 from batchscore.sinks.storage import is_delta_table, open_table, written_files
 from batchscore.sinks.transform import BatchTransform, FusedTransform, load_transform
 
@@ -101,7 +101,7 @@ class DeltaArrowWriter(DataSourceArrowWriter):
                 except OSError as exc:
                     raise SinkError(
                         f"Delta table {self.plan.path}: writing a data file failed "
-                        f"({str(exc).splitlines()[0]}); check that the path is writable and "
+                        f"({first_line(exc)}); check that the path is writable and "
                         "has free space."
                     ) from None
         except BaseException:
@@ -158,7 +158,7 @@ def _scored(
         raise
     except Exception as exc:
         raise StepError(
-            f"Step 'score' failed in a write task: {type(exc).__name__}: {one_line(str(exc))}"
+            f"Step 'score' failed in a write task: {type(exc).__name__}: {first_line(str(exc))}"
         ) from exc
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from batchscore.errors import SpecError, did_you_mean
+from batchscore.errors import SpecError, did_you_mean, first_line
 from batchscore.spec.model import JobSpec, JoinSpec, ModelSpec, OutputSpec, TableSpec
 from batchscore.spec.validate import check_references
 
@@ -204,7 +204,7 @@ def parse_spec(
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or first_line(exc)
         raise SpecError(f"Spec {source}{at}: malformed YAML ({problem}). Fix the syntax.") from None
     ctx = _Context(source, lines)
     if not isinstance(raw, dict):

@@ -73,3 +73,11 @@ def test_the_architecture_document_names_every_module() -> None:
         if path.name != "__init__.py" and not {path.name, path.stem} & named
     ]
     assert missing == []
+
+
+def test_first_line_never_raises_and_names_a_silent_exception() -> None:
+    from batchscore.errors import first_line
+
+    assert first_line(ValueError("")) == "ValueError"
+    assert first_line(OSError("\n  disk full \nbacktrace")) == "disk full"
+    assert first_line("") == ""
