@@ -205,13 +205,15 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _output(path: Path) -> tuple[Any, np.ndarray]:
+def _output(path: Path) -> tuple[np.ndarray, Any, np.ndarray]:
+    """(ids, labels, flattened probabilities) of the table, by id."""
     from deltalake import DeltaTable
 
     table = DeltaTable(str(path)).to_pyarrow_table(columns=["id", "label", "probability"])
     table = table.sort_by("id")
     proba = np.asarray(table["probability"].combine_chunks().flatten().to_numpy(), dtype=float)
-    return table["label"].combine_chunks(), proba
+    ids = np.asarray(table["id"].combine_chunks().to_numpy())
+    return ids, table["label"].combine_chunks(), proba
 
 
 def _sampled(output: tuple[np.ndarray, Any, np.ndarray]) -> tuple[np.ndarray, Any, np.ndarray]:
@@ -224,5 +226,10 @@ def _sampled(output: tuple[np.ndarray, Any, np.ndarray]) -> tuple[np.ndarray, An
     return ids[keep], labels.filter(pa.array(keep)), proba.reshape(-1, width)[keep].ravel()
 
 
-def _same(a: tuple[Any, np.ndarray], b: tuple[Any, np.ndarray]) -> bool:
-    return bool(a[0].equals(b[0]) and np.allclose(a[1], b[1], rtol=1e-12, atol=1e-15))
+def _same(a: tuple[np.ndarray, Any, np.ndarray], b: tuple[np.ndarray, Any, np.ndarray]) -> bool:
+    """Same ids, identical labels, probabilities within rtol 1e-12."""
+    return bool(
+        np.array_equal(a[0], b[0])
+        and a[1].equals(b[1])
+        and np.allclose(a[2], b[2], rtol=1e-12, atol=1e-15)
+    )
