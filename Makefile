@@ -29,6 +29,8 @@ demo: $(STAMP) ## build demo data and models, run the demo job, query the predic
 	$(PY) -m batchscore.datasets.demo demo conf/demo.yaml
 	$(PY) -m batchscore run conf/demo.yaml --run-date $(RUN_DATE)
 	$(PY) -m batchscore sql "SELECT model, count(*) AS rows, round(avg(prediction), 4) AS avg_prediction, count(DISTINCT label) AS labels FROM preds WHERE ds = '$(RUN_DATE)' GROUP BY model ORDER BY model" --table preds=demo/out/predictions
+	$(PY) -m batchscore sql "SELECT model, feature, metric, round(value, 4) AS value FROM mon WHERE run_date = '$(RUN_DATE)' AND kind = 'prediction' AND metric IN ('rows', 'mean', 'null_rate') ORDER BY model, metric" --table mon=demo/out/monitoring
+	$(PY) -m batchscore report --monitoring demo/out/monitoring --job retail_daily --out demo/out/report.html
 
 walmart: $(STAMP) ## build the Walmart star schema and score all 421,570 fact rows
 	$(PY) -m batchscore.datasets.morpheus walmart demo/walmart conf/walmart.yaml --shared ../shared/data/morpheus --spark

@@ -1,7 +1,8 @@
 """batchscore: plan, score and commit batch predictions on Spark, with factorized inference.
 
 `import batchscore as bs` gives the notebook API (docs/api.md): `load_spec`, `explain`, `run`,
-`run_range`, `score`, `sql`, `read_table`, `history`, `spark_session`, `build_demo`, the
+`run_range`, `score`, `sql`, `read_table`, `history`, `profile`, `report`, `spark_session`,
+`build_demo`, the
 `RunResult` they return and the `BatchScoreError` family they raise. Spark is imported lazily,
 so `import batchscore` and spec/plan work stay fast and Spark-free.
 """
@@ -15,7 +16,9 @@ from batchscore.api import (
     explain,
     history,
     load_spec,
+    profile,
     read_table,
+    report,
     run,
     run_range,
     score,
@@ -46,7 +49,9 @@ __all__ = [
     "explain",
     "history",
     "load_spec",
+    "profile",
     "read_table",
+    "report",
     "run",
     "run_range",
     "score",

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from batchscore.datasets.demo import DemoInfo
+    from batchscore.monitor.profile import Profile
+    from batchscore.monitor.report import ReportSummary
 
 __all__ = [
     "RunResult",
@@ -27,7 +29,9 @@ __all__ = [
     "explain",
     "history",
     "load_spec",
+    "profile",
     "read_table",
+    "report",
     "run",
     "run_range",
     "score",
@@ -157,6 +161,43 @@ def history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any
     return table_history(str(path), limit=limit)
 
 
+def profile(
+    spec: JobSpec | str | Path,
+    *,
+    run_date: str | None = None,
+    model: str | None = None,
+    out: str | Path | None = None,
+    spark: SparkSession | None = None,
+) -> dict[str, Profile]:
+    """Training profiles of the spec's models (or `model`) on a reference run date: inputs as
+    the job assembles them, and predictions (docs/health.md). `out`: also save them there,
+    as `batchscore profile` does (one model: out/profile.json, else out/<model>/)."""
+    from batchscore.jobs.profiling import profile_spec
+    from batchscore.physical.session import get_spark
+
+    session = spark or get_spark(None)
+    profiles = profile_spec(session, _as_spec(spec, run_date), run_date=run_date, model=model)
+    if out is not None:
+        single = len(profiles) == 1
+        for name, made in profiles.items():
+            made.save(Path(out) if single else Path(out) / name)
+    return profiles
+
+
+def report(
+    monitoring: str | Path,
+    *,
+    job: str,
+    out: str | Path,
+    model: str | None = None,
+    last: int = 30,
+) -> ReportSummary:
+    """The monitoring table as one static HTML file (what `batchscore report` writes)."""
+    from batchscore.monitor.report import write_report
+
+    return write_report(str(monitoring), job, str(out), model=model, last=last)
+
+
 def build_demo(
     root: str | Path,
     *,
@@ -164,11 +205,18 @@ def build_demo(
     days: int = 7,
     rows_per_day: int = 20_000,
     seed: int = 0,
+    monitoring: bool = False,
 ) -> DemoInfo:
     """Write the demo star schema (sales, stores, products) under `root`, train its three
-    models and write its job spec to `conf_path`: what `make demo` and the quickstart use."""
+    models and write its job spec to `conf_path`: what `make demo` and the quickstart use
+    (`monitoring`: the spec also records each run in a monitoring table under out/)."""
     from batchscore.datasets.demo import build_demo as build
 
     return build(
-        Path(root), conf_path=Path(conf_path), days=days, rows_per_day=rows_per_day, seed=seed
+        Path(root),
+        conf_path=Path(conf_path),
+        days=days,
+        rows_per_day=rows_per_day,
+        seed=seed,
+        monitoring=monitoring,
     )

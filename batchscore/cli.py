@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(result.summary())
     if args.summary_json:
         _write_summary_json(args.summary_json, result.to_json())
-    return 0
+    return result.exit_code
 
 
 def _write_summary_json(path: str, body: dict[str, Any]) -> None:

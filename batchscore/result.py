@@ -36,6 +36,22 @@ class RunResult:
     models without any are left out. Known only after the commit, so the table's commit
     metadata cannot carry them: they are in the summary and `--summary-json`."""
 
+    violations: dict[str, int] = field(default_factory=dict)
+    """Rows breaking each validation rule that had any (null_rate rules: 1 when broken)."""
+    warnings: tuple[str, ...] = ()
+    """One line per broken `warn` validation rule."""
+    monitoring: dict[str, Any] = field(default_factory=dict)
+    """The monitoring table's record of this run: table, version, rows, alerts (worst first)."""
+    alert_line: str = ""
+    """One line naming the models and features whose drift passed a threshold ("" when none)."""
+    fail_on_alert: bool = False
+    """monitoring.on_alert is fail: an alert makes the CLI exit 3 (after the commits)."""
+
+    @property
+    def exit_code(self) -> int:
+        """What `batchscore run` exits with: 3 for a drift alert under on_alert: fail."""
+        return 3 if self.alert_line and self.fail_on_alert else 0
+
     @property
     def null_rows(self) -> int:
         return sum(sum(r.values()) for r in self.nulls.values())
@@ -56,6 +72,11 @@ class RunResult:
             "seconds": round(self.seconds, 3),
             "models": dict(self.models),
             "message": self.message,
+            "validation": dict(self.violations),
+            "warnings": list(self.warnings),
+            "monitoring": dict(self.monitoring),
+            "alert": self.alert_line,
+            "exit_code": self.exit_code,
         }
 
     @property
@@ -81,6 +102,12 @@ class RunResult:
         )
         for model, reasons in self.nulls.items():
             text += f"; {_null_phrase(model, reasons)}"
+        if self.monitoring:
+            text += f"\n{_monitoring_phrase(self.monitoring)}"
+        for line in self.warnings:
+            text += f"\nWarning: {line}"
+        if self.alert_line:
+            text += f"\n{self.alert_line}"
         if self.profile is not None:
             text += "\n" + "\n".join(self.profile.lines())
         return text
@@ -94,3 +121,13 @@ def _null_phrase(model: str, reasons: dict[str, int]) -> str:
     else:
         why = ", ".join(f"{n:,} {reason}" for reason, n in reasons.items())
     return f"{model}: {total:,} row{'s' if total != 1 else ''} with null predictions ({why})"
+
+
+def _monitoring_phrase(record: dict[str, Any]) -> str:
+    """`Monitoring: 412 metrics (2 alerts) in out/monitoring version 7`."""
+    alerts = len(record.get("alerts") or [])
+    plural = "s" if alerts != 1 else ""
+    return (
+        f"Monitoring: {record.get('rows', 0):,} metrics ({alerts} alert{plural}) "
+        f"in {record.get('table')} (version {record.get('version')})"
+    )

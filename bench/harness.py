@@ -183,3 +183,26 @@ def versions() -> str:
 
     names = ["pyspark", "deltalake", "pyarrow", "numpy", "scikit-learn", "lightgbm"]
     return ", ".join(f"{n} {version(n)}" for n in names)
+
+
+def standalone(run: Callable[[Context], list[Row]], description: str, quick_help: str) -> None:
+    """`python -m bench.<scenario> [--quick]`: one scenario in its own Spark session, its rows
+    and notes printed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    args = parser.parse_args()
+    from batchscore.cli import hard_exit
+    from batchscore.physical.session import get_spark, prepare_environment
+    from bench.run import _fmt
+
+    prepare_environment()
+    OUT.mkdir(parents=True, exist_ok=True)
+    spark = get_spark("local[2]", {"spark.sql.shuffle.partitions": "4"})
+    ctx = Context(quick=args.quick, repeats=1 if args.quick else 3, workdir=OUT, spark=spark)
+    for row in run(ctx):
+        print(_fmt(row), flush=True)
+    for note in ctx.notes:
+        print(note, flush=True)
+    hard_exit(0)

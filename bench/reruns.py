@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Context, Row, peak_rss_mb, timed
+from bench.harness import Context, Row, peak_rss_mb, standalone, timed
 
 QUERY = (
     "SELECT model, count(*) AS n, round(avg(prediction), 9) AS mean "
@@ -209,23 +208,7 @@ def run(ctx: Context) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="N=5, 3 days, smaller data")
-    args = parser.parse_args()
-    from batchscore.cli import hard_exit
-    from batchscore.physical.session import get_spark, prepare_environment
-    from bench.harness import OUT
-    from bench.run import _fmt
-
-    prepare_environment()
-    OUT.mkdir(parents=True, exist_ok=True)
-    spark = get_spark("local[2]", {"spark.sql.shuffle.partitions": "4"})
-    ctx = Context(quick=args.quick, repeats=1 if args.quick else 3, workdir=OUT, spark=spark)
-    for row in run(ctx):
-        print(_fmt(row), flush=True)
-    for note in ctx.notes:
-        print(note, flush=True)
-    hard_exit(0)
+    standalone(run, __doc__ or "", "N=5, 3 days, smaller data")
 
 
 if __name__ == "__main__":

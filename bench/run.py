@@ -23,6 +23,7 @@ SCENARIOS: tuple[str, ...] = (
     "bench.star_sweep",
     "bench.tree_job",
     "bench.reruns",
+    "bench.health",
 )
 MEMORY_NOTE = (
     "peak RSS MB: the largest sum of resident memory of the bench process, the Spark JVM and its "

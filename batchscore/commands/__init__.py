@@ -11,4 +11,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "batchscore.commands.tables",
     "batchscore.commands.models",
     "batchscore.commands.cache",
+    "batchscore.commands.report",
+    "batchscore.commands.profile",
 )

@@ -8,18 +8,16 @@ Layout under `root`:
     models/revenue_glm.joblib    Ridge regression            -> predict
     models/basket_class.joblib   3-class LogisticRegression  -> predict_proba
     models/return_risk.txt       LightGBM binary, text file  -> predict_proba
-    out/predictions              where the spec writes (created by the engine)
+    out/predictions, out/monitoring   where the spec writes (created by the engine)
 
-A LightGBM *text* model is a bare Booster: it has no `classes_`, so its labels are "0"/"1"
-(the class index), and its sha256 pin is left out of the spec (only pickles need one).
+A LightGBM *text* model is a bare Booster without `classes_`: labels are "0"/"1" (the class
+index), and it needs no sha256 pin (only pickles do).
 
 The linear models are trained on standardized inputs and the scaler is then folded into
 `coef_`/`intercept_`, so the saved estimators are plain Ridge/LogisticRegression objects that
-take the raw features, exactly as the engine feeds them. Rows whose store or product is missing
-from its dimension get NaN for those features (left-join semantics): LightGBM handles that, the
-linear models then predict NaN, which is the honest answer. They are trained only on rows where
-both dimensions are present.
-
+take the raw features, exactly as the engine feeds them. A row whose store or product is
+missing gets NaN features (left-join semantics): LightGBM handles that, the linear models
+predict NaN (the honest answer; they train on rows with both dimensions present).
 `python -m batchscore.datasets.demo ROOT CONF` builds it from the command line.
 """
 
@@ -433,9 +431,16 @@ def _train_models(
 
 
 def build_demo(
-    root: Path, *, conf_path: Path, days: int = 7, rows_per_day: int = 20_000, seed: int = 0
+    root: Path,
+    *,
+    conf_path: Path,
+    days: int = 7,
+    rows_per_day: int = 20_000,
+    seed: int = 0,
+    monitoring: bool = False,
 ) -> DemoInfo:
-    """Build the demo tables, train its models and write the job spec to `conf_path`."""
+    """Build the tables, train the models, write the spec to `conf_path` (`monitoring`: with a
+    monitoring table under out/)."""
     if days < 1 or rows_per_day < 1:
         raise ValueError("days and rows_per_day must be at least 1")
     started = time.perf_counter()
@@ -520,6 +525,8 @@ def build_demo(
         },
         "planner": {"factorize": "auto", "batch_models": True},
     }
+    if monitoring:
+        spec["monitoring"] = {"table": relpath(root / "out" / "monitoring", base)}
     for name in MODEL_FILES:
         entry: dict[str, Any] = {"name": name, "path": relpath(paths[name], base)}
         if paths[name].suffix != ".txt":  # pickles must be pinned; the LightGBM text file is not
@@ -569,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--rows-per-day", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-monitoring", dest="monitoring", action="store_false")
     args = parser.parse_args(argv)
     info = build_demo(
         args.root,
@@ -576,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         days=args.days,
         rows_per_day=args.rows_per_day,
         seed=args.seed,
+        monitoring=args.monitoring,
     )
     print(
         f"demo: {info.sales_rows:,} sales over {len(info.run_dates)} days "

@@ -10,10 +10,13 @@ in any of them must leave nothing behind:
 2. `prepare`: executors able to run Python, the lowered job (which checks dimension keys for
    duplicates with one small aggregation each) and the output table's schema against what the
    run will write. Still nothing committed.
-3. `commit_quarantine`, then `score_and_commit`: the quarantined rows first, under their own
-   idempotency key, so a rerun after a failed predictions commit skips them instead of writing
-   them twice; then the predictions, scored inside the Delta writer, in one commit.
-4. `build_result`: the `RunResult`, by keyword.
+3. `validate` (one aggregation over the rule columns: a broken `fail` rule stops the run here,
+   exit 2, nothing committed), `commit_quarantine`, then `score_and_commit`: the quarantined
+   rows first, under their own idempotency key, so a rerun after a failed predictions commit
+   skips them instead of writing them twice; then the predictions, scored inside the Delta
+   writer, in one commit, profiling inputs and outputs on the way (physical.monitoring).
+4. `record_monitoring`: the run's metrics and drift to the monitoring table (jobs.monitoring),
+   then `build_result`: the `RunResult`, by keyword.
 """
 
 from __future__ import annotations
@@ -29,13 +32,30 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from batchscore._version import __version__
+from batchscore.jobs.monitoring import RunKey, previous_profiles, record_run
+from batchscore.monitor.health import HealthPlan, health_plan
+from batchscore.monitor.metrics import MetricRow, alert_line, alerts, model_rows
 from batchscore.physical.input_checks import check_parquet_inputs
-from batchscore.physical.lower import lower_for_write, quarantined_rows
+from batchscore.physical.lower import lower_for_write, lower_source, quarantined_rows
+from batchscore.physical.monitoring import (
+    RunMonitor,
+    collect_run_profiles,
+    monitor_dir,
+    monitored_model,
+)
+from batchscore.physical.monitoring import discard as discard_monitor
 from batchscore.physical.null_counts import NullCounts, collect_nulls, discard, null_dir
 from batchscore.physical.profile import RunProfile, collect, profile_dir
 from batchscore.physical.score import ScoringTask
 from batchscore.physical.session import check_executors, get_spark
 from batchscore.physical.session import executor_timeout as executor_wait
+from batchscore.physical.task_files import task_dir
+from batchscore.physical.validation import (
+    InPassChecks,
+    ValidationReport,
+    check_rows,
+    refuse_failures,
+)
 from batchscore.plan import RULES, bind, optimize
 from batchscore.plan.explain import compiled_trees
 from batchscore.plan.nodes import LogicalPlan, Scan
@@ -82,10 +102,14 @@ def run_job(
         return done
     session = spark or get_spark(master)
     write = prepare(session, job, profile=profile, own_session=spark is None)
+    validate(session, job)
     held = commit_quarantine(session, job)
-    job.lap("checks + Spark session + quarantine")
+    job.lap("checks + Spark session + validation + quarantine")
     commit, nulls = score_and_commit(job, write)
     job.lap("Spark job (scan, join, score, write) + commit")
+    if commit.reason != "already_committed":
+        record_monitoring(job, write, held=held)
+        job.lap("monitoring table")
     run_profile = collect(profile_dir(job.out, job.run_id), job.phases) if profile else None
     return _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
 
@@ -109,6 +133,10 @@ class Job:
     compile_seconds: float = 0.0
     compiled: str = ""
     phases: dict[str, float] = field(default_factory=dict)
+    health: HealthPlan = field(default_factory=HealthPlan)
+    validation: ValidationReport | None = None
+    monitoring: dict[str, Any] = field(default_factory=dict)
+    alerts: list[MetricRow] = field(default_factory=list)
 
     @property
     def out(self) -> str:
@@ -154,6 +182,7 @@ def preflight(
     )
     job.lap("plan + compile models")
     job.compile_seconds, job.compiled = compiled_trees(plan)
+    job.health = health_plan(plan)
     check_output_location(plan)
     check_parquet_inputs(plan)
     job.done = transaction_version(job.out, job.app_id)
@@ -180,6 +209,13 @@ def check_output_location(plan: LogicalPlan) -> None:
     check_table_folder(output.path, label="output.path")
     if output.quarantine is not None:
         check_table_folder(output.quarantine, label="output.quarantine")
+    monitoring = plan.spec.monitoring
+    if monitoring is not None:
+        others = {"the prediction table output.path": output.path}
+        if output.quarantine is not None:
+            others["the quarantine table output.quarantine"] = output.quarantine
+        check_apart("monitoring.table", monitoring.table, {**inputs, **others}, harm=harm)
+        check_table_folder(monitoring.table, label="monitoring.table")
 
 
 def nothing_to_do(job: Job, *, force: bool) -> RunResult | None:
@@ -229,10 +265,19 @@ def prepare(session: SparkSession, job: Job, *, profile: bool, own_session: bool
     not leave a quarantine commit behind. `own_session`: the run started the session, so a
     failed executor check stops it."""
     check_executors(session, job.wait, stop=own_session)
+    counted = job.health.counted_rules
     joined, task, schema = lower_for_write(
-        session, job.plan, run_id=job.run_id, scored_at=job.scored_at
+        session,
+        job.plan,
+        run_id=job.run_id,
+        scored_at=job.scored_at,
+        rules=job.health.row_rules,
+        counted=counted,
     )
-    task = replace(task, null_dir=null_dir(job.out, job.run_id))
+    checks = InPassChecks(counted, task_dir(job.out, "rules", job.run_id)) if counted else None
+    task = replace(
+        task, null_dir=null_dir(job.out, job.run_id), monitor=run_monitor(job), checks=checks
+    )
     if profile:
         task = replace(task, profile_dir=profile_dir(job.out, job.run_id))
     output = job.plan.output
@@ -242,7 +287,31 @@ def prepare(session: SparkSession, job: Job, *, profile: bool, own_session: bool
     return Write(joined, task, schema)
 
 
-# ---------------------------------------------------------------- 3. commits
+def run_monitor(job: Job) -> RunMonitor | None:
+    """What the scoring tasks profile when the spec monitors (None otherwise)."""
+    if not job.health.monitored:
+        return None
+    kernels = {b.name: b.model.kernel for b in job.plan.models}
+    models = tuple(
+        monitored_model(m.name, m.inputs, m.profile, kernels[m.name].classes)
+        for m in job.health.models
+    )
+    return RunMonitor(models, monitor_dir(job.out, job.run_id))
+
+
+# ---------------------------------------------------------------- 3. validation and commits
+
+
+def validate(session: SparkSession, job: Job) -> None:
+    """Count the violations of every `fail` and `quarantine` rule in one pass; a broken
+    `fail` rule raises DataError (exit 2) before anything is committed. `warn` rules are
+    counted by the scoring task itself, on the rows it scores (no pass of their own)."""
+    rules = job.health.enforced_rules
+    if not rules:
+        return
+    joined = lower_source(session, job.plan, check_keys=False)
+    job.validation = check_rows(joined, rules, list(job.plan.spec.tables))
+    refuse_failures(job.validation)
 
 
 def commit_quarantine(session: SparkSession, job: Job) -> int:
@@ -252,7 +321,9 @@ def commit_quarantine(session: SparkSession, job: Job) -> int:
     predictions commit skip it instead of writing the rows twice.
     """
     plan = job.plan
-    rows = quarantined_rows(session, plan, run_id=job.run_id, scored_at=job.scored_at)
+    rows = quarantined_rows(
+        session, plan, run_id=job.run_id, scored_at=job.scored_at, rules=job.health.row_rules
+    )
     if rows is None or plan.output.quarantine is None:
         return 0
     partition_by = [c for c in plan.output.partition_by if c in rows.columns]
@@ -263,6 +334,7 @@ def commit_quarantine(session: SparkSession, job: Job) -> int:
         partition_by=partition_by,
         app=AppTransaction(f"{job.app_id}:quarantine", job.app_version),
         metadata={"batchscore.run_id": job.run_id, "batchscore.job": plan.spec.name},
+        schema_policy=SchemaPolicy(evolve_schema=True),  # tables from before `reason`
     )
     return commit.rows
 
@@ -271,12 +343,57 @@ def score_and_commit(job: Job, write: Write) -> tuple[CommitResult, NullCounts]:
     """Score inside the Delta writer and commit once; then add up the null predictions the
     write tasks counted (they are known only once every file is written)."""
     nulls_at = null_dir(job.out, job.run_id)
+    checks = write.task.checks
     try:
         commit = _write_predictions(job, write)
     except BaseException:
         discard(nulls_at)
+        discard_monitor(write.task.monitor)
+        if checks is not None:
+            checks.discard()
         raise
+    if checks is not None:
+        counted = checks.collect()
+        job.validation = counted if job.validation is None else job.validation.plus(counted)
     return commit, collect_nulls(nulls_at)
+
+
+def record_monitoring(job: Job, write: Write, *, held: int) -> None:
+    """The run's metrics to the monitoring table, after the predictions commit."""
+    monitor = write.task.monitor
+    spec = job.plan.spec.monitoring
+    if monitor is None or spec is None:
+        return
+    profiles = collect_run_profiles(
+        monitor, source=f"run {job.run_id}", created_at=job.scored_at.isoformat()
+    )
+    key = RunKey(job.spec.name, job.spec.run_date, job.run_id)
+    previous = previous_profiles(spec.table, key)
+    rows = [
+        row
+        for m in job.health.models
+        for row in model_rows(m, profiles[m.name], previous.get(m.name), quarantined=held)
+    ]
+    trainings = {m.name: m.profile for m in job.health.models}
+    version = record_run(spec.table, key, rows, profiles, trainings, computed_at=job.scored_at)
+    job.alerts = alerts(rows)
+    job.monitoring = {
+        "table": spec.table,
+        "version": version,
+        "rows": len(rows),
+        "on_alert": spec.on_alert,
+        "alerts": [
+            {
+                "model": r.model,
+                "feature": r.feature,
+                "metric": r.metric,
+                "value": r.value,
+                "threshold": r.threshold,
+                "baseline": r.baseline,
+            }
+            for r in job.alerts
+        ],
+    }
 
 
 def _write_predictions(job: Job, write: Write) -> CommitResult:
@@ -396,8 +513,21 @@ def build_result(
         models={b.name: b.model.version for b in job.plan.models},
         message=message,
         quarantined=held,
+        violations=_violations(job),
+        warnings=tuple(o.message() for o in job.validation.violated("warn"))
+        if job.validation
+        else (),
+        monitoring=job.monitoring,
+        alert_line=alert_line(job.alerts),
+        fail_on_alert=bool(job.monitoring) and job.monitoring.get("on_alert") == "fail",
         compile_seconds=job.compile_seconds,
         compiled=job.compiled,
         profile=profile,
         nulls=nulls or {},
     )
+
+
+def _violations(job: Job) -> dict[str, int]:
+    if job.validation is None:
+        return {}
+    return {name: n for name, n in job.validation.counts().items() if n}

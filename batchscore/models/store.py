@@ -57,17 +57,6 @@ __all__ = [
     "store_root",
 ]
 
-QUANTILES: tuple[tuple[str, float], ...] = (
-    ("p1", 0.01),
-    ("p5", 0.05),
-    ("p25", 0.25),
-    ("p50", 0.50),
-    ("p75", 0.75),
-    ("p95", 0.95),
-    ("p99", 0.99),
-)
-TOP_CATEGORIES = 10
-
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -163,12 +152,12 @@ def model_signature(obj: Any, name: str) -> dict[str, Any]:
 
 
 def profile_table(location: str) -> dict[str, Any]:
-    """Per-column statistics of a Parquet file/folder or a Delta table (pyarrow / deltalake)."""
-    table = _read_table(location)
-    columns: dict[str, Any] = {}
-    for name in table.column_names:
-        columns[name] = _profile_column(table.column(name))
-    return {"source": str(location), "rows": table.num_rows, "columns": columns}
+    """The training profile (monitor.profile's JSON) of a Parquet file/folder or a Delta table:
+    what drift and validation compare a run's inputs with."""
+    # Imported here: listing or resolving versions never needs pyarrow or the sketches.
+    from batchscore.monitor.accumulate import profile_arrow_table
+
+    return profile_arrow_table(_read_table(location), source=str(location)).to_json()
 
 
 def _read_table(location: str) -> Any:
@@ -191,38 +180,6 @@ def _read_table(location: str) -> Any:
             f"Training data {location} cannot be read as Parquet or Delta: "
             f"{' '.join(str(exc).split())[:200]}."
         ) from None
-
-
-def _profile_column(column: Any) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = len(column)
-    nulls = column.null_count
-    out: dict[str, Any] = {
-        "type": str(column.type),
-        "count": n - nulls,
-        "null_rate": (nulls / n) if n else 0.0,
-    }
-    kind = column.type
-    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
-        values = column.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
-        values = values[~np.isnan(values)]
-        if len(values):
-            out["mean"] = float(values.mean())
-            out["std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            out["min"] = float(values.min())
-            out["max"] = float(values.max())
-            qs = np.quantile(values, [q for _, q in QUANTILES])
-            out["quantiles"] = {k: float(v) for (k, _), v in zip(QUANTILES, qs, strict=True)}
-    elif pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
-        counts = pc.value_counts(column.drop_null()).to_pylist()
-        counts.sort(key=lambda d: (-d["counts"], str(d["values"])))
-        out["distinct"] = len(counts)
-        out["top"] = [
-            {"value": str(d["values"]), "count": int(d["counts"])} for d in counts[:TOP_CATEGORIES]
-        ]
-    return out
 
 
 def _json_default(value: Any) -> Any:

@@ -8,6 +8,7 @@ dimensions small enough are broadcast; one mapInArrow pass scores every model.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +19,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from batchscore.errors import DataError
+from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
 from batchscore.physical.native_scan import read_delta_native
 from batchscore.physical.null_counts import flags_of
@@ -30,6 +32,12 @@ from batchscore.physical.score import (
     long_names,
 )
 from batchscore.physical.threads import task_threads
+from batchscore.physical.validation import (
+    any_of,
+    quarantine_condition,
+    reason,
+    user_rule_columns,
+)
 from batchscore.plan.nodes import (
     Join,
     LogicalPlan,
@@ -277,17 +285,36 @@ def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
     return T.StructType(fields)
 
 
-def scoring_input(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = True) -> DataFrame:
+def scoring_input(
+    spark: SparkSession,
+    plan: LogicalPlan,
+    *,
+    check_keys: bool = True,
+    rules: Sequence[Rule] = (),
+    counted: Sequence[Rule] = (),
+) -> DataFrame:
     """The joined rows, narrowed to the id columns and the features the scoring task reads
-    (rows that a join with `on_missing: quarantine` refused left out)."""
+    (rows that a join with `on_missing: quarantine` or a quarantine rule refused left out),
+    plus the columns of the user rules among `counted` (the scoring task counts them)."""
     joined = lower_source(spark, plan, check_keys=check_keys)
-    flags = _quarantine_flags(plan)
-    if flags:
-        joined = joined.where(~_any_missing(flags))
+    refused = _refused(plan, rules)
+    if refused is not None:
+        joined = joined.where(~refused)
     inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
     used = {f.table for f in plan.features()}
     inputs += [flag for table, flag in _join_flags(plan).items() if table in used]
-    return joined.select(*dict.fromkeys(inputs))
+    extra = user_rule_columns(counted, list(plan.spec.tables))
+    return joined.select(*(F.col(f"`{c}`") for c in dict.fromkeys(inputs)), *extra)
+
+
+def _refused(plan: LogicalPlan, rules: Sequence[Rule]) -> Any:
+    """Rows kept out of scoring: a quarantine join found nothing, or a quarantine rule broke."""
+    flags = _quarantine_flags(plan)
+    conditions = [F.col(flag).isNull() for flag in flags.values()]
+    rule = quarantine_condition(rules, list(plan.spec.tables))
+    if rule is not None:
+        conditions.append(rule)
+    return any_of(conditions)
 
 
 def lower_for_write(
@@ -297,10 +324,12 @@ def lower_for_write(
     run_id: str,
     scored_at: datetime,
     check_keys: bool = True,
+    rules: Sequence[Rule] = (),
+    counted: Sequence[Rule] = (),
 ) -> tuple[DataFrame, ScoringTask, pa.Schema]:
     """(unscored input, scoring task, Arrow schema of its output) for a fused Delta write:
     `write_delta(input, ..., transform=task, transform_schema=schema)` scores in the writer."""
-    joined = scoring_input(spark, plan, check_keys=check_keys)
+    joined = scoring_input(spark, plan, check_keys=check_keys, rules=rules, counted=counted)
     task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
     schema = to_arrow_schema(output_schema(joined.schema, plan), timezone="UTC")
     return joined, task, schema
@@ -311,32 +340,38 @@ def _quarantine_flags(plan: LogicalPlan) -> dict[str, str]:
     return {j.table: present_flag(j.table) for j in plan.joins() if j.on_missing == "quarantine"}
 
 
-def _any_missing(flags: dict[str, str]) -> Any:
-    condition = None
-    for flag in flags.values():
-        term = F.col(flag).isNull()
-        condition = term if condition is None else condition | term
-    return condition
-
-
 def quarantined_rows(
-    spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime
+    spark: SparkSession,
+    plan: LogicalPlan,
+    *,
+    run_id: str,
+    scored_at: datetime,
+    rules: Sequence[Rule] = (),
 ) -> DataFrame | None:
-    """The rows the quarantine joins refused: their ids, which joins found nothing, the run.
-
-    None when no join quarantines. Computed from the same plan as `scoring_input`, so the two
-    partition the fact rows exactly.
-    """
-    flags = _quarantine_flags(plan)
-    if not flags:
+    """The rows kept out of scoring: their ids, which quarantine joins found nothing, why
+    (`reason`: the missing joins and every quarantine rule the row breaks, with its value),
+    the run. None when nothing quarantines. Computed from the same plan and conditions as
+    `scoring_input`, so the two partition the fact rows exactly."""
+    refused = _refused(plan, rules)
+    if refused is None:
         return None
-    joined = lower_source(spark, plan, check_keys=False).where(_any_missing(flags))
+    flags = _quarantine_flags(plan)
+    joined = lower_source(spark, plan, check_keys=False).where(refused)
     missing = F.concat_ws(
         ",", *(F.when(F.col(flag).isNull(), F.lit(table)) for table, flag in flags.items())
     )
+    joins = F.concat_ws(
+        "; ",
+        *(
+            F.when(F.col(flag).isNull(), F.lit(f"missing join row in '{table}'"))
+            for table, flag in flags.items()
+        ),
+    )
+    why = F.concat_ws("; ", joins, reason(rules, list(plan.spec.tables)))
     return joined.select(
         *(F.col(c.ref).alias(c.output_name) for c in plan.id_columns),
-        missing.alias("missing_join"),
+        (missing if flags else F.lit("")).alias("missing_join"),
+        F.regexp_replace(why, "^; |; $", "").alias("reason"),
         F.lit(run_id).alias("run_id"),
         F.lit(scored_at).cast("timestamp").alias("quarantined_at"),
     )

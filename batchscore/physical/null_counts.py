@@ -20,7 +20,6 @@ sinks.ownership).
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,6 +34,7 @@ from batchscore.physical.task_files import (
     read_task_files,
     remove_task_files,
     task_dir,
+    task_name,
     write_task_file,
 )
 
@@ -92,7 +92,7 @@ class NullTally:
         """One JSON file per task partition; nothing when no row was null."""
         if not any(self.counts.values()):
             return
-        write_task_file(folder, _task_name(), {"nulls": self.counts})
+        write_task_file(folder, task_name(), {"nulls": self.counts})
 
 
 def count_reasons(
@@ -175,19 +175,6 @@ def collect_nulls(folder: str) -> NullCounts:
 
 def discard(folder: str) -> None:
     remove_task_files(folder)
-
-
-def _task_name() -> str:
-    """The task's partition (a retried attempt overwrites its own file), else a random name."""
-    try:
-        from pyspark import TaskContext
-
-        context = TaskContext.get()
-    except ImportError:  # pragma: no cover - pyspark is a dependency
-        context = None
-    if context is not None:
-        return f"part-{context.partitionId():05d}"
-    return uuid.uuid4().hex
 
 
 def flags_of(tables: Sequence[str], flag_of: Mapping[str, str]) -> tuple[str, ...]:

@@ -30,6 +30,8 @@ UPSTREAM = "scan + joins + transfer into Python"
 ASSEMBLE = "feature assembly"
 OUTPUT = "output columns"
 WRITE = "Parquet write + file stats"
+MONITOR = "monitoring (profiles of inputs and outputs)"
+VALIDATE = "validation (warn rules)"
 
 
 def profile_dir(table_path: str, run_id: str) -> str:

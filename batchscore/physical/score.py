@@ -24,6 +24,8 @@ from batchscore.kernels.trees.compiled.toolchain import EXECUTOR_ENV
 if TYPE_CHECKING:
     from batchscore.kernels.batched import AffineGroup
     from batchscore.kernels.trees.merged import TreeGroup
+    from batchscore.physical.monitoring import MonitorTally, RunMonitor
+    from batchscore.physical.validation import InPassChecks, RuleTally
 from batchscore.physical.assemble import Block, Column, assemble
 from batchscore.physical.columns import (
     constant_strings,
@@ -31,7 +33,15 @@ from batchscore.physical.columns import (
     timestamps,
 )
 from batchscore.physical.null_counts import NullTally, count_reasons, null_rows
-from batchscore.physical.profile import ASSEMBLE, OUTPUT, UPSTREAM, WRITE, StageClock
+from batchscore.physical.profile import (
+    ASSEMBLE,
+    MONITOR,
+    OUTPUT,
+    UPSTREAM,
+    VALIDATE,
+    WRITE,
+    StageClock,
+)
 
 
 @dataclass(frozen=True)
@@ -76,17 +86,23 @@ class ScoringTask:
     """Where each task writes its stage times (`batchscore run --profile`), or None."""
     null_dir: str | None = None
     """Where each task writes its null-prediction counts (physical.null_counts), or None."""
+    monitor: RunMonitor | None = None
+    """What each task profiles of the models' inputs and outputs (physical.monitoring)."""
+    checks: InPassChecks | None = None
+    """Validation rules counted on the scored rows (`warn` rules; physical.validation)."""
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        _limit_threads(self.threads)
+        limit_threads(self.threads)
         tally = NullTally() if self.null_dir is not None else None
+        watch = self.monitor.start() if self.monitor is not None else None
+        rules = self.checks.start() if self.checks is not None else None
         if self.profile_dir is not None:
-            yield from self._profiled(batches, self.profile_dir, tally)
+            yield from self._profiled(batches, self.profile_dir, tally, watch, rules)
         else:
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
-                outputs = self._score(batch, tally=tally)
+                outputs = self._score(batch, tally=tally, watch=watch, rules=rules)
                 yield (
                     self._long(batch, outputs)
                     if self.layout == "long"
@@ -94,9 +110,18 @@ class ScoringTask:
                 )
         if tally is not None and self.null_dir is not None:
             tally.dump(self.null_dir)
+        if watch is not None:
+            watch.dump()
+        if rules is not None and self.checks is not None:
+            self.checks.dump(rules)
 
     def _profiled(
-        self, batches: Iterator[pa.RecordBatch], folder: str, tally: NullTally | None = None
+        self,
+        batches: Iterator[pa.RecordBatch],
+        folder: str,
+        tally: NullTally | None = None,
+        watch: MonitorTally | None = None,
+        rules: RuleTally | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """The same loop, timed stage by stage (physical.profile)."""
         clock = StageClock()
@@ -111,7 +136,7 @@ class ScoringTask:
                     continue
                 clock.rows += batch.num_rows
                 clock.batches += 1
-                outputs = self._score(batch, clock, tally)
+                outputs = self._score(batch, clock, tally, watch, rules)
                 with clock.stage(OUTPUT):
                     out = (
                         self._long(batch, outputs)
@@ -128,9 +153,12 @@ class ScoringTask:
         batch: pa.RecordBatch,
         clock: StageClock | None = None,
         tally: NullTally | None = None,
+        watch: MonitorTally | None = None,
+        rules: RuleTally | None = None,
     ) -> list[ScoreOutput]:
         """Every model's output for one batch. Numeric warnings (overflow in exp, NaN
-        inputs) never reach stderr: such rows are null and counted (`tally`)."""
+        inputs) never reach stderr: such rows are null and counted (`tally`); `watch`
+        profiles inputs and outputs for monitoring."""
         cache: dict[str, Block] = {}
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -140,6 +168,12 @@ class ScoringTask:
                     null = null_rows(out)
                     if null.any():
                         tally.add(model.name, count_reasons(batch, model, null, cache))
+            if watch is not None:
+                with (clock or StageClock()).stage(MONITOR):
+                    watch.observe(batch, [m.name for m in self.models], outputs, cache)
+            if rules is not None:
+                with (clock or StageClock()).stage(VALIDATE):
+                    rules.add(batch, cache)
         return outputs
 
     def _score_models(
@@ -229,7 +263,7 @@ def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[s
     return [*names, "run_id", "scored_at"]
 
 
-def _limit_threads(threads: int) -> None:
+def limit_threads(threads: int) -> None:
     """BLAS/OpenMP/LightGBM threads follow spark.task.cpus, so executors don't oversubscribe.
 
     Inside a Spark task the process is also marked as an executor: compiled trees arrive with

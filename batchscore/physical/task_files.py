@@ -11,6 +11,7 @@ run's leftovers count as batchscore's own files (sinks.ownership).
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 from pyarrow import fs as pafs
@@ -42,6 +43,17 @@ def read_task_files(folder: str) -> list[dict[str, Any]]:
     return bodies
 
 
+def read_task_file(folder: str, name: str) -> dict[str, Any] | None:
+    """One body by name (None when it does not exist)."""
+    filesystem, path = _filesystem(folder)
+    try:
+        with filesystem.open_input_stream(f"{path}/{name}.json") as src:
+            body = json.loads(src.read().decode())
+    except (FileNotFoundError, OSError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
 def remove_task_files(folder: str) -> None:
     try:
         filesystem, path = _filesystem(folder)
@@ -57,3 +69,16 @@ def _filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
         filesystem, path = pafs.FileSystem.from_uri(folder)
         return filesystem, str(path)
     return pafs.LocalFileSystem(), folder
+
+
+def task_name() -> str:
+    """The task's partition (a retried attempt overwrites its own file), else a random name."""
+    try:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        context = None
+    if context is not None:
+        return f"part-{context.partitionId():05d}"
+    return uuid.uuid4().hex

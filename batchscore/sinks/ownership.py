@@ -58,9 +58,11 @@ _PENDING_COMMIT = re.compile(r"^_delta_log/_commit_[0-9A-Za-z-]+\.json\.tmp$")
 _PROFILE_FILE = re.compile(rf"^{PROJECT_DIR}/profile/[0-9A-Za-z_-]+/[0-9a-f]{{32}}\.json$")
 """A task's stage times of a `--profile` run (physical.profile) that died before collecting."""
 _NULLS_FILE = re.compile(
-    rf"^{PROJECT_DIR}/nulls/[0-9A-Za-z_-]+/(part-[0-9]+|[0-9a-f]{{32}})\.json$"
+    rf"^{PROJECT_DIR}/(nulls|monitor|rules)/[0-9A-Za-z_-]+/(part-[0-9]+|[0-9a-f]{{32}})\.json$"
 )
-"""A task's null-prediction counts (physical.null_counts) of a run that died before collecting."""
+"""A task's null-prediction counts (physical.null_counts), monitoring accumulators
+(physical.monitoring) or validation counts (physical.validation) of a run that died before
+collecting."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -263,6 +263,8 @@ def _resolved(
                 base, _substitute(ctx, table["path"], run_date, ("tables", name, "path"))
             )
     for i, model in enumerate(data.get("models") or []):
+        if isinstance(model, dict) and isinstance(model.get("profile"), str):
+            model["profile"] = _resolve(base, model["profile"])
         if isinstance(model, dict) and isinstance(model.get("path"), str):
             model["path"] = _resolve(base, model["path"])
             model.setdefault("name", None)
@@ -273,6 +275,9 @@ def _resolved(
         for key in ("path", "quarantine"):
             if isinstance(output.get(key), str):
                 output[key] = _resolve(base, output[key])
+    monitoring = data.get("monitoring")
+    if isinstance(monitoring, dict) and isinstance(monitoring.get("table"), str):
+        monitoring["table"] = _resolve(base, monitoring["table"])
     source = data.get("source")
     if isinstance(source, dict) and isinstance(source.get("where"), str):
         source["where"] = _substitute(ctx, source["where"], run_date, ("source", "where"))

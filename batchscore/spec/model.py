@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Format = Literal["delta", "parquet"]
 OutputKind = Literal["predict", "predict_proba"]
+Action = Literal["warn", "quarantine", "fail"]
+ProfileRuleKind = Literal["range", "domain", "nan", "null_rate"]
 
 
 class _Strict(BaseModel):
@@ -56,6 +58,48 @@ class SourceSpec(_Strict):
     id_columns: list[str] = Field(default_factory=list)
 
 
+class RuleSpec(_Strict):
+    """A user rule: a Spark SQL boolean over the joined row (`users.age >= 18`); a row violates
+    it when the expression is false or null."""
+
+    name: str
+    expr: str
+    action: Action | None = None
+    """Default: the section's `on_violation`."""
+
+
+class ValidationSpec(_Strict):
+    """Rules checked on every selected row before scoring (monitor.rules)."""
+
+    on_violation: Action = "warn"
+    """The action of every rule that does not name its own."""
+    profile_rules: bool = True
+    """Derive rules from the model's training profile: range, domain, NaN/inf, null rate."""
+    actions: dict[ProfileRuleKind, Action] = Field(default_factory=dict)
+    """Per kind of profile rule, an action other than `on_violation` (null_rate: warn | fail)."""
+    tolerance: float = Field(default=0.1, ge=0.0)
+    """Range rules accept values up to this fraction of the training range beyond min/max."""
+    null_rate_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)
+    """A feature's null rate may exceed its training null rate by this much (absolute)."""
+    rules: list[RuleSpec] = Field(default_factory=list)
+
+
+class ModelMonitoringSpec(_Strict):
+    """Per-model drift thresholds (metric -> value), overall and per feature label."""
+
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    features: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+class MonitoringSpec(ModelMonitoringSpec):
+    """Per-run statistics and drift of every model's inputs and predictions, appended to a
+    Delta table (monitor.metrics)."""
+
+    table: str
+    on_alert: Literal["warn", "fail"] = "warn"
+    """fail: a run whose drift passes a threshold commits, then exits 3."""
+
+
 class ModelSpec(_Strict):
     name: str
     path: str
@@ -64,6 +108,12 @@ class ModelSpec(_Strict):
     output: OutputKind | None = None
     version: str | None = None
     strategy: str | None = None
+    profile: str | None = None
+    """A training profile folder (`batchscore profile ...`); registry models default to theirs."""
+    validation: ValidationSpec | None = None
+    """Replaces the job's validation section for this model."""
+    monitoring: ModelMonitoringSpec | None = None
+    """Thresholds for this model on top of the job's."""
 
     @field_validator("name")
     @classmethod
@@ -107,6 +157,8 @@ class JobSpec(_Strict):
     models: list[ModelSpec]
     output: OutputSpec
     planner: PlannerSpec = Field(default_factory=PlannerSpec)
+    validation: ValidationSpec | None = None
+    monitoring: MonitoringSpec | None = None
     # Where the spec came from (for messages and lineage); not a user key.
     spec_path: str | None = Field(default=None, exclude=True)
     spec_hash: str = Field(default="", exclude=True)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from batchscore.errors import SpecError, did_you_mean
-from batchscore.spec.model import JobSpec, JoinSpec
+from batchscore.monitor.drift import check_thresholds
+from batchscore.spec.model import JobSpec, JoinSpec, ModelMonitoringSpec, ValidationSpec
 
 ErrorAt = Callable[[tuple[str | int, ...], str], SpecError]
 
@@ -48,6 +49,7 @@ def check_references(spec: JobSpec, error: ErrorAt) -> None:
         names.add(model.name)
     if not spec.models:
         raise error(("models",), "the spec lists no models; add at least one.")
+    _check_health(spec, error)
     for col in spec.output.partition_by:
         if col not in spec.source.id_columns:
             raise error(
@@ -55,3 +57,68 @@ def check_references(spec: JobSpec, error: ErrorAt) -> None:
                 f"output partition column '{col}' is not among source.id_columns "
                 f"{spec.source.id_columns}; add it there so it is carried into the output.",
             )
+
+
+def _check_health(spec: JobSpec, error: ErrorAt) -> None:
+    """Validation actions the output can carry out, and drift thresholds that exist and make
+    sense (monitor.drift), each with the spec line that set them."""
+    sections: list[tuple[tuple[str | int, ...], ValidationSpec]] = []
+    if spec.validation is not None:
+        sections.append((("validation",), spec.validation))
+    sections += [
+        (("models", i, "validation"), m.validation)
+        for i, m in enumerate(spec.models)
+        if m.validation is not None
+    ]
+    for path, section in sections:
+        _check_validation(spec, section, path, error)
+    thresholds: list[tuple[tuple[str | int, ...], ModelMonitoringSpec]] = []
+    if spec.monitoring is not None:
+        thresholds.append((("monitoring",), spec.monitoring))
+    thresholds += [
+        (("models", i, "monitoring"), m.monitoring)
+        for i, m in enumerate(spec.models)
+        if m.monitoring is not None
+    ]
+    for path, monitoring in thresholds:
+        _check_thresholds(monitoring, path, error)
+
+
+def _check_validation(
+    spec: JobSpec, section: ValidationSpec, path: tuple[str | int, ...], error: ErrorAt
+) -> None:
+    if section.actions.get("null_rate") == "quarantine":
+        raise error(
+            (*path, "actions", "null_rate"),
+            "a null rate belongs to the whole run, not to a row, so it cannot quarantine; "
+            "use warn or fail.",
+        )
+    actions = [section.on_violation, *section.actions.values()]
+    actions += [r.action for r in section.rules if r.action is not None]
+    if "quarantine" in actions and spec.output.quarantine is None:
+        raise error(
+            path,
+            "a validation rule quarantines rows, but output has no 'quarantine' table; add "
+            "output.quarantine: PATH (a Delta table).",
+        )
+    names: set[str] = set()
+    for i, rule in enumerate(section.rules):
+        if rule.name in names:
+            raise error((*path, "rules", i, "name"), f"rule name '{rule.name}' is used twice.")
+        names.add(rule.name)
+        if not rule.expr.strip():
+            raise error((*path, "rules", i, "expr"), f"rule '{rule.name}' has an empty expr.")
+
+
+def _check_thresholds(
+    monitoring: ModelMonitoringSpec, path: tuple[str | int, ...], error: ErrorAt
+) -> None:
+    try:
+        check_thresholds(monitoring.thresholds, where="thresholds")
+    except SpecError as exc:
+        raise error((*path, "thresholds"), str(exc)) from None
+    for label, mapping in monitoring.features.items():
+        try:
+            check_thresholds(mapping, where=f"features.{label}")
+        except SpecError as exc:
+            raise error((*path, "features", label), str(exc)) from None

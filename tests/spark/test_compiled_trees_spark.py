@@ -29,9 +29,9 @@ def test_spark_executors_load_the_shipped_library(spark: Any) -> None:
         import os
 
         from batchscore.kernels.trees.compiled import forest as fmod
-        from batchscore.physical.score import _limit_threads
+        from batchscore.physical.score import limit_threads
 
-        _limit_threads(1)
+        limit_threads(1)
         for batch in batches:
             M = np.column_stack([batch.column(i).to_numpy() for i in range(batch.num_columns)])
             out = kernel.score(M)

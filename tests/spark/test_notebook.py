@@ -33,3 +33,4 @@ def test_quickstart_notebook_executes(tmp_path: Path) -> None:
     assert "parity with predict_proba: ok" in outputs
     assert "already committed" in outputs
     assert "basket_class" in outputs
+    assert "Monitoring: " in outputs and "report: " in outputs

@@ -11,7 +11,7 @@ import pytest
 from tests import import_graph
 from tests.import_graph import PACKAGE
 
-SPARK_FREE_LAYERS = ("spec", "models", "kernels", "plan")
+SPARK_FREE_LAYERS = ("spec", "models", "kernels", "plan", "monitor")
 """Never import pyspark, not even inside a function: they run in plain Python processes."""
 SPARK_MODULES = frozenset(
     {

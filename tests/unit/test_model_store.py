@@ -19,6 +19,7 @@ from batchscore.errors import ModelError
 from batchscore.kernels.base import KernelKind
 from batchscore.models import check_feature_count, compile_from_spec, load_artifact
 from batchscore.models.store import STORE_ENV, ModelStore, parse_ref
+from batchscore.monitor.profile import Profile
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(120, 4))
@@ -85,18 +86,16 @@ def test_register_and_list_through_the_cli(
     assert v1["signature"]["n_features"] == 4
     assert v1["signature"]["task"] == "binary" and v1["signature"]["classes"] == ["no", "yes"]
     assert v1["metrics"] == {"auc": 0.91, "note": "first"}
-    cols = v1["training_profile"]["columns"]
-    assert cols["x"]["count"] == 4 and cols["x"]["null_rate"] == pytest.approx(0.2)
-    assert cols["x"]["mean"] == pytest.approx(3.0) and set(cols["x"]["quantiles"]) == {
-        "p1",
-        "p5",
-        "p25",
-        "p50",
-        "p75",
-        "p95",
-        "p99",
-    }
-    assert cols["city"]["top"][0] == {"value": "a", "count": 3}
+    profile = Profile.from_json(v1["training_profile"])
+    assert v1["training_profile"]["format"] == "batchscore.profile/1"
+    assert list(profile.features) == ["x", "n", "city"] and profile.rows == 5
+    x = profile.features["x"]
+    assert (x.kind, x.dtype, x.count, x.nulls) == ("numeric", "double", 4, 1)
+    assert x.mean == pytest.approx(3.0) and (x.min, x.max) == (1.0, 5.0) and x.sketch
+    assert profile.features["n"].categories == {"1": 1, "2": 1, "3": 1, "4": 1, "5": 1}
+    city = profile.features["city"]
+    assert city.kind == "categorical" and city.categories == {"a": 3, "b": 1}
+    assert city.nulls == 1 and city.distinct == 2
     assert Path(v1["file"]).is_file() and Path(v1["file"]) != path
 
 
@@ -109,8 +108,10 @@ def test_profile_of_a_delta_table(tmp_path: Path, store: Path) -> None:
         "r", dump(tmp_path, Ridge().fit(X, X[:, 0])), training_data=str(table)
     )
     assert mv.training_profile is not None
-    assert mv.training_profile["rows"] == 3
-    assert mv.training_profile["columns"]["v"]["std"] == pytest.approx(1.0)
+    profile = Profile.from_json(mv.training_profile)
+    assert profile.rows == 3 and profile.source == str(table)
+    assert profile.features["v"].std == pytest.approx(1.0)
+    assert profile.lookup("train.s") is profile.features["s"]
 
 
 def test_registry_path_loads_without_a_spec_pin(tmp_path: Path, store: Path) -> None:

@@ -1,0 +1,164 @@
+"""The monitoring table: each run's rows (monitor.metrics), written after the predictions commit.
+
+A plain Delta table partitioned by `job`, written with delta-rs from the driver (a run adds a
+few hundred rows). A rerun of a (job, run date) replaces that run's rows in one commit
+(delta-rs' predicate overwrite), so rows are never duplicated. Next to the rows, under
+`<table>/_batchscore/` (skipped by Delta readers), each run leaves its profiles (the next run's
+`previous` baseline) and the histograms the report draws, one JSON file per (job, run date).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from batchscore.errors import SinkError, first_line
+from batchscore.monitor.metrics import MetricRow, histograms, profiles_json
+from batchscore.monitor.profile import Profile
+from batchscore.physical.task_files import read_task_file, write_task_file
+
+SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("job", pa.string()),
+        ("run_date", pa.string()),
+        ("model", pa.string()),
+        ("model_version", pa.string()),
+        ("kind", pa.string()),
+        ("feature", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("baseline", pa.string()),
+        ("threshold", pa.float64()),
+        ("alert", pa.bool_()),
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+UNDATED = "all"
+
+
+@dataclass(frozen=True)
+class RunKey:
+    job: str
+    run_date: str | None
+    run_id: str
+
+    @property
+    def date_name(self) -> str:
+        return self.run_date or UNDATED
+
+
+def side_dir(table: str, what: str, job: str) -> str:
+    return f"{table.rstrip('/')}/_batchscore/{what}/{job}"
+
+
+def previous_profiles(table: str, key: RunKey) -> dict[str, Profile]:
+    """The profiles of the job's latest committed run before this run date ({} when none: the
+    first run, an undated job, or a table without it)."""
+    if key.run_date is None:
+        return {}
+    dates = _run_dates(table, key.job)
+    earlier = [d for d in dates if d < key.run_date]
+    if not earlier:
+        return {}
+    body = read_task_file(side_dir(table, "runs", key.job), max(earlier)) or {}
+    return {m: Profile.from_json(p) for m, p in (body.get("profiles") or {}).items()}
+
+
+def _run_dates(table: str, job: str) -> list[str]:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        dt = DeltaTable(table)
+    except TableNotFoundError:
+        return []
+    data = dt.to_pyarrow_table(columns=["run_date"], partitions=[("job", "=", job)])
+    return sorted({d for d in data.column("run_date").to_pylist() if d is not None})
+
+
+def record_run(
+    table: str,
+    key: RunKey,
+    rows: Sequence[MetricRow],
+    profiles: Mapping[str, Profile],
+    trainings: Mapping[str, Profile | None],
+    *,
+    computed_at: datetime,
+) -> int:
+    """Replace this (job, run date)'s rows with `rows`; store its profiles and histograms.
+    Returns the table version written."""
+    from deltalake import DeltaTable, write_deltalake
+    from deltalake.exceptions import TableNotFoundError
+
+    data = _arrow(key, rows, computed_at)
+    try:
+        existing: DeltaTable | None = DeltaTable(table)
+    except TableNotFoundError:
+        existing = None
+    try:
+        if existing is None:
+            Path(table).mkdir(parents=True, exist_ok=True) if "://" not in table else None
+            write_deltalake(table, data, mode="append", partition_by=["job"])
+        else:
+            write_deltalake(table, data, mode="overwrite", predicate=_this_run(key))
+    except Exception as exc:  # delta-rs errors: one line for the user
+        raise SinkError(
+            f"Monitoring table {table} refused this run's rows: {first_line(exc)[:300]}. The "
+            "predictions are committed; fix the table (or point monitoring.table elsewhere) "
+            "and rerun with --force to record the metrics."
+        ) from None
+    _store_side_files(table, key, profiles, trainings)
+    return int(DeltaTable(table).version())
+
+
+def _this_run(key: RunKey) -> str:
+    job = key.job.replace("'", "''")
+    if key.run_date is None:
+        return f"job = '{job}' AND run_date IS NULL"
+    return f"job = '{job}' AND run_date = '{key.run_date.replace(chr(39), chr(39) * 2)}'"
+
+
+def _arrow(key: RunKey, rows: Sequence[MetricRow], computed_at: datetime) -> pa.Table:
+    n = len(rows)
+    columns = {
+        "run_id": [key.run_id] * n,
+        "job": [key.job] * n,
+        "run_date": [key.run_date] * n,
+        "model": [r.model for r in rows],
+        "model_version": [r.model_version for r in rows],
+        "kind": [r.kind for r in rows],
+        "feature": [r.feature for r in rows],
+        "metric": [r.metric for r in rows],
+        "value": [r.value for r in rows],
+        "baseline": [r.baseline for r in rows],
+        "threshold": [r.threshold for r in rows],
+        "alert": [r.alert for r in rows],
+        "computed_at": [computed_at] * n,
+    }
+    return pa.table(columns, schema=SCHEMA)
+
+
+def _store_side_files(
+    table: str,
+    key: RunKey,
+    profiles: Mapping[str, Profile],
+    trainings: Mapping[str, Profile | None],
+) -> None:
+    name = key.date_name
+    runs = side_dir(table, "runs", key.job)
+    write_task_file(
+        runs,
+        name,
+        {"run_id": key.run_id, "run_date": key.run_date, "profiles": profiles_json(profiles)},
+    )
+    drawn = {m: histograms(p, trainings.get(m)) for m, p in profiles.items()}
+    write_task_file(
+        side_dir(table, "histograms", key.job),
+        name,
+        {"run_id": key.run_id, "job": key.job, "run_date": key.run_date, "models": drawn},
+    )

@@ -1,0 +1,504 @@
+"""Building profiles from data, one Arrow batch at a time.
+
+This runs inside Spark tasks on every batch of every monitored run, so each `add_*` is a few
+vectorized numpy / pyarrow passes and never loops over rows in Python. Measured costs and the
+choices they drove:
+
+- exact drift counts at fixed edges: sort the finite values, then `searchsorted(sorted, edges)`;
+  numpy 2 sorts 1M doubles in 7-11 ms, while `searchsorted(edges, values)` over unsorted data is
+  ~6x slower;
+- quantiles: a KLL sketch (`profile.KLL_K`), updated with the whole batch array at once;
+- categories: `pyarrow.compute.value_counts`, then Python only per distinct value.
+
+An accumulator's state is small (moments, one count per bin, a sketch of ~23 KB, at most
+MAX_TRACKED category counts) and pickles; tasks usually ship `result().to_json()` instead and the
+driver adds the pieces with `merge_features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, cast
+
+import datasketches  # type: ignore[import-untyped]
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchscore.errors import DataError, did_you_mean
+from batchscore.monitor.profile import (
+    CPC_LG_K,
+    INT_CATEGORIES,
+    KINDS,
+    TOP,
+    FeatureProfile,
+    Kind,
+    Profile,
+    chan,
+    merge_features,
+    new_cpc,
+    new_kll,
+    sketch_bins,
+    top_categories,
+)
+
+__all__ = [
+    "MAX_TRACKED",
+    "FeatureAccumulator",
+    "is_integer_dtype",
+    "merge_features",
+    "profile_arrow_table",
+]
+
+MAX_TRACKED = 10_000
+"""Category counts kept per accumulator. Past twice this many values, the least frequent are
+folded into `other`: the top counts then become approximate (a value that was pruned early and
+is frequent later loses its early rows), which only columns of IDs reach."""
+
+Floats = npt.NDArray[np.float64]
+Mask = npt.NDArray[np.bool_]
+
+
+def is_integer_dtype(dtype: str) -> bool:
+    """Arrow integer and boolean type strings: their numeric profiles track value counts."""
+    return dtype.startswith(("int", "uint")) or dtype in ("bool", "boolean")
+
+
+class FeatureAccumulator:
+    """The running statistics of one feature; `result()` is its FeatureProfile.
+
+    `edges`: count finite values exactly per bin at these (a run counts at its baseline's edges).
+    `sketch`: also keep a KLL sketch; without `edges`, `result()` derives edges and counts from it
+    (a training profile). `width`: the vector width of a sparse feature.
+    """
+
+    def __init__(
+        self,
+        feature: str,
+        kind: Kind,
+        dtype: str,
+        *,
+        edges: Sequence[float] | None = None,
+        sketch: bool = False,
+        width: int = 0,
+    ) -> None:
+        if kind not in KINDS:
+            raise DataError(
+                f"Feature '{feature}' has kind '{kind}'; use one of {', '.join(KINDS)}."
+            )
+        self.feature, self.kind, self.dtype, self.width = feature, kind, dtype, width
+        self.edges: Floats | None = None if edges is None else _checked_edges(feature, edges)
+        self.rows = self.nulls = self.nan = self.inf = self.count = 0
+        self.mean = self.m2 = 0.0
+        self.min: float | None = None
+        self.max: float | None = None
+        self.bins = np.zeros(0 if self.edges is None else len(self.edges) + 1, dtype=np.int64)
+        self.kll: Any = new_kll() if sketch and kind == "numeric" else None
+        self.ints: dict[float, int] | None = (
+            {} if kind == "numeric" and is_integer_dtype(dtype) else None
+        )
+        self.cats: dict[str, int] = {}
+        self.other = 0
+        self.pruned = False
+        self.cpc: Any = new_cpc() if kind == "categorical" else None
+        self.nonzero = np.zeros(width if kind == "sparse" else 0, dtype=np.int64)
+
+    # ------------------------------------------------------------ numeric
+
+    def add_numeric(self, values: npt.ArrayLike, null: npt.ArrayLike | None = None) -> None:
+        """Add a batch: `values` as float64 (null rows may hold anything, NaN say), `null`
+        marking null rows (None: none). NaN that are not null count as `nan`, +-inf as `inf`."""
+        x = np.asarray(values, dtype=np.float64).ravel()
+        n = len(x)
+        finite = np.isfinite(x)
+        nulls = 0
+        if null is not None:
+            mask = np.asarray(null, dtype=np.bool_).ravel()
+            nulls = int(np.count_nonzero(mask))
+            if nulls:
+                finite &= ~mask
+        n_finite = int(np.count_nonzero(finite))
+        self.rows += n
+        self.nulls += nulls
+        bad = n - nulls - n_finite
+        if bad:
+            nan = np.isnan(x)
+            if nulls:
+                nan &= ~mask
+            n_nan = int(np.count_nonzero(nan))
+            self.nan += n_nan
+            self.inf += bad - n_nan
+        if n_finite:
+            self._add_finite(x if n_finite == n else x[finite])
+
+    def _add_finite(self, x: Floats) -> None:
+        mean = float(x.mean())
+        dev = x - mean
+        self.count, self.mean, self.m2 = chan(
+            self.count, self.mean, self.m2, len(x), mean, float(dev @ dev)
+        )
+        if self.edges is not None or self.ints is not None:
+            ordered = np.sort(x)
+            low, high = float(ordered[0]), float(ordered[-1])
+            if self.edges is not None:
+                below = np.searchsorted(ordered, self.edges, side="right")
+                self.bins += np.diff(below, prepend=0, append=len(ordered))
+            if self.ints is not None:
+                self._add_int_values(ordered)
+        else:
+            low, high = float(x.min()), float(x.max())
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+        if self.kll is not None:  # the binding refuses read-only arrays (Arrow's zero-copy)
+            self.kll.update(x if x.flags.writeable else x.copy())
+
+    def _add_int_values(self, ordered: Floats) -> None:
+        """Value counts from the sorted batch (run starts), until more than INT_CATEGORIES."""
+        starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+        if len(starts) > INT_CATEGORIES:
+            self.ints = None
+            return
+        assert self.ints is not None
+        sizes = np.diff(starts, append=len(ordered))
+        for value, size in zip(ordered[starts].tolist(), sizes.tolist(), strict=True):
+            self.ints[value] = self.ints.get(value, 0) + size
+        if len(self.ints) > INT_CATEGORIES:
+            self.ints = None
+
+    # ------------------------------------------------------------ categorical
+
+    def add_categorical(self, values: pa.Array | pa.ChunkedArray) -> None:
+        """Add a batch of strings, booleans or dictionary-encoded values (nulls counted)."""
+        n, nulls = len(values), values.null_count
+        self.rows += n
+        self.nulls += nulls
+        if n == nulls:
+            return
+        counted = pc.value_counts(values)
+        keys = counted.field("values")
+        freq = counted.field("counts")
+        if nulls:
+            valid = keys.is_valid()
+            keys, freq = keys.filter(valid), freq.filter(valid)
+        if pa.types.is_dictionary(keys.type):
+            keys = keys.dictionary_decode()
+        names = _category_names(keys)
+        for name in names:
+            self.cpc.update(name)
+        if len(names) > MAX_TRACKED:  # keep the most frequent; the tail goes to `other`
+            order = pc.array_sort_indices(freq, order="descending").to_numpy()
+            head = order[:MAX_TRACKED]
+            self.other += int(pc.sum(freq).as_py()) - int(freq.to_numpy()[head].sum())
+            self.pruned = True
+            names = [names[i] for i in head.tolist()]
+            freq = pa.array(freq.to_numpy()[head])
+        for name, size in zip(names, freq.to_pylist(), strict=True):
+            self.cats[name] = self.cats.get(name, 0) + int(size)
+        self._prune()
+
+    def _prune(self) -> None:
+        if len(self.cats) > 2 * MAX_TRACKED:
+            self.cats, dropped = top_categories(self.cats, MAX_TRACKED)
+            self.other += dropped
+            self.pruned = True
+
+    # ------------------------------------------------------------ sparse
+
+    def add_sparse(self, block: Any, null: npt.ArrayLike | None = None) -> None:
+        """Add a scipy.sparse CSR block (one row per row): per index, rows with a non-zero."""
+        csr = block.tocsr()
+        if csr.shape[1] != self.width:
+            raise DataError(
+                f"Feature '{self.feature}' has vectors of width {csr.shape[1]}, not "
+                f"{self.width}; profile vectors of one width."
+            )
+        self.rows += int(csr.shape[0])
+        if null is not None:
+            self.nulls += int(np.count_nonzero(np.asarray(null, dtype=np.bool_)))
+        indices = csr.indices[csr.data != 0]
+        self.nonzero += np.bincount(indices, minlength=self.width).astype(np.int64)
+
+    # ------------------------------------------------------------ merge and result
+
+    def merge(self, other: FeatureAccumulator) -> FeatureAccumulator:
+        """Add another accumulator of the same feature and settings into this one (returns
+        self), as if its batches had been added here."""
+        same_edges = (self.edges is None and other.edges is None) or (
+            self.edges is not None
+            and other.edges is not None
+            and np.array_equal(self.edges, other.edges)
+        )
+        if (other.feature, other.kind, other.width) != (self.feature, self.kind, self.width) or (
+            not same_edges
+        ):
+            raise DataError(
+                f"Accumulators of '{self.feature}' and '{other.feature}' differ in feature, kind, "
+                "width or edges; merge accumulators made alike."
+            )
+        self.rows, self.nulls = self.rows + other.rows, self.nulls + other.nulls
+        self.nan, self.inf = self.nan + other.nan, self.inf + other.inf
+        self.count, self.mean, self.m2 = chan(
+            self.count, self.mean, self.m2, other.count, other.mean, other.m2
+        )
+        self.min = _pick(min, self.min, other.min)
+        self.max = _pick(max, self.max, other.max)
+        self.bins = self.bins + other.bins
+        if self.kll is not None and other.kll is not None:
+            self.kll.merge(other.kll)
+        elif other.count:
+            self.kll = None  # the other side's values are not in any sketch
+        self.ints = _merge_ints(self.ints, other.ints)
+        self._merge_categories(other)
+        self.nonzero = self.nonzero + other.nonzero
+        return self
+
+    def _merge_categories(self, other: FeatureAccumulator) -> None:
+        for name, size in other.cats.items():
+            self.cats[name] = self.cats.get(name, 0) + size
+        self.other += other.other
+        self.pruned = self.pruned or other.pruned
+        if self.cpc is not None and other.cpc is not None:
+            union = datasketches.cpc_union(CPC_LG_K)
+            union.update(self.cpc)
+            union.update(other.cpc)
+            self.cpc = union.get_result()
+        self._prune()
+
+    def result(self) -> FeatureProfile:
+        """The FeatureProfile of everything added so far."""
+        profile = FeatureProfile(
+            feature=self.feature,
+            kind=self.kind,
+            dtype=self.dtype,
+            rows=self.rows,
+            nulls=self.nulls,
+            nan=self.nan,
+            inf=self.inf,
+            count=self.count,
+            mean=self.mean,
+            m2=self.m2,
+            min=self.min,
+            max=self.max,
+            width=self.width,
+            nonzero=tuple(self.nonzero.tolist()),
+        )
+        if self.kind == "numeric":
+            return self._numeric_result(profile)
+        if self.kind == "categorical":
+            return self._categorical_result(profile)
+        return profile
+
+    def _numeric_result(self, profile: FeatureProfile) -> FeatureProfile:
+        sketch = None if self.kll is None else bytes(self.kll.serialize())
+        if self.edges is not None:
+            edges = tuple(self.edges.tolist())
+            counts: tuple[float, ...] = tuple(float(c) for c in self.bins.tolist())
+            exact = True
+        elif self.kll is not None:
+            edges, counts = sketch_bins(self.kll)
+            exact = False
+        else:  # neither edges nor a sketch: one bin, which still carries the missing share
+            edges, counts, exact = (), (float(self.count),), True
+        categories = {_int_name(v): n for v, n in sorted((self.ints or {}).items())}
+        return replace(
+            profile,
+            sketch=sketch,
+            edges=edges,
+            counts=counts,
+            counts_exact=exact,
+            categories=categories,
+            distinct=len(categories),
+        )
+
+    def _categorical_result(self, profile: FeatureProfile) -> FeatureProfile:
+        kept, dropped = top_categories(self.cats, TOP)
+        other = self.other + dropped
+        exact = not self.pruned
+        distinct = len(self.cats) if exact else max(round(self.cpc.get_estimate()), len(kept))
+        return replace(
+            profile,
+            categories=kept,
+            other=other,
+            distinct=distinct,
+            distinct_sketch=bytes(self.cpc.serialize()),
+        )
+
+    # ------------------------------------------------------------ pickling (sketches do not)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["kll"] = None if self.kll is None else bytes(self.kll.serialize())
+        state["cpc"] = None if self.cpc is None else bytes(self.cpc.serialize())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        kll, cpc = state.pop("kll"), state.pop("cpc")
+        self.__dict__.update(state)
+        self.kll = None if kll is None else datasketches.kll_doubles_sketch.deserialize(kll)
+        self.cpc = None if cpc is None else datasketches.cpc_sketch.deserialize(cpc)
+
+
+def _checked_edges(feature: str, edges: Sequence[float]) -> Floats:
+    array = np.asarray(edges, dtype=np.float64).ravel()
+    if not np.isfinite(array).all() or (len(array) > 1 and not (np.diff(array) > 0).all()):
+        raise DataError(
+            f"Drift edges of feature '{feature}' are not finite and strictly increasing; give "
+            "the baseline profile's edges."
+        )
+    return array
+
+
+def _pick(
+    choose: Callable[[float, float], float], a: float | None, b: float | None
+) -> float | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return choose(a, b)
+
+
+def _merge_ints(a: dict[float, int] | None, b: dict[float, int] | None) -> dict[float, int] | None:
+    if a is None or b is None:
+        return None
+    union = dict(a)
+    for value, n in b.items():
+        union[value] = union.get(value, 0) + n
+    return union if len(union) <= INT_CATEGORIES else None
+
+
+def _int_name(value: float) -> str:
+    """Category names of integer codes: "3", not "3.0" (monitor.rules parses them back)."""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _category_names(keys: pa.Array) -> list[str]:
+    if pa.types.is_boolean(keys.type):
+        return ["true" if v else "false" for v in keys.to_pylist()]
+    if pa.types.is_string(keys.type) or pa.types.is_large_string(keys.type):
+        return cast(list[str], keys.to_pylist())
+    return [str(v) for v in keys.to_pylist()]
+
+
+# ---------------------------------------------------------------- flat Arrow tables
+
+
+def profile_arrow_table(
+    table: pa.Table, features: Sequence[str] | None = None, *, source: str
+) -> Profile:
+    """Profile a flat table (a training set) batch by batch, with sketches: numeric columns as
+    numeric, strings / booleans / dictionaries as categorical, fixed-length lists of numbers as
+    one numeric profile per position `name[i]`. Without `features`, every column of those types
+    (others, such as timestamps, are skipped); a named column of another type is a DataError."""
+    return profile_batches(table.schema, table.to_batches(), features, source=source)
+
+
+def profile_batches(
+    schema: pa.Schema,
+    batches: Iterable[pa.RecordBatch],
+    features: Sequence[str] | None = None,
+    *,
+    source: str,
+) -> Profile:
+    """`profile_arrow_table` over a stream of batches of `schema` (a Spark task's input): one
+    set of accumulators for the whole stream, so memory holds one batch at a time."""
+    names = list(schema.names) if features is None else list(features)
+    for name in names:
+        if name not in schema.names:
+            raise DataError(
+                f"Column '{name}' is not in {source}.{did_you_mean(name, schema.names)} "
+                f"Profile one of: {', '.join(schema.names[:20])}."
+            )
+    plans = {name: _column_kind(schema.field(name).type) for name in names}
+    for name, kind in plans.items():
+        if kind is None and features is not None:
+            raise DataError(
+                f"Column '{name}' of {source} has type {schema.field(name).type}, which "
+                "cannot be profiled; profile numeric, string, boolean or list-of-number columns."
+            )
+    accumulators: dict[str, list[FeatureAccumulator]] = {}
+    rows = 0
+    for batch in batches:
+        rows += batch.num_rows
+        for name, kind in plans.items():
+            if kind is not None:
+                _add_column(accumulators, name, kind, batch.column(name), source)
+    results: dict[str, FeatureProfile] = {}
+    for name in names:
+        for acc in accumulators.get(name, []):
+            results[acc.feature] = acc.result()
+    return Profile(features=results, rows=rows, source=source)
+
+
+def _column_kind(kind: pa.DataType) -> str | None:
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind):
+        return "numeric"
+    if (
+        pa.types.is_string(kind)
+        or pa.types.is_large_string(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_dictionary(kind)
+    ):
+        return "categorical"
+    listy = pa.types.is_list(kind) or pa.types.is_large_list(kind)
+    if (listy or pa.types.is_fixed_size_list(kind)) and _column_kind(kind.value_type) == "numeric":
+        return "list"
+    return None
+
+
+def _add_column(
+    accumulators: dict[str, list[FeatureAccumulator]],
+    name: str,
+    kind: str,
+    column: pa.Array,
+    source: str,
+) -> None:
+    if kind == "list":
+        _add_list(accumulators, name, column, source)
+        return
+    if name not in accumulators:
+        cast_kind: Kind = "numeric" if kind == "numeric" else "categorical"
+        accumulators[name] = [FeatureAccumulator(name, cast_kind, str(column.type), sketch=True)]
+    acc = accumulators[name][0]
+    if kind == "numeric":
+        acc.add_numeric(*_as_floats(column))
+    else:
+        acc.add_categorical(column)
+
+
+def _as_floats(column: pa.Array) -> tuple[Floats, Mask | None]:
+    """float64 values (nulls as NaN) and the null mask (None without nulls)."""
+    null = column.is_null().to_numpy(zero_copy_only=False) if column.null_count else None
+    if column.type != pa.float64():
+        column = pc.cast(column, pa.float64(), safe=False)
+    values = np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.float64)
+    return values, null
+
+
+def _add_list(
+    accumulators: dict[str, list[FeatureAccumulator]], name: str, column: pa.Array, source: str
+) -> None:
+    """One accumulator per position; every non-null list must have the same length."""
+    lengths = pc.list_value_length(column).drop_null().to_numpy(zero_copy_only=False)
+    if not len(lengths):
+        return
+    width = int(lengths[0]) if name not in accumulators else len(accumulators[name])
+    if (lengths != width).any():
+        raise DataError(
+            f"Column '{name}' of {source} holds lists of lengths "
+            f"{sorted(set(lengths.tolist()))[:5]}; profile array features of one fixed length."
+        )
+    if name not in accumulators:
+        dtype = str(column.type.value_type)
+        accumulators[name] = [
+            FeatureAccumulator(f"{name}[{i}]", "numeric", dtype, sketch=True) for i in range(width)
+        ]
+    rows = len(column)
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    flat, flat_null = _as_floats(pc.list_flatten(column))
+    matrix = np.full((width, rows), np.nan)
+    matrix[:, valid] = flat.reshape(-1, width).T
+    nulls = np.ones((width, rows), dtype=np.bool_)
+    nulls[:, valid] = False if flat_null is None else flat_null.reshape(-1, width).T
+    for i, acc in enumerate(accumulators[name]):
+        acc.add_numeric(matrix[i], nulls[i])

@@ -1,0 +1,263 @@
+"""Monitoring inside the scoring pass: every model's inputs and outputs profiled as they are
+scored, so drift costs no second scan of the fact table.
+
+The scoring task (physical.score) hands each batch's assembled blocks (shared with scoring) and
+outputs to `RunMonitor.observe`; accumulators (monitor.accumulate) keep exact counts and
+moments, exact counts in the training profile's bins, and, for predictions, a quantile sketch
+(a prediction's bins for the next run come from it when no training profile describes the
+predictions). Like the null counts, each task writes its accumulators as one JSON file under
+`<table>/_batchscore/monitor/<run id>/`, named by its partition so a retried attempt replaces
+its predecessor's file; the driver merges them into one profile per model after the commit
+(`collect_run_profiles`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from batchscore.kernels.base import ScoreOutput
+from batchscore.monitor.accumulate import FeatureAccumulator, merge_features
+from batchscore.monitor.profile import FeatureProfile, Profile
+from batchscore.monitor.rules import FeatureInput
+from batchscore.physical.assemble import Block, Column, assemble
+from batchscore.physical.columns import labels
+from batchscore.physical.task_files import (
+    read_task_files,
+    remove_task_files,
+    task_dir,
+    task_name,
+    write_task_file,
+)
+
+PREDICTION = "prediction"
+LABEL = "label"
+
+
+def monitor_dir(table_path: str, run_id: str) -> str:
+    return task_dir(table_path, "monitor", run_id)
+
+
+@dataclass(frozen=True)
+class MonitoredInput:
+    """One monitored input of a model and the bins its training profile gives it."""
+
+    feature: FeatureInput
+    edges: tuple[float, ...] | None = None
+
+    @cached_property
+    def key(self) -> str:
+        """Models that read the same input with the same bins share one accumulator."""
+        bins = hashlib.sha1(repr(self.edges).encode()).hexdigest()[:12]  # stable across processes
+        return f"{self.feature.name}|{bins}"
+
+
+@dataclass(frozen=True)
+class MonitoredModel:
+    name: str
+    inputs: tuple[MonitoredInput, ...]
+    prediction_edges: tuple[float, ...] | None = None
+    classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RunMonitor:
+    """What the scoring task measures (picklable; one per run)."""
+
+    models: tuple[MonitoredModel, ...]
+    folder: str
+    sketch: bool = False
+    """Keep a quantile sketch of every input too (training profiles: their bins come from it)."""
+
+    def start(self) -> MonitorTally:
+        return MonitorTally(self)
+
+
+@dataclass
+class MonitorTally:
+    """One task's accumulators."""
+
+    monitor: RunMonitor
+    features: dict[str, FeatureAccumulator] = field(default_factory=dict)
+    outputs: dict[str, dict[str, FeatureAccumulator]] = field(default_factory=dict)
+
+    def observe(
+        self,
+        batch: pa.RecordBatch,
+        names: Sequence[str],
+        outputs: Sequence[ScoreOutput],
+        cache: dict[str, Block],
+    ) -> None:
+        """Add one scored batch: `outputs` of the models `names`, in that order."""
+        by_name = dict(zip(names, outputs, strict=True))
+        done: set[str] = set()  # models sharing an input and its bins share its accumulator
+        for model in self.monitor.models:
+            for monitored in model.inputs:
+                if monitored.key in done:
+                    continue
+                done.add(monitored.key)
+                if monitored.key not in self.features:
+                    self.features[monitored.key] = _accumulator(
+                        batch, monitored, sketch=self.monitor.sketch
+                    )
+                _add_input(self.features[monitored.key], batch, monitored.feature, cache)
+            out = by_name.get(model.name)
+            if out is not None:
+                self._add_output(model, out, batch.num_rows)
+
+    def _add_output(self, model: MonitoredModel, out: ScoreOutput, n: int) -> None:
+        mine = self.outputs.setdefault(model.name, {})
+        prediction = np.asarray(out.prediction, dtype=np.float64)
+        if np.isfinite(prediction).any() or PREDICTION in mine:
+            if PREDICTION not in mine:
+                mine[PREDICTION] = FeatureAccumulator(
+                    PREDICTION, "numeric", "double", edges=model.prediction_edges, sketch=True
+                )
+            mine[PREDICTION].add_numeric(prediction, ~np.isfinite(prediction))
+        if out.has_label:
+            if LABEL not in mine:
+                mine[LABEL] = FeatureAccumulator(LABEL, "categorical", "string")
+            mine[LABEL].add_categorical(labels(out, n, model.classes))
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "features": {k: a.result().to_json() for k, a in self.features.items()},
+            "outputs": {
+                m: {k: a.result().to_json() for k, a in accs.items()}
+                for m, accs in self.outputs.items()
+            },
+        }
+
+    def dump(self) -> None:
+        write_task_file(self.monitor.folder, task_name(), self.body())
+
+
+def _accumulator(
+    batch: pa.RecordBatch, monitored: MonitoredInput, *, sketch: bool
+) -> FeatureAccumulator:
+    feature = monitored.feature
+    kind = batch.schema.field(feature.ref).type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        kind = kind.value_type
+    elif pa.types.is_struct(kind):  # a Spark ML vector
+        kind = pa.float64()
+    if feature.kind == "sparse":
+        return FeatureAccumulator(feature.name, "sparse", str(kind), width=feature.width)
+    return FeatureAccumulator(
+        feature.name, "numeric", str(kind), edges=monitored.edges, sketch=sketch
+    )
+
+
+def _add_input(
+    acc: FeatureAccumulator, batch: pa.RecordBatch, feature: FeatureInput, cache: dict[str, Block]
+) -> None:
+    column = Column(feature.ref, feature.label, _assembly_kind(feature), feature.width)
+    block = assemble(batch, (column,), cache)
+    null = _nulls(batch.column(batch.schema.get_field_index(feature.ref)))
+    if feature.kind == "sparse":
+        acc.add_sparse(sp.csr_matrix(block), null)
+        return
+    if sp.issparse(block):
+        block = sp.csr_matrix(block).toarray()
+    dense = np.asarray(block)
+    values = dense[:, feature.position] if feature.position is not None else dense.reshape(-1)
+    acc.add_numeric(np.ascontiguousarray(values, dtype=np.float64), null)
+
+
+def _assembly_kind(feature: FeatureInput) -> str:
+    return {"sparse": "vector", "array": "array", "vector": "vector"}.get(feature.kind, "scalar")
+
+
+def _nulls(array: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
+    if array.null_count == 0:
+        return None
+    return np.asarray(array.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+
+# ---------------------------------------------------------------- driver side
+
+
+def collect_run_profiles(
+    monitor: RunMonitor, *, source: str, created_at: str
+) -> dict[str, Profile]:
+    """Merge the tasks' files into one profile per model, then delete them."""
+    bodies = read_task_files(monitor.folder)
+    remove_task_files(monitor.folder)
+    return merge_bodies(monitor, bodies, source=source, created_at=created_at)
+
+
+def merge_bodies(
+    monitor: RunMonitor,
+    bodies: Sequence[dict[str, Any] | str],
+    *,
+    source: str,
+    created_at: str,
+) -> dict[str, Profile]:
+    """One profile per model from the tasks' accumulators (JSON text or parsed)."""
+    features: dict[str, FeatureProfile] = {}
+    outputs: dict[str, dict[str, FeatureProfile]] = {}
+    for raw in bodies:
+        body = json.loads(raw) if isinstance(raw, str) else raw
+        for key, value in (body.get("features") or {}).items():
+            features[key] = _merged(features.get(key), FeatureProfile.from_json(value))
+        for model, accs in (body.get("outputs") or {}).items():
+            mine = outputs.setdefault(model, {})
+            for key, value in accs.items():
+                mine[key] = _merged(mine.get(key), FeatureProfile.from_json(value))
+    profiles = {}
+    for model in monitor.models:
+        inputs = {m.feature.name: features[m.key] for m in model.inputs if m.key in features}
+        predictions = outputs.get(model.name, {})
+        rows = next(iter(inputs.values())).rows if inputs else 0
+        profiles[model.name] = Profile(
+            features=inputs,
+            predictions=dict(predictions),
+            rows=rows,
+            source=source,
+            model=model.name,
+            created_at=created_at,
+        )
+    return profiles
+
+
+def _merged(held: FeatureProfile | None, new: FeatureProfile) -> FeatureProfile:
+    return new if held is None else merge_features(held, new)
+
+
+def discard(monitor: RunMonitor | None) -> None:
+    if monitor is not None:
+        remove_task_files(monitor.folder)
+
+
+def monitored_model(
+    name: str,
+    inputs: Sequence[FeatureInput],
+    training: Profile | None,
+    classes: tuple[str, ...] | None,
+) -> MonitoredModel:
+    """The model's inputs with their training bins (none without a training profile)."""
+
+    def edges(label: str, profiles: dict[str, Any] | None = None) -> tuple[float, ...] | None:
+        if training is None:
+            return None
+        found = training.lookup(label) if profiles is None else profiles.get(label)
+        if found is None or found.kind != "numeric" or not found.edges:
+            return None
+        return tuple(float(e) for e in found.edges)
+
+    return MonitoredModel(
+        name=name,
+        inputs=tuple(
+            MonitoredInput(i, edges(i.name) if i.kind != "sparse" else None) for i in inputs
+        ),
+        prediction_edges=edges(PREDICTION, training.predictions if training else None),
+        classes=classes,
+    )

@@ -1,0 +1,170 @@
+"""Model health without Spark: rules from profiles, user SQL rewriting, the scoring pass's
+accumulators (scalars, array positions, sparse vectors, predictions), monitoring rows, and the
+errors a bad health setting gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchscore.datasets._write import VECTOR_STRUCT
+from batchscore.errors import SpecError
+from batchscore.kernels.base import ScoreOutput
+from batchscore.monitor.accumulate import FeatureAccumulator
+from batchscore.monitor.health import ModelHealth
+from batchscore.monitor.metrics import alert_line, model_rows
+from batchscore.monitor.profile import Profile
+from batchscore.monitor.rules import FeatureInput, distinct_rules, profile_rules
+from batchscore.physical.monitoring import (
+    MonitoredInput,
+    MonitoredModel,
+    RunMonitor,
+    merge_bodies,
+)
+from batchscore.physical.validation import rewrite_sql
+from batchscore.spec import load_spec
+from batchscore.spec.model import ValidationSpec
+
+RNG = np.random.default_rng(21)
+
+
+def _numeric(name: str, values: np.ndarray, dtype: str = "double", **options: object) -> object:
+    acc = FeatureAccumulator(name, "numeric", dtype, sketch=True, **options)  # type: ignore[arg-type]
+    acc.add_numeric(values.astype(float))
+    return acc.result()
+
+
+def _profile(**columns: np.ndarray) -> Profile:
+    features = {}
+    for name, values in columns.items():
+        dtype = "int64" if values.dtype.kind == "i" else "double"
+        features[name] = _numeric(name, values, dtype)
+    return Profile(features=features, rows=len(next(iter(columns.values()))), source="test")  # type: ignore[arg-type]
+
+
+def test_profile_rules_cover_range_domain_nan_and_null_rate() -> None:
+    profile = _profile(age=RNG.normal(40, 10, 5_000), code=RNG.integers(0, 4, 5_000))
+    inputs = [FeatureInput("users__age", "users.age"), FeatureInput("users__code", "users.code")]
+    rules = profile_rules("churn", inputs, profile, ValidationSpec(actions={"domain": "fail"}))
+    kinds = {(r.kind, r.column): r for r in rules}
+    assert set(kinds) == {
+        ("range", "users.age"), ("nan", "users.age"), ("null_rate", "users.age"),
+        ("range", "users.code"), ("domain", "users.code"), ("nan", "users.code"),
+        ("null_rate", "users.code"),
+    }  # fmt: skip
+    age = kinds[("range", "users.age")]
+    span = profile.features["age"].max - profile.features["age"].min  # type: ignore[operator]
+    assert age.low == pytest.approx(profile.features["age"].min - 0.1 * span)  # type: ignore[operator]
+    assert kinds[("domain", "users.code")].domain == (0.0, 1.0, 2.0, 3.0)
+    assert kinds[("domain", "users.code")].action == "fail"
+    assert kinds[("null_rate", "users.age")].limit == pytest.approx(0.05)
+    off = profile_rules("churn", inputs, profile, ValidationSpec(profile_rules=False))
+    assert off == []
+
+
+def test_shared_rules_are_kept_once_and_differing_ones_named_by_model() -> None:
+    profile = _profile(age=RNG.normal(size=1_000))
+    other = _profile(age=RNG.normal(5, 1, size=1_000))
+    inputs = [FeatureInput("users__age", "users.age")]
+    section = ValidationSpec()
+    same = distinct_rules(
+        profile_rules("a", inputs, profile, section) + profile_rules("b", inputs, profile, section)
+    )
+    assert len(same) == 3 and {r.model for r in same} == {"a, b"}
+    differ = distinct_rules(
+        profile_rules("a", inputs, profile, section) + profile_rules("b", inputs, other, section)
+    )
+    assert "range users.age (a)" in {r.name for r in differ}
+
+
+def test_user_sql_names_the_joined_columns() -> None:
+    tables = ["users", "sales"]
+    assert rewrite_sql("users.age >= 18 AND sales.price > 0", tables) == (
+        "`users__age` >= 18 AND `sales__price` > 0"
+    )
+    assert rewrite_sql("abs(users.age) < 3 and other.x = 1", tables) == (
+        "abs(`users__age`) < 3 and other.x = 1"
+    )
+
+
+def test_the_scoring_pass_profiles_scalars_array_positions_sparse_vectors_and_outputs() -> None:
+    n = 1_000
+    wide = 100
+    rows = []
+    for i in range(n):
+        rows.append({"type": 0, "size": wide, "indices": [i % wide], "values": [1.0]})
+    batch = pa.RecordBatch.from_pydict(
+        {
+            "t__x": pa.array(RNG.normal(size=n)),
+            "t__arr": pa.array(list(RNG.normal(size=(n, 3))), pa.list_(pa.float64())),
+            "t__vec": pa.array(rows, VECTOR_STRUCT),
+        }
+    )
+    inputs = (
+        MonitoredInput(FeatureInput("t__x", "t.x")),
+        *(MonitoredInput(FeatureInput("t__arr", "t.arr", i, "array", 3)) for i in range(3)),
+        MonitoredInput(FeatureInput("t__vec", "t.vec", kind="sparse", width=wide)),
+    )
+    monitor = RunMonitor((MonitoredModel("m", inputs, classes=("no", "yes")),), folder="")
+    out = ScoreOutput(
+        RNG.random(n), np.where(RNG.random(n) < 0.3, "yes", "no").astype(object), None
+    )
+    bodies = []
+    for _ in range(2):  # two tasks
+        tally = monitor.start()
+        tally.observe(batch, ["m"], [out], {})
+        bodies.append(tally.body())
+    profile = merge_bodies(monitor, bodies, source="test", created_at="now")["m"]
+    assert list(profile.features) == ["t.x", "t.arr[0]", "t.arr[1]", "t.arr[2]", "t.vec"]
+    assert profile.features["t.arr[1]"].count == 2 * n
+    assert profile.features["t.vec"].nonzero == tuple([2 * n // wide] * wide)
+    assert profile.predictions["prediction"].count == 2 * n
+    label = profile.predictions["label"]
+    assert sum(label.categories.values()) == 2 * n and set(label.categories) == {"no", "yes"}
+
+
+def test_monitoring_rows_flag_only_the_shifted_feature() -> None:
+    base = np.column_stack([RNG.normal(size=20_000), RNG.normal(size=20_000)])
+    training = _profile(a=base[:, 0], b=base[:, 1])
+    inputs = (FeatureInput("t__a", "t.a"), FeatureInput("t__b", "t.b"))
+    health = ModelHealth(
+        "m", "1", inputs, training, default_thresholds={"psi": 0.2, "js": 0.1, "ks": 0.1}
+    )
+    current = {}
+    for name, values in (("t.a", RNG.normal(size=20_000)), ("t.b", RNG.normal(0.5, 1, 20_000))):
+        acc = FeatureAccumulator(name, "numeric", "double", edges=training.lookup(name).edges)  # type: ignore[union-attr]
+        acc.add_numeric(values)
+        current[name] = acc.result()
+    rows = model_rows(health, Profile(features=current, rows=20_000), None, quarantined=3)
+    flagged = {r.feature for r in rows if r.alert}
+    assert flagged == {"t.b"}
+    assert {r.metric for r in rows if r.baseline == "run"} >= {"rows", "null_rate", "mean"}
+    assert ("quarantined", 3.0) in {(r.metric, r.value) for r in rows}
+    assert alert_line(rows).startswith("Drift alert: model 'm': t.b ")
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ("monitoring: {table: mon, thresholds: {pis: 0.2}}", "'pis' is not a drift metric"),
+        ("monitoring: {table: mon, thresholds: {js: 0}}", "js"),
+        ("monitoring: {table: mon, on_alert: page}", "on_alert"),
+        ("validation: {actions: {null_rate: quarantine}}", "cannot quarantine"),
+        ("validation: {on_violation: quarantine}", "no 'quarantine' table"),
+    ],
+)
+def test_bad_health_sections_are_one_line_spec_errors(
+    tmp_path: Path, section: str, message: str
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: j\ntables: {t: {path: t}}\nsource: {table: t}\n"
+        "models: [{name: m, path: m.txt, features: [x]}]\noutput: {path: out}\n" + section + "\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    text = str(caught.value)
+    assert message in text and "\n" not in text
