@@ -96,8 +96,9 @@ def model_rows(
             previous.predictions.get(name) if previous else None,
             PREVIOUS,
         )
-    scored = max((p.rows for p in current.predictions.values()), default=current.rows)
-    rows.append(_stat(health, "prediction", "prediction", "rows", scored))
+    if "prediction" not in current.predictions:  # else its statistics hold the row count
+        scored = max((p.rows for p in current.predictions.values()), default=current.rows)
+        rows.append(_stat(health, "prediction", "prediction", "rows", scored))
     rows.append(_stat(health, "prediction", "prediction", "quarantined", quarantined))
     return rows
 

@@ -78,6 +78,8 @@ def test_drift_flags_exactly_the_injected_features(profiled: Path, tmp_path: Pat
         "run_id", "job", "run_date", "model", "model_version", "kind", "feature", "metric",
         "value", "baseline", "threshold", "alert", "computed_at",
     }  # fmt: skip
+    key = ["run_id", "model", "kind", "feature", "metric", "baseline"]
+    assert not table.duplicated(key).any()
     alerts = table[table["alert"]]
     assert alerts[alerts["run_date"] == STABLE].empty
     drifted = alerts[(alerts["run_date"] == DRIFTED) & (alerts["kind"] == "feature")]
@@ -89,6 +91,11 @@ def test_drift_flags_exactly_the_injected_features(profiled: Path, tmp_path: Pat
     assert body["monitoring"]["alerts"] and body["exit_code"] == 0
     region = table[table["feature"].str.startswith("stores.region_vec[")]
     assert set(region["feature"]) == {f"stores.region_vec[{i}]" for i in range(3)}
+    page = tmp_path / "report.html"
+    report = ["report", "--monitoring", str(spec.parent / "mon"), "--job", "health"]
+    assert run_cli([*report, "--out", str(page)]) == 0
+    html = page.read_text()
+    assert "sales.f_shift" in html and html.count("<img") >= 4
 
 
 def test_rerun_replaces_the_runs_metrics(profiled: Path, tmp_path: Path) -> None:
