@@ -191,11 +191,14 @@ def report(
     out: str | Path,
     model: str | None = None,
     last: int = 30,
+    predictions: str | Path | None = None,
 ) -> ReportSummary:
-    """The monitoring table as one static HTML file (what `batchscore report` writes)."""
+    """The monitoring table as one static HTML file (what `batchscore report` writes);
+    `predictions`: the prediction table, for the champion vs challenger score scatter."""
     from batchscore.monitor.report import write_report
 
-    return write_report(str(monitoring), job, str(out), model=model, last=last)
+    where = str(predictions) if predictions is not None else None
+    return write_report(str(monitoring), job, str(out), model=model, last=last, predictions=where)
 
 
 def build_demo(

@@ -24,6 +24,7 @@ SCENARIOS: tuple[str, ...] = (
     "bench.tree_job",
     "bench.reruns",
     "bench.health",
+    "bench.challengers",
 )
 MEMORY_NOTE = (
     "peak RSS MB: the largest sum of resident memory of the bench process, the Spark JVM and its "

@@ -119,3 +119,18 @@ def spec_text(root: Path, *, extra: str = "", model_extra: str = "") -> str:
         "output: {path: out, partition_by: [ds], mode: overwrite_partitions, quarantine: held}\n"
         f"{extra}"
     )
+
+
+def design_matrix(root: Path, ds: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, X) of one day as the models read it: the job's features in spec order, the join
+    done by pandas (null as NaN)."""
+    from deltalake import DeltaTable
+
+    sales = DeltaTable(str(root / "sales")).to_pandas()
+    stores = DeltaTable(str(root / "stores")).to_pandas()
+    day = sales[sales["ds"] == ds].merge(stores, on="store_id", how="left")
+    region = np.stack(day["region_vec"].to_numpy())
+    X = np.column_stack(
+        [day[c].to_numpy(dtype=float) for c in FEATURES[:5]] + [day["size"].to_numpy(), region]
+    )
+    return day["id"].to_numpy(), X

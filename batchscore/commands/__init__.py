@@ -13,4 +13,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "batchscore.commands.cache",
     "batchscore.commands.report",
     "batchscore.commands.profile",
+    "batchscore.commands.evaluate",
 )

@@ -17,7 +17,12 @@ from pathlib import Path
 import pyarrow as pa
 
 from batchscore.errors import SinkError, first_line
-from batchscore.monitor.metrics import MetricRow, histograms, profiles_json
+from batchscore.monitor.metrics import (
+    MetricRow,
+    challenger_histograms,
+    histograms,
+    profiles_json,
+)
 from batchscore.monitor.profile import Profile
 from batchscore.physical.task_files import read_task_file, write_task_file
 
@@ -81,6 +86,10 @@ def _run_dates(table: str, job: str) -> list[str]:
     return sorted({d for d in data.column("run_date").to_pylist() if d is not None})
 
 
+RUN_KINDS = ("feature", "prediction", "comparison")
+"""The kinds a scoring run writes (and a rerun replaces); `evaluate` owns `evaluation` rows."""
+
+
 def record_run(
     table: str,
     key: RunKey,
@@ -89,38 +98,49 @@ def record_run(
     trainings: Mapping[str, Profile | None],
     *,
     computed_at: datetime,
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> int:
-    """Replace this (job, run date)'s rows with `rows`; store its profiles and histograms.
-    Returns the table version written."""
+    """Replace this (job, run date)'s rows with `rows`; store its profiles and histograms
+    (`pairs`: (challenger, champion) score distributions too). Returns the table version."""
+    kinds = ", ".join(f"'{k}'" for k in RUN_KINDS)
+    predicate = f"{this_run(key.job, key.run_date)} AND kind IN ({kinds})"
+    version = replace_rows(table, _arrow(key, rows, computed_at), predicate)
+    _store_side_files(table, key, profiles, trainings, pairs)
+    return version
+
+
+def replace_rows(table: str, data: pa.Table, predicate: str) -> int:
+    """Delete the rows matching `predicate` and append `data` (rows of SCHEMA), in one
+    commit; the first write creates the table, partitioned by job. Returns the version."""
     from deltalake import DeltaTable, write_deltalake
     from deltalake.exceptions import TableNotFoundError
 
-    data = _arrow(key, rows, computed_at)
     try:
         existing: DeltaTable | None = DeltaTable(table)
     except TableNotFoundError:
         existing = None
     try:
         if existing is None:
-            Path(table).mkdir(parents=True, exist_ok=True) if "://" not in table else None
+            if "://" not in table:
+                Path(table).mkdir(parents=True, exist_ok=True)
             write_deltalake(table, data, mode="append", partition_by=["job"])
         else:
-            write_deltalake(table, data, mode="overwrite", predicate=_this_run(key))
+            write_deltalake(table, data, mode="overwrite", predicate=predicate)
     except Exception as exc:  # delta-rs errors: one line for the user
         raise SinkError(
-            f"Monitoring table {table} refused this run's rows: {first_line(exc)[:300]}. The "
+            f"Monitoring table {table} refused the rows: {first_line(exc)[:300]}. The "
             "predictions are committed; fix the table (or point monitoring.table elsewhere) "
             "and rerun with --force to record the metrics."
         ) from None
-    _store_side_files(table, key, profiles, trainings)
     return int(DeltaTable(table).version())
 
 
-def _this_run(key: RunKey) -> str:
-    job = key.job.replace("'", "''")
-    if key.run_date is None:
-        return f"job = '{job}' AND run_date IS NULL"
-    return f"job = '{job}' AND run_date = '{key.run_date.replace(chr(39), chr(39) * 2)}'"
+def this_run(job: str, run_date: str | None) -> str:
+    """The predicate of one (job, run date)'s rows (SQL string literals escaped)."""
+    quoted = job.replace("'", "''")
+    if run_date is None:
+        return f"job = '{quoted}' AND run_date IS NULL"
+    return f"job = '{quoted}' AND run_date = '{run_date.replace(chr(39), chr(39) * 2)}'"
 
 
 def _arrow(key: RunKey, rows: Sequence[MetricRow], computed_at: datetime) -> pa.Table:
@@ -148,6 +168,7 @@ def _store_side_files(
     key: RunKey,
     profiles: Mapping[str, Profile],
     trainings: Mapping[str, Profile | None],
+    pairs: Sequence[tuple[str, str]] = (),
 ) -> None:
     name = key.date_name
     runs = side_dir(table, "runs", key.job)
@@ -160,5 +181,11 @@ def _store_side_files(
     write_task_file(
         side_dir(table, "histograms", key.job),
         name,
-        {"run_id": key.run_id, "job": key.job, "run_date": key.run_date, "models": drawn},
+        {
+            "run_id": key.run_id,
+            "job": key.job,
+            "run_date": key.run_date,
+            "models": drawn,
+            "challengers": challenger_histograms(profiles, pairs),
+        },
     )

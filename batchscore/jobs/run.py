@@ -34,7 +34,14 @@ from pyspark.sql import DataFrame, SparkSession
 from batchscore._version import __version__
 from batchscore.jobs.monitoring import RunKey, previous_profiles, record_run
 from batchscore.monitor.health import HealthPlan, health_plan
-from batchscore.monitor.metrics import MetricRow, alert_line, alerts, model_rows
+from batchscore.monitor.metrics import (
+    MetricRow,
+    alert_line,
+    alerts,
+    comparison_rows,
+    model_rows,
+)
+from batchscore.physical.comparison import Pairing
 from batchscore.physical.input_checks import check_parquet_inputs
 from batchscore.physical.lower import lower_for_write, lower_source, quarantined_rows
 from batchscore.physical.monitoring import (
@@ -46,6 +53,7 @@ from batchscore.physical.monitoring import (
 from batchscore.physical.monitoring import discard as discard_monitor
 from batchscore.physical.null_counts import NullCounts, collect_nulls, discard, null_dir
 from batchscore.physical.profile import RunProfile, collect, profile_dir
+from batchscore.physical.roles import has_challengers, serving_ranges
 from batchscore.physical.score import ScoringTask
 from batchscore.physical.session import check_executors, get_spark
 from batchscore.physical.session import executor_timeout as executor_wait
@@ -64,11 +72,11 @@ from batchscore.result import RunResult, RunStatus
 from batchscore.sinks.log import table_version, transaction_version
 from batchscore.sinks.ownership import check_apart, check_table_folder
 from batchscore.sinks.request import AppTransaction, WriteRequest
-from batchscore.sinks.schema import SchemaPolicy, check_schema_compatible
+from batchscore.sinks.schema import SchemaPolicy, check_schema_compatible, table_arrow_schema
 from batchscore.sinks.spark_io import CommitResult, write_delta
 from batchscore.sinks.transform import FusedTransform
 from batchscore.spec.load import with_run_date
-from batchscore.spec.model import JobSpec
+from batchscore.spec.model import JobSpec, ModelSpec
 
 
 def app_id_for(spec: JobSpec) -> str:
@@ -273,6 +281,7 @@ def prepare(session: SparkSession, job: Job, *, profile: bool, own_session: bool
         scored_at=job.scored_at,
         rules=job.health.row_rules,
         counted=counted,
+        roles=writes_roles(job),
     )
     checks = InPassChecks(counted, task_dir(job.out, "rules", job.run_id)) if counted else None
     task = replace(
@@ -287,6 +296,20 @@ def prepare(session: SparkSession, job: Job, *, profile: bool, own_session: bool
     return Write(joined, task, schema)
 
 
+def writes_roles(job: Job) -> bool:
+    """`role` / `served` columns: in every new table, and in an existing one that has them or
+    whose spec now has challengers (a table from before them keeps its columns otherwise; adding
+    them then needs output.evolve_schema, as any new column does)."""
+    if table_version(job.out) is None:
+        return True
+    from deltalake import DeltaTable
+
+    names = table_arrow_schema(DeltaTable(job.out)).names
+    if "served" in names or any(n.endswith("__served") for n in names):
+        return True
+    return has_challengers(job.plan.spec)
+
+
 def run_monitor(job: Job) -> RunMonitor | None:
     """What the scoring tasks profile when the spec monitors (None otherwise)."""
     if not job.health.monitored:
@@ -296,7 +319,15 @@ def run_monitor(job: Job) -> RunMonitor | None:
         monitored_model(m.name, m.inputs, m.profile, kernels[m.name].classes)
         for m in job.health.models
     )
-    return RunMonitor(models, monitor_dir(job.out, job.run_id))
+    spec = job.plan.spec
+    pairing = None
+    if has_challengers(spec):
+        ranges = serving_ranges(spec)
+        pairing = Pairing(
+            tuple((m.name, m.champion) for m in spec.models if m.role != "champion"),
+            tuple(ranges.items()),
+        )
+    return RunMonitor(models, monitor_dir(job.out, job.run_id), pairing=pairing)
 
 
 # ---------------------------------------------------------------- 3. validation and commits
@@ -364,7 +395,7 @@ def record_monitoring(job: Job, write: Write, *, held: int) -> None:
     spec = job.plan.spec.monitoring
     if monitor is None or spec is None:
         return
-    profiles = collect_run_profiles(
+    profiles, compared = collect_run_profiles(
         monitor, source=f"run {job.run_id}", created_at=job.scored_at.isoformat()
     )
     key = RunKey(job.spec.name, job.spec.run_date, job.run_id)
@@ -374,8 +405,12 @@ def record_monitoring(job: Job, write: Write, *, held: int) -> None:
         for m in job.health.models
         for row in model_rows(m, profiles[m.name], previous.get(m.name), quarantined=held)
     ]
+    rows += comparison_rows(job.health, compared, profiles)
     trainings = {m.name: m.profile for m in job.health.models}
-    version = record_run(spec.table, key, rows, profiles, trainings, computed_at=job.scored_at)
+    pairs = [(m.name, m.champion) for m in job.plan.spec.models if m.role != "champion"]
+    version = record_run(
+        spec.table, key, rows, profiles, trainings, computed_at=job.scored_at, pairs=pairs
+    )
     job.alerts = alerts(rows)
     job.monitoring = {
         "table": spec.table,
@@ -416,7 +451,7 @@ def _schema_policy(plan: LogicalPlan) -> SchemaPolicy:
     return SchemaPolicy(evolve_schema=plan.output.evolve_schema, fill_missing=_fill_missing(plan))
 
 
-_MODEL_COLUMN_SUFFIXES = ("__prediction", "__label", "__probability")
+_MODEL_COLUMN_SUFFIXES = ("__prediction", "__label", "__probability", "__served")
 
 
 def _model_output_column(name: str) -> bool:
@@ -446,8 +481,10 @@ def lineage(plan: LogicalPlan, *, run_id: str, scored_at: datetime) -> dict[str,
                 "sha256": b.model.sha256,
                 "version": b.model.version,
                 "kernel": b.model.kernel.kind,
+                **({"registry": b.model.source} if b.model.source else {}),
+                **({"role": m.role, "champion": m.champion} if m.role != "champion" else {}),
             }
-            for b in plan.models
+            for b, m in zip(plan.models, _model_specs(plan), strict=True)
         },
         "batchscore.inputs": {
             name: {"path": info.path, "format": info.spec.format, "version": info.version}
@@ -531,3 +568,8 @@ def _violations(job: Job) -> dict[str, int]:
     if job.validation is None:
         return {}
     return {name: n for name, n in job.validation.counts().items() if n}
+
+
+def _model_specs(plan: LogicalPlan) -> list[ModelSpec]:
+    specs = {m.name: m for m in plan.spec.models}
+    return [specs[b.name] for b in plan.models]

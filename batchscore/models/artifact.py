@@ -16,7 +16,7 @@ import io
 import re
 import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlparse
@@ -40,6 +40,8 @@ class LoadedArtifact:
     format: ArtifactFormat
     path: str
     warnings: tuple[str, ...] = ()
+    source: str = ""
+    """Where the bytes came from when a reference resolved them: `registry:NAME@VERSION`."""
 
 
 def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:
@@ -110,7 +112,7 @@ def _load_registered(ref: str, *, sha256: str | None, model_name: str) -> Loaded
     data = store.read_verified(mv)  # tampered bytes are refused here, before any unpickling
     loaded = _load_bytes(data, mv.sha256, mv.sha256, f"{where} -> {mv.file}", mv.file)
     check_signature(loaded.obj, mv, model_name)
-    return loaded
+    return replace(loaded, source=mv.ref)
 
 
 def _load_mlflow(uri: str, *, sha256: str | None, model_name: str) -> LoadedArtifact:

@@ -41,6 +41,8 @@ class CompiledModel:
     sha256: str
     kernel: Kernel
     output: OutputKind
+    source: str = ""
+    """The registry version that served (`registry:NAME@VERSION`) for a registry reference."""
 
     @property
     def proba(self) -> bool:
@@ -81,6 +83,7 @@ def compile_from_spec(
         sha256=artifact.sha256,
         kernel=kernel,
         output=resolve_output(name, kernel, output),
+        source=artifact.source,
     )
 
 

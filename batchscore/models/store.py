@@ -4,7 +4,9 @@ Layout (a plain folder, default `./model_registry`, or $BATCHSCORE_MODEL_STORE, 
 
     model_registry/
       NAME/
-        manifest.json          {"name": NAME, "versions": [{version, file, sha256, ...}, ...]}
+        manifest.json          {"name": NAME, "versions": [{version, file, sha256, ...}, ...],
+                                "aliases": {ALIAS: VERSION}, "history": [{promotion}, ...]}
+        manifest.lock          held (flock) while the manifest is read, changed and replaced
         v1/<artifact file>     the registered bytes, copied
         v2/...
 
@@ -17,15 +19,29 @@ and free-form metrics. Versions count up from 1. Specs name them `registry:NAME@
 Registering is the trust decision: `register` reads the file once, hashes the bytes and loads
 the model from those same bytes to read its signature. Pass `sha256=` (`--sha256`) to check
 the file against a digest from its origin first.
+
+Promoting is the serving decision: `promote(NAME, V, alias="champion")` points an alias at a
+registered version, and specs that name `registry:NAME@champion` score with it from their next
+run. Each move is appended to the manifest's `history` (alias, from, to, at (UTC), by
+($BATCHSCORE_USER, else the login name), reason); `aliases` holds where each alias points now.
+
+The manifest is replaced atomically: written to a uniquely named temporary file in the same
+folder, flushed to disk, then renamed over `manifest.json`, so a reader sees the old or the new
+manifest, never a part. A crash leaves at most a stray `manifest.*.tmp`, which nothing reads.
+Writers of one model (register, promote) take an exclusive lock on `manifest.lock` around
+read-change-replace, so concurrent promotions never lose each other's history entries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,22 +50,29 @@ import numpy as np
 
 from batchscore.errors import DataError, ModelError
 from batchscore.models.store_reader import (
+    DEFAULT_ALIAS,
     DEFAULT_STORE,
     MANIFEST,
     STORE_ENV,
     ModelVersion,
+    Promotion,
     StoreReader,
+    check_alias,
     check_signature,
     parse_ref,
     store_root,
 )
 
 __all__ = [
+    "DEFAULT_ALIAS",
     "DEFAULT_STORE",
     "MANIFEST",
     "STORE_ENV",
+    "USER_ENV",
     "ModelStore",
     "ModelVersion",
+    "Promotion",
+    "check_alias",
     "check_signature",
     "model_signature",
     "parse_ref",
@@ -57,7 +80,10 @@ __all__ = [
     "store_root",
 ]
 
+USER_ENV = "BATCHSCORE_USER"
+LOCK = "manifest.lock"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_VERSION_FOLDER = re.compile(r"^v([0-9]+)$")
 
 
 class ModelStore(StoreReader):
@@ -98,33 +124,137 @@ class ModelStore(StoreReader):
         signature = model_signature(artifact.obj, name)
         profile = profile_table(training_data) if training_data else None
 
-        self.root.mkdir(parents=True, exist_ok=True)
-        manifest = self._read_manifest(name) if (self.root / name / MANIFEST).is_file() else {}
-        versions = manifest.get("versions", [])
-        number = max((int(v["version"]) for v in versions), default=0) + 1
-        folder = self.root / name / f"v{number}"
-        folder.mkdir(parents=True, exist_ok=False)
-        target = folder / source.name
-        target.write_bytes(data)
-        mv = ModelVersion(
-            name=name,
-            version=number,
-            file=str(target.resolve()),
-            sha256=digest,
-            signature=signature,
-            registered_at=datetime.now(UTC).isoformat(timespec="seconds"),
-            source=str(source.resolve()),
-            metrics=dict(metrics or {}),
-            training_profile=profile,
-        )
-        self._write_manifest(name, {"name": name, "versions": [*versions, mv.to_json()]})
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        with self._locked(name):
+            manifest = self._read_manifest(name)
+            versions = manifest.get("versions", [])
+            # Past any folder a crashed register left behind without a manifest entry.
+            number = max((int(v["version"]) for v in versions), default=0) + 1
+            number = max(number, self._last_folder(name) + 1)
+            folder = self.root / name / f"v{number}"
+            folder.mkdir(parents=True, exist_ok=False)
+            target = folder / source.name
+            target.write_bytes(data)
+            mv = ModelVersion(
+                name=name,
+                version=number,
+                file=str(target.resolve()),
+                sha256=digest,
+                signature=signature,
+                registered_at=_now(),
+                source=str(source.resolve()),
+                metrics=dict(metrics or {}),
+                training_profile=profile,
+            )
+            self._write_manifest(
+                name, {**manifest, "name": name, "versions": [*versions, mv.to_json()]}
+            )
         return mv
 
+    def promote(
+        self,
+        name: str,
+        version: int,
+        *,
+        alias: str = DEFAULT_ALIAS,
+        reason: str | None = None,
+        user: str | None = None,
+    ) -> Promotion | None:
+        """Point `alias` at registered `version` and record the move in the model's history.
+
+        Returns the recorded Promotion, or None when the alias already points at `version`
+        (nothing is written). `user` defaults to $BATCHSCORE_USER, else the login name.
+        """
+        check_alias(alias)
+        self.require(name)
+        with self._locked(name):
+            manifest = self._read_manifest(name)
+            known = [int(v["version"]) for v in manifest.get("versions", [])]
+            if version not in known:
+                have = ", ".join(str(v) for v in known) or "none"
+                raise ModelError(
+                    f"Model registry {self.root}: '{name}' has no version {version} (it has "
+                    f"{have}); promote one of those, or register the model first with "
+                    f"`batchscore models register {name} PATH`."
+                )
+            aliases = {str(a): int(v) for a, v in (manifest.get("aliases") or {}).items()}
+            previous = aliases.get(alias)
+            if previous == version:
+                return None
+            promotion = Promotion(
+                alias=alias,
+                from_version=previous,
+                to_version=version,
+                at=_now(),
+                by=current_user() if user is None else user,
+                reason=" ".join((reason or "").split()) or None,
+            )
+            history = [*(manifest.get("history") or []), promotion.to_json()]
+            self._write_manifest(
+                name, {**manifest, "aliases": {**aliases, alias: version}, "history": history}
+            )
+        return promotion
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        """Exclusive lock on NAME/manifest.lock (released by the OS if the process dies);
+        a no-op where fcntl is missing (Windows)."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        with open(self.root / name / LOCK, "a") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _last_folder(self, name: str) -> int:
+        numbers = [
+            int(m[1])
+            for p in (self.root / name).iterdir()
+            if p.is_dir() and (m := _VERSION_FOLDER.match(p.name))
+        ]
+        return max(numbers, default=0)
+
     def _write_manifest(self, name: str, manifest: dict[str, Any]) -> None:
-        path = self.root / name / MANIFEST
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=_json_default))
-        os.replace(tmp, path)
+        """Replace NAME/manifest.json atomically: a unique temporary file, fsync, rename."""
+        folder = self.root / name
+        text = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="manifest.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, folder / MANIFEST)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        with contextlib.suppress(OSError):  # make the rename itself durable (POSIX)
+            dir_fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+
+def current_user() -> str:
+    """$BATCHSCORE_USER, else the login name, else 'unknown' (a container without one)."""
+    explicit = os.environ.get(USER_ENV, "").strip()
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def model_signature(obj: Any, name: str) -> dict[str, Any]:

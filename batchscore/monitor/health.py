@@ -82,7 +82,7 @@ def health_plan(plan: LogicalPlan) -> HealthPlan:
     for binding in plan.models:
         model_spec = specs[binding.name]
         inputs = model_inputs(binding)
-        profile, source = load_profile(model_spec)
+        profile, source = load_profile(model_spec, sha256=binding.model.sha256)
         if profile is not None:
             _check_profile_covers(binding.name, inputs, profile, source)
         section = model_spec.validation or spec.validation
@@ -132,14 +132,20 @@ def _row_inputs(binding: ModelBinding) -> list[FeatureInput]:
     return [i for i in model_inputs(binding) if i.kind in ("scalar", "array")]
 
 
-def load_profile(model: ModelSpec) -> tuple[Profile | None, str]:
-    """The model's training profile and where it came from ((None, "") when it has none)."""
+def load_profile(model: ModelSpec, *, sha256: str = "") -> tuple[Profile | None, str]:
+    """The model's training profile and where it came from ((None, "") when it has none). A
+    registry model's is that of the version whose bytes were loaded (`sha256`), even if an
+    alias moved since."""
     if model.profile is not None:
         return Profile.load(model.profile), model.profile
     if model.path.startswith("registry:"):
-        from batchscore.models.store_reader import StoreReader
+        from batchscore.models.store_reader import StoreReader, parse_ref
 
-        version = StoreReader().resolve(model.path)
+        reader = StoreReader()
+        version = reader.resolve(model.path)
+        if sha256 and version.sha256 != sha256:
+            same = [v for v in reader.versions(parse_ref(model.path)[0]) if v.sha256 == sha256]
+            version = same[-1] if same else version
         if version.training_profile:
             return Profile.from_json(version.training_profile), f"{version.ref} (registry)"
     return None, ""

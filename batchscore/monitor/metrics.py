@@ -13,9 +13,12 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from batchscore.monitor.drift import compare
-from batchscore.monitor.health import ModelHealth
+import numpy as np
+
+from batchscore.monitor.drift import compare, counts_at
+from batchscore.monitor.health import HealthPlan, ModelHealth
 from batchscore.monitor.profile import FeatureProfile, Profile
 
 TRAINING = "training"
@@ -138,6 +141,47 @@ def _statistics(health: ModelHealth, kind: str, feature: str, p: FeatureProfile)
     return out
 
 
+def comparison_rows(
+    health: HealthPlan, compared: Mapping[str, Any], profiles: Mapping[str, Profile]
+) -> list[MetricRow]:
+    """Per challenger, against its champion (baseline `champion:<name>`): label agreement and
+    flipped decisions, mean and max |score difference|, PSI of the two score distributions;
+    and every model's served rows."""
+    versions = {m.name: m.version for m in health.models}
+    rows: list[MetricRow] = []
+    for key, sums in (compared.get("pairs") or {}).items():
+        challenger, champion = key.split("|", 1)
+
+        def add(metric: str, value: float, ch: str = challenger, base: str = champion) -> None:
+            rows.append(
+                MetricRow(
+                    ch, versions.get(ch, ""), "comparison", "prediction", metric, value,
+                    f"champion:{base}",
+                )
+            )  # fmt: skip
+
+        if sums["scored"]:
+            add("mean_abs_diff", sums["abs_diff"] / sums["scored"])
+            add("max_abs_diff", sums["max_abs_diff"])
+        if sums["labelled"]:
+            add("agreement", sums["agree"] / sums["labelled"])
+            add("flipped", 1.0 - sums["agree"] / sums["labelled"])
+        new, old = profiles.get(challenger), profiles.get(champion)
+        if new is not None and old is not None:
+            a, b = new.predictions.get("prediction"), old.predictions.get("prediction")
+            if a is not None and b is not None and a.count and b.count:
+                psi = compare(a, b).get("psi")
+                if psi is not None and math.isfinite(psi):
+                    add("psi", psi)
+    for name, count in (compared.get("served") or {}).items():
+        rows.append(_stat_named(name, versions.get(name, ""), "served_rows", count))
+    return rows
+
+
+def _stat_named(model: str, version: str, metric: str, value: float) -> MetricRow:
+    return MetricRow(model, version, "prediction", "prediction", metric, float(value), RUN)
+
+
 def alerts(rows: Sequence[MetricRow]) -> list[MetricRow]:
     """The alerting rows, worst first (furthest past their threshold)."""
     return sorted((r for r in rows if r.alert), key=lambda r: -r.severity)
@@ -233,3 +277,31 @@ def _missing(p: FeatureProfile) -> float:
 
 def profiles_json(profiles: Mapping[str, Profile]) -> dict[str, object]:
     return {name: p.to_json() for name, p in profiles.items()}
+
+
+def challenger_histograms(
+    profiles: Mapping[str, Profile], pairs: Sequence[tuple[str, str]]
+) -> dict[str, dict[str, object]]:
+    """Per challenger, its score distribution and its champion's on common bins (the
+    champion's score deciles from its sketch, else equal-width bins over both ranges)."""
+    out: dict[str, dict[str, object]] = {}
+    for challenger, champion in pairs:
+        new = profiles.get(challenger)
+        old = profiles.get(champion)
+        if new is None or old is None:
+            continue
+        a, b = new.predictions.get("prediction"), old.predictions.get("prediction")
+        if a is None or b is None or not a.count or not b.count:
+            continue
+        assert a.min is not None and a.max is not None and b.min is not None and b.max is not None
+        low, high = min(a.min, b.min), max(a.max, b.max)
+        if not high > low:
+            continue
+        inner = tuple(float(e) for e in np.linspace(low, high, DISPLAY_BINS + 1)[1:-1])
+        out[challenger] = {
+            "champion": champion,
+            "edges": [low, *inner, high],
+            "champion_shares": _shares(list(counts_at(b, inner))),
+            "challenger_shares": _shares(list(counts_at(a, inner))),
+        }
+    return out

@@ -5,7 +5,10 @@ base64 PNG, inline CSS, no external resource (a Content-Security-Policy forbids 
 opens offline years later. It reads the monitoring Delta table with delta-rs (no Spark: a
 report of a thousand runs takes a second, not a JVM start) and the latest run's histograms
 JSON. Plots use matplotlib's object API on the Agg canvas, never pyplot, so rendering a report
-in a notebook neither needs a display nor switches the notebook's own backend.
+in a notebook neither needs a display nor switches the notebook's own backend
+(monitor.report_plots holds the figure helpers). After the models, one section per challenger
+compares it with its champion (monitor.report_challengers), from the `kind = 'comparison'`
+rows, the histograms file and, when given, the prediction table.
 
 Every string from the data goes through `html.escape`: feature and model names come from
 user specs. A tiny inline script records on `<body>` how many images decoded and whether a
@@ -15,15 +18,13 @@ never see it.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 import os
 import re
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,18 +34,35 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from batchscore.errors import DataError, SpecError, did_you_mean
+from batchscore.monitor.report_challengers import (
+    Pair,
+    challenger_sections,
+    find_pairs,
+    open_predictions,
+)
+from batchscore.monitor.report_plots import (
+    RED,
+    Obs,
+    Run,
+    finite_edges,
+    grid,
+    group,
+    img,
+    note,
+    num,
+    run_axis,
+    series,
+    short,
+)
 
 TOP_K = 8
 """Drift panels per model: the features whose latest drift is nearest (or over) threshold."""
 MAX_HISTOGRAMS = 12
 """Histogram panels per model: more alerting features than this are listed, not drawn."""
-DPI = 80
-"""Low enough that a 30-run report of several models stays well under a megabyte."""
 COLUMNS = tuple(
     "run_id job run_date model model_version kind feature metric value baseline threshold "
     "alert computed_at".split()
 )
-RED = "#d00000"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SHARE = re.compile(r"^share\[(.*)\]$")
 
@@ -59,44 +77,19 @@ class ReportSummary:
     models: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class _Obs:
-    """One row of the monitoring table, as the report uses it."""
-
-    run_id: str
-    model: str
-    kind: str
-    feature: str
-    metric: str
-    baseline: str
-    value: float
-    threshold: float
-    """NaN when the metric has none."""
-    alert: bool
-
-    @property
-    def ratio(self) -> float:
-        """value / threshold: how far past its threshold a metric is (1.0 = at it)."""
-        if not self.threshold > 0 or math.isnan(self.value):
-            return -math.inf
-        return self.value / self.threshold
-
-
-@dataclass(frozen=True)
-class _Run:
-    run_id: str
-    run_date: str
-
-
 @dataclass
 class _Data:
     """The rows of the covered runs, grouped by model, with the runs in order."""
 
     monitoring: str
     job: str
-    runs: list[_Run]
-    by_model: dict[str, list[_Obs]]
+    runs: list[Run]
+    by_model: dict[str, list[Obs]]
     versions: dict[str, str]
+    pairs: list[Pair]
+    """Champion vs challenger pairs compared in the covered runs (monitor.report_challengers)."""
+    predictions: Any | None
+    """The prediction table (delta-rs), for the challenger scatter; None without one."""
     pos: dict[str, int] = field(init=False)
     """Each covered run's index on the x axis."""
 
@@ -106,11 +99,18 @@ class _Data:
 
 # Public API
 def write_report(
-    monitoring: str, job: str, out: str, *, model: str | None = None, last: int = 30
+    monitoring: str,
+    job: str,
+    out: str,
+    *,
+    model: str | None = None,
+    last: int = 30,
+    predictions: str | None = None,
 ) -> ReportSummary:
     """Write the report of `job`'s last `last` runs to `out` (atomically: a scheduler that
-    publishes the file never picks up half of it) and return what it covers."""
-    data = _load(monitoring, job, model, last)
+    publishes the file never picks up half of it) and return what it covers. `predictions`,
+    the job's prediction table (long layout), adds the challenger vs champion score scatter."""
+    data = _load(monitoring, job, model, last, predictions)
     page = _render(data)
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -121,17 +121,28 @@ def write_report(
     return ReportSummary(str(target), len(data.runs), alerts, tuple(data.by_model))
 
 
-def report_html(monitoring: str, job: str, *, model: str | None = None, last: int = 30) -> str:
+def report_html(
+    monitoring: str,
+    job: str,
+    *,
+    model: str | None = None,
+    last: int = 30,
+    predictions: str | None = None,
+) -> str:
     """The report as a string (e.g. for `IPython.display.HTML` in a notebook)."""
-    return _render(_load(monitoring, job, model, last))
+    return _render(_load(monitoring, job, model, last, predictions))
 
 
 # Loading
-def _load(monitoring: str, job: str, model: str | None, last: int) -> _Data:
-    """Read the job's rows with delta-rs and keep the last `last` runs of the chosen models."""
+def _load(
+    monitoring: str, job: str, model: str | None, last: int, predictions: str | None
+) -> _Data:
+    """Read the job's rows with delta-rs and keep the last `last` runs of the chosen models
+    (and, with a model chosen, the champion vs challenger pairs it is part of)."""
     if last < 1:
         raise SpecError(f"--last {last}: the number of runs to report must be at least 1.")
     table = _open(monitoring)
+    scores = open_predictions(predictions) if predictions is not None else None
     missing = [c for c in COLUMNS if c not in table.schema().to_arrow().names]
     if missing:
         raise DataError(
@@ -145,6 +156,7 @@ def _load(monitoring: str, job: str, model: str | None, last: int) -> _Data:
             f"Job '{job}' has no rows in monitoring table '{monitoring}'"
             f"{did_you_mean(job, jobs)} Jobs there: {', '.join(jobs) or '(none)'}."
         )
+    every = rows
     if model is not None:
         models = sorted({r["model"] for r in rows})
         rows = [r for r in rows if r["model"] == model]
@@ -155,13 +167,15 @@ def _load(monitoring: str, job: str, model: str | None, last: int) -> _Data:
             )
     runs = _ordered_runs(rows)[-last:]
     kept = {run.run_id for run in runs}
-    by_model: dict[str, list[_Obs]] = defaultdict(list)
+    by_model: dict[str, list[Obs]] = defaultdict(list)
     versions: dict[str, str] = {}
     for r in rows:
         if r["run_id"] in kept:
             by_model[r["model"]].append(_obs(r))
             versions[r["model"]] = str(r["model_version"] or "")
-    return _Data(monitoring, job, runs, dict(sorted(by_model.items())), versions)
+    pairs = find_pairs((_obs(r) for r in every if r["run_id"] in kept), model)
+    by_name = dict(sorted(by_model.items()))
+    return _Data(monitoring, job, runs, by_name, versions, pairs, scores)
 
 
 def _open(monitoring: str) -> Any:
@@ -183,7 +197,7 @@ def _jobs(table: Any) -> list[str]:
     return sorted({str(j) for j in column.unique().to_pylist() if j is not None})
 
 
-def _ordered_runs(rows: Iterable[dict[str, Any]]) -> list[_Run]:
+def _ordered_runs(rows: Iterable[dict[str, Any]]) -> list[Run]:
     """Runs ordered by run date, then by when they were computed (a rerun of a date last)."""
     first: dict[str, tuple[str, datetime]] = {}
     for r in rows:
@@ -193,39 +207,24 @@ def _ordered_runs(rows: Iterable[dict[str, Any]]) -> list[_Run]:
         if r["run_id"] not in first or key < first[r["run_id"]]:
             first[r["run_id"]] = key
     order = sorted(first.items(), key=lambda item: (item[1], item[0]))
-    return [_Run(run_id, key[0]) for run_id, key in order]
+    return [Run(run_id, key[0]) for run_id, key in order]
 
 
-def _obs(r: dict[str, Any]) -> _Obs:
+def _obs(r: dict[str, Any]) -> Obs:
     """A row; a null value is NaN (a gap in its line), a null threshold means none."""
     value, limit = r["value"], r["threshold"]
     kind, feature, metric, baseline = (str(r[k]) for k in ("kind", "feature", "metric", "baseline"))
     value = math.nan if value is None else float(value)
     limit = math.nan if limit is None else float(limit)
     alert = bool(r["alert"])
-    return _Obs(r["run_id"], r["model"], kind, feature, metric, baseline, value, limit, alert)
+    return Obs(r["run_id"], r["model"], kind, feature, metric, baseline, value, limit, alert)
 
 
-def _latest_alerts(data: _Data) -> list[_Obs]:
+def _latest_alerts(data: _Data) -> list[Obs]:
     """The latest run's alerts over the covered models, worst (value / threshold) first."""
     latest = data.runs[-1].run_id
     alerts = [o for obs in data.by_model.values() for o in obs if o.alert and o.run_id == latest]
     return sorted(alerts, key=lambda o: (-o.ratio, o.model, o.feature, o.metric))
-
-
-def _series(obs: Iterable[_Obs], pos: dict[str, int], n: int, limits: bool = False) -> list[float]:
-    """Values (or thresholds) aligned on the covered runs, NaN where a run has none (a gap)."""
-    out = [math.nan] * n
-    for o in obs:
-        out[pos[o.run_id]] = o.threshold if limits else o.value
-    return out
-
-
-def _group(obs: Iterable[_Obs], key: Callable[[_Obs], str]) -> dict[str, list[_Obs]]:
-    groups: dict[str, list[_Obs]] = defaultdict(list)
-    for o in obs:
-        groups[key(o)].append(o)
-    return dict(groups)
 
 
 # The page
@@ -250,6 +249,11 @@ def _render(data: _Data) -> str:
     """The whole page: header and latest alerts, then one section per model."""
     e = html.escape
     body = [_header(data)] + [_model_section(data, m, o) for m, o in data.by_model.items()]
+    body.append(
+        challenger_sections(
+            data.pairs, data.runs, lambda run: _read_histograms(data, run), data.predictions
+        )
+    )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{_CSP}">'
@@ -275,6 +279,9 @@ def _header(data: _Data) -> str:
             f'<span class="{"alert" * bool(alerts)}">{len(alerts)}</span>',
         ),
     ]
+    if data.pairs:
+        pairs = ", ".join(f"{p.challenger} vs champion {p.champion}" for p in data.pairs)
+        facts.append(("challengers", e(pairs)))
     rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     return (
         f"<h1>Monitoring report: {e(data.job)}</h1>\n<table>{rows}</table>\n"
@@ -282,7 +289,7 @@ def _header(data: _Data) -> str:
     )
 
 
-def _alerts_table(alerts: Sequence[_Obs]) -> str:
+def _alerts_table(alerts: Sequence[Obs]) -> str:
     if not alerts:
         return '<p class="note">No alerts in the latest run.</p>'
     names = "model|feature|metric|value|threshold|value / threshold|baseline".split("|")
@@ -292,14 +299,14 @@ def _alerts_table(alerts: Sequence[_Obs]) -> str:
         ratio = "" if o.ratio == -math.inf else f"{o.ratio:.2f}"
         rows.append(
             f'<tr class="alert-row"><td>{e(o.model)}</td><td>{e(o.feature)}</td>'
-            f"<td>{e(o.metric)}</td><td class=n>{_num(o.value)}</td>"
-            f"<td class=n>{_num(o.threshold)}</td><td class=n>{ratio}</td>"
+            f"<td>{e(o.metric)}</td><td class=n>{num(o.value)}</td>"
+            f"<td class=n>{num(o.threshold)}</td><td class=n>{ratio}</td>"
             f"<td>{e(o.baseline)}</td></tr>"
         )
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
 
-def _model_section(data: _Data, name: str, obs: list[_Obs]) -> str:
+def _model_section(data: _Data, name: str, obs: list[Obs]) -> str:
     e = html.escape
     version = f" (version {e(data.versions[name])})" if data.versions[name] else ""
     parts = [f"<h2>Model {e(name)}{version}</h2>", "<h3>Drift over time</h3>", _drift(data, obs)]
@@ -309,56 +316,13 @@ def _model_section(data: _Data, name: str, obs: list[_Obs]) -> str:
     return "\n".join(parts)
 
 
-def _num(value: float) -> str:
-    if math.isnan(value):
-        return ""
-    return f"{value:,.0f}" if abs(value) >= 1e5 and value.is_integer() else f"{value:.4g}"
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{html.escape(text)}</p>'
-
-
-def _img(fig: Figure, alt: str) -> str:
-    """The figure as an inline PNG: data URIs keep the page one self-contained file."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    encoded = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
-
-
-def _grid(n: int, width: float = 3.4, height: float = 2.5) -> tuple[Figure, list[Axes]]:
-    """A small-multiples figure of `n` panels, four per row."""
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
-    for ax in axes[n:]:
-        ax.set_visible(False)
-    return fig, axes[:n]
-
-
-def _run_axis(ax: Axes, runs: Sequence[_Run], size: int = 7) -> None:
-    """Run dates on the x axis, at most six of them so that they stay readable."""
-    step = max(1, math.ceil(len(runs) / 6))
-    ticks = list(range(len(runs) - 1, -1, -step))[::-1]
-    ax.set_xticks(ticks, [runs[i].run_date for i in ticks], rotation=30, ha="right", fontsize=size)
-    ax.tick_params(axis="y", labelsize=size)
-    ax.set_xlim(-0.5, len(runs) - 0.5)
-    ax.grid(alpha=0.3)
-
-
-def _short(text: str, size: int = 38) -> str:
-    return text if len(text) <= size else text[: size - 1] + "…"
-
-
 # Drift
-def _drift(data: _Data, obs: list[_Obs]) -> str:
+def _drift(data: _Data, obs: list[Obs]) -> str:
     """Top-k features by latest drift (max value / threshold against training), one panel each."""
     drift = [o for o in obs if o.baseline == "training"]
     if not drift:
-        return _note("No drift metrics against the training profile for this model.")
-    features = _group(drift, lambda o: o.feature)
+        return note("No drift metrics against the training profile for this model.")
+    features = group(drift, lambda o: o.feature)
     latest = max(data.pos[o.run_id] for o in obs)
 
     def score(f: str) -> float:
@@ -368,43 +332,43 @@ def _drift(data: _Data, obs: list[_Obs]) -> str:
 
     ranked = sorted(features, key=lambda f: (-score(f), f))
     top = ranked[:TOP_K]
-    fig, axes = _grid(len(top))
+    fig, axes = grid(len(top))
     for ax, feature in zip(axes, top, strict=True):
         _drift_panel(ax, data, feature, features[feature])
     rest = len(ranked) - len(top)
-    more = _note(f"{rest} more feature(s) with smaller drift are not drawn.") if rest else ""
-    return _img(fig, "drift over time") + more
+    more = note(f"{rest} more feature(s) with smaller drift are not drawn.") if rest else ""
+    return img(fig, "drift over time") + more
 
 
-def _drift_panel(ax: Axes, data: _Data, feature: str, obs: list[_Obs]) -> None:
+def _drift_panel(ax: Axes, data: _Data, feature: str, obs: list[Obs]) -> None:
     """Each metric's value over the runs; its threshold dashed; alerts as red crosses."""
     pos, n = data.pos, len(data.runs)
-    for i, (metric, points) in enumerate(sorted(_group(obs, lambda o: o.metric).items())):
+    for i, (metric, points) in enumerate(sorted(group(obs, lambda o: o.metric).items())):
         color = f"C{i}"
-        ax.plot(range(n), _series(points, pos, n), marker=".", color=color, label=metric)
-        limits = _series(points, pos, n, limits=True)
+        ax.plot(range(n), series(points, pos, n), marker=".", color=color, label=metric)
+        limits = series(points, pos, n, limits=True)
         if any(not math.isnan(v) for v in limits):
             ax.plot(range(n), limits, linestyle="--", linewidth=1, color=color)
         hits = [o for o in points if o.alert]
         xs, ys = [pos[o.run_id] for o in hits], [o.value for o in hits]
         ax.scatter(xs, ys, marker="x", s=40, color=RED, zorder=3)
-    ax.set_title(_short(feature), fontsize=9)
+    ax.set_title(short(feature), fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    _run_axis(ax, data.runs)
+    run_axis(ax, data.runs)
 
 
 # Histograms
-def _histograms(data: _Data, name: str, obs: list[_Obs]) -> str:
+def _histograms(data: _Data, name: str, obs: list[Obs]) -> str:
     """Training vs latest distributions of the model's alerting features, from the JSON file
     the latest run wrote; a missing file or feature is said on the page, never an error."""
     latest = data.runs[max(data.pos[o.run_id] for o in obs)]
     hits = sorted((o for o in obs if o.alert and o.run_id == latest.run_id), key=lambda o: -o.ratio)
     features = list(dict.fromkeys(o.feature for o in hits))
     if not features:
-        return _note("No alerts in the model's latest run: no histogram to compare.")
+        return note("No alerts in the model's latest run: no histogram to compare.")
     found, problem = _read_histograms(data, latest)
     if found is None:
-        return _note(problem)
+        return note(problem)
     models = found.get("models")
     model_hists = models.get(name, {}) if isinstance(models, dict) else {}
     drawable = [f for f in features if isinstance(model_hists.get(f), dict)]
@@ -415,16 +379,16 @@ def _histograms(data: _Data, name: str, obs: list[_Obs]) -> str:
     if len(drawable) > MAX_HISTOGRAMS:
         notes.append(f"Only the {MAX_HISTOGRAMS} worst of {len(drawable)} alerting features drawn.")
         drawable = drawable[:MAX_HISTOGRAMS]
-    parts = [_note(n) for n in notes]
+    parts = [note(n) for n in notes]
     if drawable:
-        fig, axes = _grid(len(drawable), height=2.6)
+        fig, axes = grid(len(drawable), height=2.6)
         for ax, feature in zip(axes, drawable, strict=True):
             _histogram_panel(ax, feature, model_hists[feature])
-        parts.insert(0, _img(fig, "training vs latest histograms"))
+        parts.insert(0, img(fig, "training vs latest histograms"))
     return "\n".join(parts)
 
 
-def _read_histograms(data: _Data, latest: _Run) -> tuple[dict[str, Any] | None, str]:
+def _read_histograms(data: _Data, latest: Run) -> tuple[dict[str, Any] | None, str]:
     """The latest run's histograms JSON, or None and why it cannot be shown."""
     path = Path(data.monitoring, "_batchscore", "histograms", data.job, f"{latest.run_date}.json")
     if not path.is_file():
@@ -450,9 +414,9 @@ def _histogram_panel(ax: Axes, feature: str, hist: dict[str, Any]) -> None:
         else:
             _numeric(ax, hist, training)
     except (TypeError, ValueError, KeyError) as exc:
-        text = f"malformed histogram:\n{_short(str(exc), 60)}"
+        text = f"malformed histogram:\n{short(str(exc), 60)}"
         ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, transform=ax.transAxes)
-    title = _short(feature) + _missing(hist)
+    title = short(feature) + _missing(hist)
     if training is None:
         title += "\n(no training profile)"
     ax.set_title(title, fontsize=8)
@@ -471,7 +435,7 @@ def _missing(hist: dict[str, Any]) -> str:
 
 
 def _numeric(ax: Axes, hist: dict[str, Any], training: Any) -> None:
-    edges = _finite_edges([float(v) for v in hist["edges"]])
+    edges = finite_edges([float(v) for v in hist["edges"]])
     current = [float(v) for v in hist["current"]]
     if len(edges) != len(current) + 1:
         raise ValueError(f"{len(edges)} edges for {len(current)} bins")
@@ -479,20 +443,6 @@ def _numeric(ax: Axes, hist: dict[str, Any], training: Any) -> None:
         ax.stairs([float(v) for v in training], edges, fill=True, alpha=0.35, label="training")
     ax.stairs(current, edges, color=RED, linewidth=1.5, label="latest")
     ax.set_ylabel("share", fontsize=7)
-
-
-def _finite_edges(edges: list[float]) -> list[float]:
-    """Open-ended first/last bins (±inf edges) drawn one neighbouring bin wide."""
-    finite = [e for e in edges if math.isfinite(e)]
-    if len(finite) < 2:
-        return [float(i) for i in range(len(edges))]
-    width = (finite[-1] - finite[0]) / max(1, len(finite) - 1)
-    out = list(edges)
-    if not math.isfinite(out[0]):
-        out[0] = finite[0] - width
-    if not math.isfinite(out[-1]):
-        out[-1] = finite[-1] + width
-    return out
 
 
 def _categorical(ax: Axes, hist: dict[str, Any], training: Any) -> None:
@@ -507,92 +457,92 @@ def _categorical(ax: Axes, hist: dict[str, Any], training: Any) -> None:
     if training is not None:
         ax.bar([x - 0.2 for x in xs], [before[i] for i in order], 0.4, alpha=0.6, label="training")
     ax.bar([x + 0.2 for x in xs], [current[i] for i in order], 0.4, color=RED, label="latest")
-    ax.set_xticks(xs, [_short(names[i], 12) for i in order], rotation=30, ha="right")
+    ax.set_xticks(xs, [short(names[i], 12) for i in order], rotation=30, ha="right")
 
 
 # Predictions and volumes
-def _predictions(data: _Data, obs: list[_Obs]) -> str:
+def _predictions(data: _Data, obs: list[Obs]) -> str:
     """The prediction's mean with a ±1 std band, and class shares when the runs recorded them."""
     own = [o for o in obs if o.feature == "prediction" and o.baseline == "run"]
-    metrics = _group(own, lambda o: o.metric)
+    metrics = group(own, lambda o: o.metric)
     shares = _class_shares(obs)
     parts = []
     if "mean" in metrics:
-        parts.append(_img(_mean_band(data, metrics), "prediction mean and std over time"))
+        parts.append(img(_mean_band(data, metrics), "prediction mean and std over time"))
     else:
-        parts.append(_note("No prediction mean recorded for this model's runs."))
+        parts.append(note("No prediction mean recorded for this model's runs."))
     if shares:
-        parts.append(_img(_share_plot(data, shares), "class shares over time"))
+        parts.append(img(_share_plot(data, shares), "class shares over time"))
     else:
-        parts.append(_note("No class shares (label share[...] metrics) in these runs."))
+        parts.append(note("No class shares (label share[...] metrics) in these runs."))
     return "\n".join(parts)
 
 
-def _mean_band(data: _Data, metrics: dict[str, list[_Obs]]) -> Figure:
+def _mean_band(data: _Data, metrics: dict[str, list[Obs]]) -> Figure:
     pos, n = data.pos, len(data.runs)
-    mean = _series(metrics["mean"], pos, n)
+    mean = series(metrics["mean"], pos, n)
     fig = Figure(figsize=(8, 2.8), layout="constrained")
     ax = fig.subplots()
     ax.plot(range(n), mean, marker=".", label="mean")
     if "std" in metrics:
-        pairs = list(zip(mean, _series(metrics["std"], pos, n), strict=True))
+        pairs = list(zip(mean, series(metrics["std"], pos, n), strict=True))
         low, high = [m - s for m, s in pairs], [m + s for m, s in pairs]
         ax.fill_between(range(n), low, high, alpha=0.25, label="mean ± std")
     for metric in ("min", "max"):
         if metric in metrics:
-            values = _series(metrics[metric], pos, n)
+            values = series(metrics[metric], pos, n)
             ax.plot(range(n), values, linestyle=":", color="gray", linewidth=1, label=metric)
     ax.set_title("prediction", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    _run_axis(ax, data.runs)
+    run_axis(ax, data.runs)
     return fig
 
 
-def _class_shares(obs: list[_Obs]) -> dict[str, list[_Obs]]:
+def _class_shares(obs: list[Obs]) -> dict[str, list[Obs]]:
     """`label` rows with metric `share[<class>]`, by class; the run's own shares preferred."""
     rows = [o for o in obs if o.feature == "label" and _SHARE.match(o.metric)]
     own = [o for o in rows if o.baseline == "run"]
-    return _group(own or rows, lambda o: _SHARE.match(o.metric).group(1))  # type: ignore[union-attr]
+    return group(own or rows, lambda o: _SHARE.match(o.metric).group(1))  # type: ignore[union-attr]
 
 
-def _share_plot(data: _Data, shares: dict[str, list[_Obs]]) -> Figure:
+def _share_plot(data: _Data, shares: dict[str, list[Obs]]) -> Figure:
     pos, n = data.pos, len(data.runs)
     names = sorted(shares)
-    stacks = [[0.0 if math.isnan(v) else v for v in _series(shares[c], pos, n)] for c in names]
+    stacks = [[0.0 if math.isnan(v) else v for v in series(shares[c], pos, n)] for c in names]
     fig = Figure(figsize=(8, 2.8), layout="constrained")
     ax = fig.subplots()
-    ax.stackplot(range(n), stacks, labels=[_short(c, 20) for c in names], alpha=0.8)
+    ax.stackplot(range(n), stacks, labels=[short(c, 20) for c in names], alpha=0.8)
     ax.set_ylim(0, max(1.0, max(sum(col) for col in zip(*stacks, strict=True))))
     ax.set_title("class shares", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    _run_axis(ax, data.runs)
+    run_axis(ax, data.runs)
     return fig
 
 
-def _volumes(data: _Data, obs: list[_Obs]) -> str:
+def _volumes(data: _Data, obs: list[Obs]) -> str:
     """Rows scored per run and the share of rows quarantined (quarantined / (rows +
     quarantined): quarantined rows are kept out of the scored rows)."""
-    counts = _group(
+    counts = group(
         (o for o in obs if o.kind == "prediction" and o.metric in ("rows", "quarantined")),
         lambda o: o.metric,
     )
     if "rows" not in counts:
-        return _note("No row counts recorded for this model's runs.")
+        return note("No row counts recorded for this model's runs.")
     pos, n = data.pos, len(data.runs)
-    rows = _series(counts["rows"], pos, n)
+    rows = series(counts["rows"], pos, n)
     fig = Figure(figsize=(8, 2.6), layout="constrained")
     ax = fig.subplots()
     ax.bar(range(n), [0.0 if math.isnan(v) else v for v in rows], color="C0", alpha=0.6)
     ax.set_ylabel("rows scored", fontsize=8)
-    _run_axis(ax, data.runs)
-    note = _note("No quarantine counts recorded for this model's runs.")
+    run_axis(ax, data.runs)
+    tail = note("No quarantine counts recorded for this model's runs.")
     if "quarantined" in counts:
-        note = ""
-        held = _series(counts["quarantined"], pos, n)
+        tail = ""
+        held = series(counts["quarantined"], pos, n)
         rate = [q / (r + q) if r + q > 0 else math.nan for r, q in zip(rows, held, strict=True)]
         twin = ax.twinx()
         twin.plot(range(n), [100 * v for v in rate], color=RED, marker=".")
         twin.set_ylabel("quarantined %", fontsize=8, color=RED)
         twin.tick_params(labelsize=7)
         twin.set_ylim(bottom=0)
-    return _img(fig, "row counts and quarantine rate") + note
+    return img(fig, "row counts and quarantine rate") + tail

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from batchscore.physical.assemble import Column
 from batchscore.physical.native_scan import read_delta_native
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
+from batchscore.physical.roles import bucket_column, has_canaries, serving_ranges
 from batchscore.physical.score import (
     IdField,
     ScoringGroup,
@@ -206,7 +208,12 @@ def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:
 
 
 def scoring_task(
-    spark: SparkSession, plan: LogicalPlan, *, run_id: str, scored_at: datetime
+    spark: SparkSession,
+    plan: LogicalPlan,
+    *,
+    run_id: str,
+    scored_at: datetime,
+    roles: bool = False,
 ) -> ScoringTask:
     threads = task_threads(spark, lambda: _scoring_stage_tasks(spark, plan))
     index = {b.name: i for i, b in enumerate(plan.models)}
@@ -218,14 +225,25 @@ def scoring_task(
         )
         for g in plan.groups
     )
+    ranges = serving_ranges(plan.spec)
+    specs = {m.name: m for m in plan.spec.models}
+    models = tuple(
+        replace(
+            _scoring_model(b, _join_flags(plan)),
+            role=specs[b.name].role,
+            serves=ranges[b.name],
+        )
+        for b in plan.models
+    )
     return ScoringTask(
         groups=groups,
-        models=tuple(_scoring_model(b, _join_flags(plan)) for b in plan.models),
+        models=models,
         ids=tuple(IdField(c.ref, c.output_name) for c in plan.id_columns),
         layout=plan.output.layout,
         run_id=run_id,
         scored_at=scored_at,
         threads=threads,
+        roles=roles,
     )
 
 
@@ -257,7 +275,7 @@ def _join_flags(plan: LogicalPlan) -> dict[str, str]:
     return {j.table: present_flag(j.table) for j in plan.joins()}
 
 
-def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
+def output_schema(joined: T.StructType, plan: LogicalPlan, *, roles: bool = False) -> T.StructType:
     ids = [IdField(c.ref, c.output_name) for c in plan.id_columns]
     id_fields = [T.StructField(i.name, joined[i.ref].dataType, True) for i in ids]
     probability = T.ArrayType(T.DoubleType(), containsNull=True)
@@ -275,12 +293,19 @@ def output_schema(joined: T.StructType, plan: LogicalPlan) -> T.StructType:
             T.StructField("model", T.StringType(), True),
             T.StructField("model_version", T.StringType(), True),
         ]
+        if roles:
+            head += [
+                T.StructField("role", T.StringType(), True),
+                T.StructField("served", T.BooleanType(), True),
+            ]
         fields = [*id_fields, *head, *prediction, *tail]
-        assert [f.name for f in fields] == long_names(ids)
+        assert [f.name for f in fields] == long_names(ids, roles=roles)
         return T.StructType(fields)
     fields = list(id_fields)
     for binding in plan.models:
         fields += [T.StructField(f"{binding.name}__{f.name}", f.dataType, True) for f in prediction]
+        if roles:
+            fields.append(T.StructField(f"{binding.name}__served", T.BooleanType(), True))
     fields += tail
     return T.StructType(fields)
 
@@ -304,6 +329,8 @@ def scoring_input(
     used = {f.table for f in plan.features()}
     inputs += [flag for table, flag in _join_flags(plan).items() if table in used]
     extra = user_rule_columns(counted, list(plan.spec.tables))
+    if has_canaries(plan.spec):
+        extra.append(bucket_column(plan.spec.name, [c.ref for c in plan.id_columns]))
     return joined.select(*(F.col(f"`{c}`") for c in dict.fromkeys(inputs)), *extra)
 
 
@@ -326,12 +353,13 @@ def lower_for_write(
     check_keys: bool = True,
     rules: Sequence[Rule] = (),
     counted: Sequence[Rule] = (),
+    roles: bool = False,
 ) -> tuple[DataFrame, ScoringTask, pa.Schema]:
     """(unscored input, scoring task, Arrow schema of its output) for a fused Delta write:
     `write_delta(input, ..., transform=task, transform_schema=schema)` scores in the writer."""
     joined = scoring_input(spark, plan, check_keys=check_keys, rules=rules, counted=counted)
-    task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
-    schema = to_arrow_schema(output_schema(joined.schema, plan), timezone="UTC")
+    task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at, roles=roles)
+    schema = to_arrow_schema(output_schema(joined.schema, plan, roles=roles), timezone="UTC")
     return joined, task, schema
 
 

@@ -30,6 +30,7 @@ from batchscore.monitor.profile import FeatureProfile, Profile
 from batchscore.monitor.rules import FeatureInput
 from batchscore.physical.assemble import Block, Column, assemble
 from batchscore.physical.columns import labels
+from batchscore.physical.comparison import ComparisonTally, Pairing, merge_comparisons
 from batchscore.physical.task_files import (
     read_task_files,
     remove_task_files,
@@ -76,9 +77,12 @@ class RunMonitor:
     folder: str
     sketch: bool = False
     """Keep a quantile sketch of every input too (training profiles: their bins come from it)."""
+    pairing: Pairing | None = None
+    """Challengers to compare with their champions (physical.comparison)."""
 
     def start(self) -> MonitorTally:
-        return MonitorTally(self)
+        compare = ComparisonTally(self.pairing) if self.pairing is not None else None
+        return MonitorTally(self, compare=compare)
 
 
 @dataclass
@@ -88,6 +92,7 @@ class MonitorTally:
     monitor: RunMonitor
     features: dict[str, FeatureAccumulator] = field(default_factory=dict)
     outputs: dict[str, dict[str, FeatureAccumulator]] = field(default_factory=dict)
+    compare: ComparisonTally | None = None
 
     def observe(
         self,
@@ -112,6 +117,8 @@ class MonitorTally:
             out = by_name.get(model.name)
             if out is not None:
                 self._add_output(model, out, batch.num_rows)
+        if self.compare is not None:
+            self.compare.observe(batch, by_name)
 
     def _add_output(self, model: MonitoredModel, out: ScoreOutput, n: int) -> None:
         mine = self.outputs.setdefault(model.name, {})
@@ -134,6 +141,7 @@ class MonitorTally:
                 m: {k: a.result().to_json() for k, a in accs.items()}
                 for m, accs in self.outputs.items()
             },
+            "comparison": self.compare.body() if self.compare is not None else {},
         }
 
     def dump(self) -> None:
@@ -187,11 +195,13 @@ def _nulls(array: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
 
 def collect_run_profiles(
     monitor: RunMonitor, *, source: str, created_at: str
-) -> dict[str, Profile]:
-    """Merge the tasks' files into one profile per model, then delete them."""
+) -> tuple[dict[str, Profile], dict[str, Any]]:
+    """Merge the tasks' files into one profile per model and the challenger comparisons
+    (physical.comparison), then delete them."""
     bodies = read_task_files(monitor.folder)
     remove_task_files(monitor.folder)
-    return merge_bodies(monitor, bodies, source=source, created_at=created_at)
+    profiles = merge_bodies(monitor, bodies, source=source, created_at=created_at)
+    return profiles, merge_comparisons(bodies)
 
 
 def merge_bodies(

@@ -42,6 +42,7 @@ from batchscore.physical.profile import (
     WRITE,
     StageClock,
 )
+from batchscore.physical.roles import ALWAYS, served_mask
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,9 @@ class ScoringModel:
     present: tuple[str, ...] = ()
     """Present flags of the joined tables this model reads (null where the left join found no
     row): how a null prediction is attributed to a missing dimension row."""
+    role: str = "champion"
+    serves: tuple[float, float] = ALWAYS
+    """The bucket range of the rows this model serves (physical.roles)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class ScoringTask:
     """What each task profiles of the models' inputs and outputs (physical.monitoring)."""
     checks: InPassChecks | None = None
     """Validation rules counted on the scored rows (`warn` rules; physical.validation)."""
+    roles: bool = False
+    """Write each model's `role` and `served` (long) or `<model>__served` (wide) columns."""
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         limit_threads(self.threads)
@@ -219,12 +225,17 @@ class ScoringTask:
     def _long(self, batch: pa.RecordBatch, outputs: Sequence[ScoreOutput]) -> pa.RecordBatch:
         n = batch.num_rows
         ids = self._ids(batch)
-        columns: list[list[pa.Array]] = [[] for _ in range(len(ids) + 5)]
+        columns: list[list[pa.Array]] = [[] for _ in range(len(ids) + 5 + 2 * self.roles)]
         for model, out in zip(self.models, outputs, strict=True):
+            role = []
+            if self.roles:
+                served = pa.array(served_mask(model.serves, batch), pa.bool_())
+                role = [constant_strings(model.role, n), served]
             parts = [
                 *ids,
                 constant_strings(model.name, n),
                 constant_strings(model.version, n),
+                *role,
                 *prediction_columns(out, n, model.kernel.classes),
             ]
             for i, part in enumerate(parts):
@@ -232,22 +243,26 @@ class ScoringTask:
         arrays = [pa.concat_arrays(c) for c in columns]
         total = n * len(self.models)
         arrays += [constant_strings(self.run_id, total), timestamps(self.scored_at, total)]
-        return pa.RecordBatch.from_arrays(arrays, names=long_names(self.ids))
+        return pa.RecordBatch.from_arrays(arrays, names=long_names(self.ids, roles=self.roles))
 
     def _wide(self, batch: pa.RecordBatch, outputs: Sequence[ScoreOutput]) -> pa.RecordBatch:
         n = batch.num_rows
         arrays = self._ids(batch)
         for model, out in zip(self.models, outputs, strict=True):
             arrays.extend(prediction_columns(out, n, model.kernel.classes))
+            if self.roles:
+                arrays.append(pa.array(served_mask(model.serves, batch), pa.bool_()))
         arrays += [constant_strings(self.run_id, n), timestamps(self.scored_at, n)]
-        return pa.RecordBatch.from_arrays(arrays, names=wide_names(self.ids, self.models))
+        names = wide_names(self.ids, self.models, roles=self.roles)
+        return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def long_names(ids: Sequence[IdField]) -> list[str]:
+def long_names(ids: Sequence[IdField], *, roles: bool = False) -> list[str]:
     return [
         *(i.name for i in ids),
         "model",
         "model_version",
+        *(("role", "served") if roles else ()),
         "prediction",
         "label",
         "probability",
@@ -256,10 +271,14 @@ def long_names(ids: Sequence[IdField]) -> list[str]:
     ]
 
 
-def wide_names(ids: Sequence[IdField], models: Sequence[ScoringModel]) -> list[str]:
+def wide_names(
+    ids: Sequence[IdField], models: Sequence[ScoringModel], *, roles: bool = False
+) -> list[str]:
     names = [i.name for i in ids]
     for model in models:
         names += [f"{model.name}__prediction", f"{model.name}__label", f"{model.name}__probability"]
+        if roles:
+            names.append(f"{model.name}__served")
     return [*names, "run_id", "scored_at"]
 
 

@@ -24,7 +24,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from batchscore.errors import DataError, SpecError, first_line
-from batchscore.monitor.rules import Rule
+from batchscore.monitor.rules import FeatureInput, Rule
 from batchscore.physical.assemble import Block, assemble
 from batchscore.physical.assemble import Column as FeatureColumn
 from batchscore.physical.task_files import (
@@ -209,6 +209,7 @@ def user_rule_columns(rules: Sequence[Rule], tables: Sequence[str]) -> list[Colu
 
 
 _ROW = "__batchscore_row"
+_COLUMNWISE = ("range", "nan", "null_rate")
 _USER = "__batchscore_rule_"
 
 
@@ -227,12 +228,67 @@ class RuleTally:
 
     def add(self, batch: pa.RecordBatch, cache: dict[str, Block]) -> None:
         self.selected += batch.num_rows
+        seen: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] = {}
+        by_kind: dict[str, list[int]] = {}
         for i, rule in enumerate(self.rules):
-            broken, shown = _broken(batch, i, rule, cache)
+            if rule.kind in _COLUMNWISE:
+                by_kind.setdefault(rule.kind, []).append(i)
+                continue
+            broken, shown = _broken(batch, i, rule, cache, seen)
             n = int(broken.sum())
             self.counts[i] += n
             if n and self.examples[i] is None:
                 self.examples[i] = shown(int(np.flatnonzero(broken)[0]))
+        if by_kind:
+            self._columnwise(batch, by_kind, cache, seen)
+
+    def _columnwise(
+        self,
+        batch: pa.RecordBatch,
+        by_kind: dict[str, list[int]],
+        cache: dict[str, Block],
+        seen: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        """Range, NaN and null-rate rules of many inputs at once: one matrix of the inputs,
+        one vectorised comparison per kind (hundreds of rules cost a few numpy calls)."""
+        keys: dict[tuple[str, int | None], int] = {}
+        for indices in by_kind.values():
+            for i in indices:
+                feature = self.rules[i].feature
+                assert feature is not None
+                key = (feature.ref, feature.position)
+                if key not in keys:
+                    keys[key] = len(keys)
+                    if key not in seen:
+                        seen[key] = _values(batch, feature, cache)
+        values = np.empty((batch.num_rows, len(keys)))
+        null = np.empty((batch.num_rows, len(keys)), dtype=bool)
+        for key, j in keys.items():
+            values[:, j], null[:, j] = seen[key]
+        for kind, indices in by_kind.items():
+            rules = [self.rules[i] for i in indices]
+            where = [keys[(r.feature.ref, r.feature.position)] for r in rules if r.feature]
+            whole = where == list(range(len(keys)))
+            x = values if whole else values[:, where]
+            missing = null if whole else null[:, where]
+            with np.errstate(invalid="ignore"):
+                if kind == "range":
+                    low = np.array([r.low for r in rules], dtype=np.float64)
+                    high = np.array([r.high for r in rules], dtype=np.float64)
+                    broken = (x < low) | (x > high)
+                elif kind == "nan":
+                    broken = (np.isnan(x) & ~missing) | np.isinf(x)
+                else:  # null_rate: the null rows
+                    broken = missing
+            counts = broken.sum(axis=0)
+            for column in np.flatnonzero(counts).tolist():
+                j = int(column)
+                i = indices[j]
+                self.counts[i] += int(counts[j])
+                if self.examples[i] is None:
+                    row = int(np.argmax(broken[:, j]))
+                    shown = "null" if missing[row, j] else repr(float(x[row, j]))
+                    self.examples[i] = shown
 
     def body(self) -> dict[str, Any]:
         return {"selected": self.selected, "counts": self.counts, "examples": self.examples}
@@ -275,9 +331,14 @@ class InPassChecks:
 
 
 def _broken(
-    batch: pa.RecordBatch, i: int, rule: Rule, cache: dict[str, Block]
+    batch: pa.RecordBatch,
+    i: int,
+    rule: Rule,
+    cache: dict[str, Block],
+    seen: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, Callable[[int], str | None]]:
-    """Rows breaking `rule` (null_rate: null rows), and how to show row r's value."""
+    """Rows breaking `rule` (null_rate: null rows), and how to show row r's value. `seen`
+    keeps each input's values and nulls for the batch: a feature has up to four rules."""
     if rule.kind == "user":
         flags = batch.column(batch.schema.get_field_index(f"{_USER}{i}"))
         broken = np.asarray(pc.fill_null(flags, False).to_numpy(zero_copy_only=False), dtype=bool)
@@ -285,14 +346,15 @@ def _broken(
         return broken, lambda r: example[r].as_py()
     feature = rule.feature
     assert feature is not None
-    kind = "array" if feature.position is not None else "scalar"
-    block = assemble(
-        batch, (FeatureColumn(feature.ref, feature.label, kind, feature.width),), cache
-    )
-    dense = np.asarray(block)
-    values = dense[:, feature.position] if feature.position is not None else dense.reshape(-1)
-    source = batch.column(batch.schema.get_field_index(feature.ref))
-    null = np.asarray(source.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    key = (feature.ref, feature.position)
+    if seen is None or key not in seen:
+        found = _values(batch, feature, cache)
+        if seen is None:
+            values, null = found
+        else:
+            seen[key] = found
+    if seen is not None:
+        values, null = seen[key]
     with np.errstate(invalid="ignore"):
         if rule.kind == "null_rate":
             broken = null
@@ -303,6 +365,22 @@ def _broken(
         else:  # nan
             broken = (np.isnan(values) & ~null) | np.isinf(values)
     return broken, lambda r: "null" if null[r] else repr(float(values[r]))
+
+
+def _values(
+    batch: pa.RecordBatch, feature: FeatureInput, cache: dict[str, Block]
+) -> tuple[np.ndarray, np.ndarray]:
+    """An input's float64 values in the batch (NaN where null) and its null rows."""
+    kind = "array" if feature.position is not None else "scalar"
+    block = assemble(
+        batch, (FeatureColumn(feature.ref, feature.label, kind, feature.width),), cache
+    )
+    dense = np.asarray(block)
+    values = dense[:, feature.position] if feature.position is not None else dense.reshape(-1)
+    source = batch.column(batch.schema.get_field_index(feature.ref))
+    if source.null_count == 0:
+        return values, np.zeros(batch.num_rows, dtype=bool)
+    return values, np.asarray(source.is_null().to_numpy(zero_copy_only=False), dtype=bool)
 
 
 def merge_reports(rules: Sequence[Rule], bodies: Sequence[dict[str, Any]]) -> ValidationReport:

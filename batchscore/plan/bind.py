@@ -23,7 +23,8 @@ TableDescriber = Callable[[str, TableSpec], TableInfo]
 from a synthetic catalog."""
 
 
-def _load_model(model: ModelSpec) -> CompiledModel:
+def load_spec_model(model: ModelSpec) -> CompiledModel:
+    """A spec's model loaded (pin-checked) and compiled, as the planner binds it."""
     return compile_from_spec(
         model.name,
         model.path,
@@ -37,7 +38,7 @@ def _load_model(model: ModelSpec) -> CompiledModel:
 def bind(
     spec: JobSpec,
     *,
-    load_model: ModelLoader = _load_model,
+    load_model: ModelLoader = load_spec_model,
     describe: TableDescriber = describe_table,
 ) -> LogicalPlan:
     """The naive plan: scan everything, left-join every dimension, score every model."""

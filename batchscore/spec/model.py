@@ -114,6 +114,23 @@ class ModelSpec(_Strict):
     """Replaces the job's validation section for this model."""
     monitoring: ModelMonitoringSpec | None = None
     """Thresholds for this model on top of the job's."""
+    shadow_of: str | None = None
+    """A challenger scored on every row and stored, never served: NAME is its champion."""
+    canary_of: str | None = None
+    """A challenger that serves `share` of the rows (a stable hash of the ids picks them)."""
+    share: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @property
+    def role(self) -> str:
+        """champion | shadow | canary."""
+        if self.shadow_of is not None:
+            return "shadow"
+        return "canary" if self.canary_of is not None else "champion"
+
+    @property
+    def champion(self) -> str:
+        """The model whose rows this one serves or shadows (itself for a champion)."""
+        return self.shadow_of or self.canary_of or self.name
 
     @field_validator("name")
     @classmethod

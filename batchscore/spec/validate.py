@@ -49,6 +49,7 @@ def check_references(spec: JobSpec, error: ErrorAt) -> None:
         names.add(model.name)
     if not spec.models:
         raise error(("models",), "the spec lists no models; add at least one.")
+    _check_roles(spec, error)
     _check_health(spec, error)
     for col in spec.output.partition_by:
         if col not in spec.source.id_columns:
@@ -122,3 +123,63 @@ def _check_thresholds(
             check_thresholds(mapping, where=f"features.{label}")
         except SpecError as exc:
             raise error((*path, "features", label), str(exc)) from None
+
+
+def _check_roles(spec: JobSpec, error: ErrorAt) -> None:
+    """Challengers name a champion of the spec; a canary has a share; canaries of one champion
+    serve at most every row."""
+    names = [m.name for m in spec.models]
+    roles = {m.name: m.role for m in spec.models}
+    served: dict[str, float] = {}
+    for i, model in enumerate(spec.models):
+        if model.shadow_of is not None and model.canary_of is not None:
+            raise error(
+                ("models", i), f"model '{model.name}' is both shadow_of and canary_of; pick one."
+            )
+        if model.role == "champion":
+            if model.share is not None:
+                raise error(
+                    ("models", i, "share"),
+                    f"model '{model.name}' has a share but no canary_of; share goes with "
+                    "canary_of: NAME.",
+                )
+            continue
+        key = "shadow_of" if model.role == "shadow" else "canary_of"
+        champion = model.champion
+        if champion not in names:
+            raise error(
+                ("models", i, key),
+                f"model '{model.name}' is a {model.role} of '{champion}', which is not a model "
+                f"of the spec.{did_you_mean(champion, names)}",
+            )
+        if champion == model.name or roles[champion] != "champion":
+            raise error(
+                ("models", i, key),
+                f"model '{model.name}' is a {model.role} of '{champion}', which is not a "
+                "champion; a challenger names the model that serves (no chains).",
+            )
+        if model.role == "canary":
+            if not spec.source.id_columns:
+                raise error(
+                    ("models", i, "canary_of"),
+                    f"canary '{model.name}' picks its rows by a hash of the id columns, but "
+                    "source.id_columns is empty; list the columns that identify a row.",
+                )
+            if model.share is None:
+                raise error(
+                    ("models", i),
+                    f"canary '{model.name}' needs a share: the fraction of rows it serves, in "
+                    "(0, 1], e.g. share: 0.05.",
+                )
+            served[champion] = served.get(champion, 0.0) + model.share
+            if served[champion] > 1.0 + 1e-12:
+                raise error(
+                    ("models", i, "share"),
+                    f"the canaries of '{champion}' serve {served[champion]:.0%} of its rows, "
+                    "over 100%; lower their shares.",
+                )
+        elif model.share is not None:
+            raise error(
+                ("models", i, "share"),
+                f"shadow '{model.name}' serves no rows, so it takes no share; remove it.",
+            )

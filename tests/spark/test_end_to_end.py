@@ -57,9 +57,10 @@ def test_run_matches_each_models_own_output(spark: Any, demo: Path) -> None:
     assert result.status == "committed" and result.table_version == 0
     table = _table(out)
     assert set(table.column_names) == {
-        "sale_id", "ds", "model", "model_version", "prediction", "label", "probability",
-        "run_id", "scored_at",
+        "sale_id", "ds", "model", "model_version", "role", "served", "prediction", "label",
+        "probability", "run_id", "scored_at",
     }  # fmt: skip
+    assert set(table["role"].to_pylist()) == {"champion"} and all(table["served"].to_pylist())
     assert table.num_rows == result.rows == 3 * 3_000
     assert set(table["ds"].to_pylist()) == {DAYS[-1]}
 

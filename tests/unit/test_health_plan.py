@@ -168,3 +168,37 @@ def test_bad_health_sections_are_one_line_spec_errors(
         load_spec(spec)
     text = str(caught.value)
     assert message in text and "\n" not in text
+
+
+@pytest.mark.parametrize(
+    ("models", "message"),
+    [
+        ("{name: b, path: m.txt, features: [x], shadow_of: c}", "which is not a model of the spec"),
+        ("{name: b, path: m.txt, features: [x], canary_of: a, share: 1.5}", "share"),
+        ("{name: b, path: m.txt, features: [x], canary_of: a, share: 0}", "share"),
+        ("{name: b, path: m.txt, features: [x], canary_of: a}", "needs a share"),
+        (
+            "{name: b, path: m.txt, features: [x], canary_of: a, share: 0.6}, "
+            "{name: c, path: m.txt, features: [x], canary_of: a, share: 0.5}",
+            "over 100%",
+        ),
+        ("{name: b, path: m.txt, features: [x], shadow_of: a, share: 0.1}", "takes no share"),
+        (
+            "{name: b, path: m.txt, features: [x], shadow_of: a}, "
+            "{name: c, path: m.txt, features: [x], shadow_of: b}",
+            "no chains",
+        ),
+    ],
+)
+def test_bad_challengers_are_one_line_spec_errors(
+    tmp_path: Path, models: str, message: str
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: j\ntables: {t: {path: t}}\nsource: {table: t, id_columns: [id]}\n"
+        f"models: [{{name: a, path: m.txt, features: [x]}}, {models}]\noutput: {{path: out}}\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    text = str(caught.value)
+    assert message in text and "\n" not in text
