@@ -62,6 +62,7 @@ from batchscore.physical.validation import (
     InPassChecks,
     ValidationReport,
     check_rows,
+    check_types,
     refuse_failures,
 )
 from batchscore.plan import RULES, bind, optimize
@@ -191,6 +192,7 @@ def preflight(
     job.lap("plan + compile models")
     job.compile_seconds, job.compiled = compiled_trees(plan)
     job.health = health_plan(plan)
+    job.validation = check_types(plan, job.health.type_rules)
     check_output_location(plan)
     check_parquet_inputs(plan)
     job.done = transaction_version(job.out, job.app_id)
@@ -341,8 +343,9 @@ def validate(session: SparkSession, job: Job) -> None:
     if not rules:
         return
     joined = lower_source(session, job.plan, check_keys=False)
-    job.validation = check_rows(joined, rules, list(job.plan.spec.tables))
-    refuse_failures(job.validation)
+    checked = check_rows(joined, rules, list(job.plan.spec.tables))
+    refuse_failures(checked)
+    job.validation = checked if job.validation is None else job.validation.plus(checked)
 
 
 def commit_quarantine(session: SparkSession, job: Job) -> int:

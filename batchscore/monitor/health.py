@@ -20,6 +20,7 @@ from batchscore.monitor.rules import (
     Rule,
     distinct_rules,
     profile_rules,
+    type_family,
     user_rules,
 )
 from batchscore.plan.nodes import LogicalPlan, ModelBinding
@@ -57,17 +58,26 @@ class HealthPlan:
 
     @property
     def row_rules(self) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.kind != "null_rate")
+        return tuple(r for r in self.rules if r.kind not in ("null_rate", "type"))
+
+    @property
+    def data_rules(self) -> tuple[Rule, ...]:
+        """The rules the data decides (type rules are decided by the schemas)."""
+        return tuple(r for r in self.rules if r.kind != "type")
+
+    @property
+    def type_rules(self) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.kind == "type")
 
     @property
     def counted_rules(self) -> tuple[Rule, ...]:
         """`warn` rules: the scoring task counts them on the rows it scores."""
-        return tuple(r for r in self.rules if r.action == "warn")
+        return tuple(r for r in self.data_rules if r.action == "warn")
 
     @property
     def enforced_rules(self) -> tuple[Rule, ...]:
         """`fail` and `quarantine` rules: checked on every selected row before any commit."""
-        return tuple(r for r in self.rules if r.action != "warn")
+        return tuple(r for r in self.data_rules if r.action != "warn")
 
     def model(self, name: str) -> ModelHealth:
         return next(m for m in self.models if m.name == name)
@@ -219,3 +229,22 @@ def _check_labels(features: Mapping[str, object], labels: set[str], where: str) 
                 f"{did_you_mean(label, sorted(labels))} Use the feature's label as the spec "
                 "writes it: table.column, name[i] for a position, prediction or label."
             )
+
+
+def type_changes(plan: LogicalPlan, rules: Sequence[Rule]) -> list[tuple[Rule, str]]:
+    """The type rules whose column's type family differs now, with the type it has now."""
+    broken = []
+    for rule in rules:
+        feature = rule.feature
+        if rule.kind != "type" or feature is None:
+            continue
+        table, column = feature.label.split(".", 1)
+        info = plan.tables.get(table)
+        if info is None or not info.has_column(column):
+            continue
+        dtype = info.dtype(column)
+        while hasattr(dtype, "value_type"):  # an array position: its values' type
+            dtype = dtype.value_type
+        if type_family(str(dtype)) != rule.dtype:
+            broken.append((rule, str(dtype)))
+    return broken

@@ -13,7 +13,9 @@ feature; Spark ML vectors and sparse vectors are monitored but not validated row
   features with at most 32 distinct training values);
 - `nan`: NaN or infinity, where the training data had none;
 - `null_rate`: the run's share of nulls exceeds the training share by more than
-  `null_rate_tolerance` (a property of the run, so its action is warn or fail).
+  `null_rate_tolerance` (a property of the run, so its action is warn or fail);
+- `type`: the column's type family (integer, floating, boolean, string, decimal) differs from
+  the training data's (checked from the tables' schemas before Spark starts; warn or fail).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Literal
 from batchscore.monitor.profile import FeatureProfile, Profile
 from batchscore.spec.model import Action, ValidationSpec
 
-RuleKind = Literal["range", "domain", "nan", "null_rate", "user"]
+RuleKind = Literal["range", "domain", "nan", "null_rate", "type", "user"]
 ROW_KINDS: tuple[RuleKind, ...] = ("range", "domain", "nan", "user")
 
 
@@ -59,6 +61,8 @@ class Rule:
     expr: str = ""
     limit: float | None = None
     """null_rate: the highest null share the run may have."""
+    dtype: str = ""
+    """type: the training column's type family (integer, floating, boolean, string, ...)."""
 
     @property
     def column(self) -> str:
@@ -78,6 +82,8 @@ class Rule:
             return f"{where} not NaN or infinite (the training data had none)"
         if self.kind == "null_rate":
             return f"null rate of {where} at most {self.limit:.2%}"
+        if self.kind == "type":
+            return f"{where} of the training type family '{self.dtype}'"
         return self.expr
 
 
@@ -99,14 +105,31 @@ def profile_rules(
     return rules
 
 
+def type_family(dtype: str) -> str:
+    """integer | floating | boolean | string | decimal | other: what a type change means."""
+    text = dtype.lower()
+    if text.startswith(("int", "uint", "long", "short", "byte")):
+        return "integer"
+    if text.startswith(("double", "float", "halffloat")):
+        return "floating"
+    if text in ("bool", "boolean"):
+        return "boolean"
+    if text.startswith(("string", "large_string", "utf8", "dictionary")):
+        return "string"
+    return "decimal" if text.startswith("decimal") else "other"
+
+
 def _feature_rules(
     model: str, feature: FeatureInput, profile: FeatureProfile, section: ValidationSpec
 ) -> list[Rule]:
-    def action(kind: Literal["range", "domain", "nan", "null_rate"]) -> Action:
+    def action(kind: Literal["range", "domain", "nan", "null_rate", "type"]) -> Action:
         chosen = section.actions.get(kind, section.on_violation)
-        return "warn" if kind == "null_rate" and chosen == "quarantine" else chosen
+        whole_run = kind in ("null_rate", "type")
+        return "warn" if whole_run and chosen == "quarantine" else chosen
 
-    def rule(kind: Literal["range", "domain", "nan", "null_rate"], **fields: object) -> Rule:
+    def rule(
+        kind: Literal["range", "domain", "nan", "null_rate", "type"], **fields: object
+    ) -> Rule:
         return Rule(
             name=f"{kind} {feature.name}",
             kind=kind,
@@ -116,7 +139,7 @@ def _feature_rules(
             **fields,  # type: ignore[arg-type]
         )
 
-    rules: list[Rule] = []
+    rules: list[Rule] = [rule("type", dtype=type_family(profile.dtype))]
     if profile.kind == "numeric" and profile.count and profile.min is not None:
         assert profile.max is not None
         slack = section.tolerance * (profile.max - profile.min)
@@ -162,7 +185,7 @@ def distinct_rules(rules: Sequence[Rule]) -> list[Rule]:
 
 
 def _same_condition(a: Rule, b: Rule) -> bool:
-    return (a.kind, a.action, a.low, a.high, a.domain, a.expr, a.limit) == (
+    return (a.kind, a.action, a.low, a.high, a.domain, a.expr, a.limit, a.dtype) == (
         b.kind,
         b.action,
         b.low,
@@ -170,4 +193,5 @@ def _same_condition(a: Rule, b: Rule) -> bool:
         b.domain,
         b.expr,
         b.limit,
+        b.dtype,
     )

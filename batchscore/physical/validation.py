@@ -24,6 +24,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from batchscore.errors import DataError, SpecError, first_line
+from batchscore.monitor.health import type_changes
 from batchscore.monitor.rules import FeatureInput, Rule
 from batchscore.physical.assemble import Block, assemble
 from batchscore.physical.assemble import Column as FeatureColumn
@@ -33,7 +34,7 @@ from batchscore.physical.task_files import (
     task_name,
     write_task_file,
 )
-from batchscore.plan.nodes import qualified
+from batchscore.plan.nodes import LogicalPlan, qualified
 
 _QUALIFIED = re.compile(r"(?<![\w`.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)(?![\w`(])")
 
@@ -48,6 +49,8 @@ class RuleOutcome:
 
     @property
     def violated(self) -> bool:
+        if self.rule.kind == "type":
+            return self.example is not None
         if self.rule.kind == "null_rate":
             return (
                 self.rate is not None
@@ -61,6 +64,11 @@ class RuleOutcome:
         owner = ""
         if rule.model:
             owner = f" (model{'s' if ',' in rule.model else ''} {rule.model})"
+        if rule.kind == "type":
+            return (
+                f"Validation rule '{rule.name}'{owner} ({rule.action}): {rule.column} is "
+                f"{self.example} now, not {rule.dtype} as in the training data"
+            )
         if rule.kind == "null_rate":
             return (
                 f"Validation rule '{rule.name}'{owner} ({rule.action}): {self.rate:.2%} of "
@@ -415,3 +423,15 @@ def refuse_failures(report: ValidationReport) -> None:
             f"{failed[0].message()}{more}; nothing committed. Fix the input data, or change the "
             "rule's action (validation.actions / the rule's action) to warn or quarantine."
         )
+
+
+def check_types(plan: LogicalPlan, rules: Sequence[Rule]) -> ValidationReport:
+    """Type rules, from the tables' schemas before any Spark job: a broken `fail` one raises
+    DataError (exit 2); the others are reported with the run."""
+    changed = dict(type_changes(plan, rules))
+    outcomes = tuple(
+        RuleOutcome(r, int(r in changed), example=changed.get(r)) for r in rules if r.kind == "type"
+    )
+    report = ValidationReport(0, outcomes)
+    refuse_failures(report)
+    return report

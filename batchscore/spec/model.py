@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 Format = Literal["delta", "parquet"]
 OutputKind = Literal["predict", "predict_proba"]
 Action = Literal["warn", "quarantine", "fail"]
-ProfileRuleKind = Literal["range", "domain", "nan", "null_rate"]
+ProfileRuleKind = Literal["range", "domain", "nan", "null_rate", "type"]
 
 
 class _Strict(BaseModel):
@@ -76,7 +76,8 @@ class ValidationSpec(_Strict):
     profile_rules: bool = True
     """Derive rules from the model's training profile: range, domain, NaN/inf, null rate."""
     actions: dict[ProfileRuleKind, Action] = Field(default_factory=dict)
-    """Per kind of profile rule, an action other than `on_violation` (null_rate: warn | fail)."""
+    """Per kind of profile rule, an action other than `on_violation` (null_rate and type: warn
+    | fail)."""
     tolerance: float = Field(default=0.1, ge=0.0)
     """Range rules accept values up to this fraction of the training range beyond min/max."""
     null_rate_tolerance: float = Field(default=0.05, ge=0.0, le=1.0)

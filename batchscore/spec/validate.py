@@ -6,7 +6,13 @@ from collections.abc import Callable
 
 from batchscore.errors import SpecError, did_you_mean
 from batchscore.monitor.drift import check_thresholds
-from batchscore.spec.model import JobSpec, JoinSpec, ModelMonitoringSpec, ValidationSpec
+from batchscore.spec.model import (
+    JobSpec,
+    JoinSpec,
+    ModelMonitoringSpec,
+    ProfileRuleKind,
+    ValidationSpec,
+)
 
 ErrorAt = Callable[[tuple[str | int, ...], str], SpecError]
 
@@ -88,12 +94,17 @@ def _check_health(spec: JobSpec, error: ErrorAt) -> None:
 def _check_validation(
     spec: JobSpec, section: ValidationSpec, path: tuple[str | int, ...], error: ErrorAt
 ) -> None:
-    if section.actions.get("null_rate") == "quarantine":
-        raise error(
-            (*path, "actions", "null_rate"),
-            "a null rate belongs to the whole run, not to a row, so it cannot quarantine; "
-            "use warn or fail.",
-        )
+    whole_run: tuple[tuple[ProfileRuleKind, str], ...] = (
+        ("null_rate", "a null rate"),
+        ("type", "a column's type"),
+    )
+    for kind, what in whole_run:
+        if section.actions.get(kind) == "quarantine":
+            raise error(
+                (*path, "actions", kind),
+                f"{what} belongs to the whole run, not to a row, so it cannot quarantine; "
+                "use warn or fail.",
+            )
     actions = [section.on_violation, *section.actions.values()]
     actions += [r.action for r in section.rules if r.action is not None]
     if "quarantine" in actions and spec.output.quarantine is None:

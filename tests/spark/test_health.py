@@ -238,3 +238,25 @@ def test_a_registry_model_uses_its_registered_profile_and_sql_reads_the_table(
     assert (
         str(int(table[table["baseline"] == "training"]["alert"].sum())) in capsys.readouterr().out
     )
+
+
+def test_a_changed_column_type_warns_or_fails_before_spark(
+    profiled: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The profile says sales.f_cat held strings; the table holds integers now."""
+    spec = _copy(profiled, tmp_path, extra="validation: {actions: {type: fail}}\n")
+    for name in ("risk", "spend"):
+        path = spec.parent / "profiles" / name / "profile.json"
+        body = json.loads(path.read_text())
+        for feature in body["features"]:
+            if feature["feature"] == "sales.f_cat":
+                feature["dtype"] = "string"
+        path.write_text(json.dumps(body))
+    assert _run(spec, STABLE) == 2
+    err = capsys.readouterr().err
+    assert "Validation rule 'type sales.f_cat'" in err and "is int64 now, not string" in err
+    summary = tmp_path / "summary.json"
+    spec.write_text(spec.read_text().replace("{type: fail}", "{type: warn}"))
+    assert _run(spec, STABLE, "--summary-json", str(summary)) == 0
+    warnings = json.loads(summary.read_text())["warnings"]
+    assert any("type sales.f_cat" in w for w in warnings)

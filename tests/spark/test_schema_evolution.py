@@ -25,7 +25,12 @@ from batchscore.sinks.spark_io import read_delta, write_delta
 pytestmark = pytest.mark.spark
 
 DAYS = ["2026-11-19", "2026-11-20", "2026-11-21"]
-RISK = ["return_risk__prediction", "return_risk__label", "return_risk__probability"]
+RISK = [
+    "return_risk__prediction",
+    "return_risk__label",
+    "return_risk__probability",
+    "return_risk__served",
+]
 
 
 def _base(spark: Any, ds: str, n: int = 20) -> Any:

@@ -53,8 +53,9 @@ def test_profile_rules_cover_range_domain_nan_and_null_rate() -> None:
     assert set(kinds) == {
         ("range", "users.age"), ("nan", "users.age"), ("null_rate", "users.age"),
         ("range", "users.code"), ("domain", "users.code"), ("nan", "users.code"),
-        ("null_rate", "users.code"),
+        ("null_rate", "users.code"), ("type", "users.age"), ("type", "users.code"),
     }  # fmt: skip
+    assert kinds[("type", "users.code")].dtype == "integer"
     age = kinds[("range", "users.age")]
     span = profile.features["age"].max - profile.features["age"].min  # type: ignore[operator]
     assert age.low == pytest.approx(profile.features["age"].min - 0.1 * span)  # type: ignore[operator]
@@ -73,7 +74,7 @@ def test_shared_rules_are_kept_once_and_differing_ones_named_by_model() -> None:
     same = distinct_rules(
         profile_rules("a", inputs, profile, section) + profile_rules("b", inputs, profile, section)
     )
-    assert len(same) == 3 and {r.model for r in same} == {"a, b"}
+    assert len(same) == 4 and {r.model for r in same} == {"a, b"}
     differ = distinct_rules(
         profile_rules("a", inputs, profile, section) + profile_rules("b", inputs, other, section)
     )
@@ -202,3 +203,13 @@ def test_bad_challengers_are_one_line_spec_errors(
         load_spec(spec)
     text = str(caught.value)
     assert message in text and "\n" not in text
+
+
+def test_type_families() -> None:
+    from batchscore.monitor.rules import type_family
+
+    assert {type_family(t) for t in ("int8", "int64", "uint32")} == {"integer"}
+    assert {type_family(t) for t in ("float", "double", "halffloat")} == {"floating"}
+    assert type_family("bool") == "boolean" and type_family("string") == "string"
+    assert type_family("decimal128(10, 2)") == "decimal"
+    assert type_family("timestamp[us]") == "other"
