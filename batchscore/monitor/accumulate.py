@@ -134,7 +134,7 @@ class FeatureAccumulator:
             self._add_finite(x if n_finite == n else x[finite])
 
     def _add_finite(self, x: Floats) -> None:
-        mean = float(x.mean())
+        mean = float(x.sum()) / len(x)  # cheaper than x.mean() on a scoring task's hot path
         dev = x - mean
         self.count, self.mean, self.m2 = chan(
             self.count, self.mean, self.m2, len(x), mean, float(dev @ dev)
@@ -142,9 +142,13 @@ class FeatureAccumulator:
         if self.edges is not None or self.ints is not None:
             ordered = np.sort(x)
             low, high = float(ordered[0]), float(ordered[-1])
-            if self.edges is not None:
+            if self.edges is not None and len(self.edges) == 0:
+                self.bins[0] += len(ordered)
+            elif self.edges is not None:
                 below = np.searchsorted(ordered, self.edges, side="right")
-                self.bins += np.diff(below, prepend=0, append=len(ordered))
+                self.bins[0] += below[0]
+                self.bins[1:-1] += below[1:] - below[:-1]
+                self.bins[-1] += len(ordered) - below[-1]
             if self.ints is not None:
                 self._add_int_values(ordered)
         else:
