@@ -10,7 +10,7 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo walmart test test-fast check format bench bench-quick bench-10m clean
+.PHONY: help venv demo walmart test test-fast check format bench bench-quick bench-10m bench-evaluation clean
 
 help: ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -56,6 +56,9 @@ bench: $(STAMP) ## benchmarks (ratios against baselines in the same process)
 
 bench-quick: $(STAMP) ## a shorter benchmark pass
 	$(PY) -m bench.run --quick
+
+bench-evaluation: $(STAMP) ## batchscore evaluate: 30 dates x 3 models over 10M labelled rows
+	$(PY) -m bench.run --only bench.evaluation --out bench/RESULTS-evaluation.md
 
 bench-10m: $(STAMP) ## k=32 vs k=1 GLMs on a 10M-row table (about 10 minutes)
 	$(PY) -m bench.run --only bench.glms_10m --out bench/RESULTS-10M.md

@@ -220,12 +220,22 @@ def check_output_location(plan: LogicalPlan) -> None:
     if output.quarantine is not None:
         check_table_folder(output.quarantine, label="output.quarantine")
     monitoring = plan.spec.monitoring
-    if monitoring is not None:
+    table = monitoring.table if monitoring is not None else None
+    label = "monitoring.table"
+    if table is None and has_challengers(plan.spec):
+        table, label = comparison_table(plan), "the challenger comparison table"
+    if table is not None:
         others = {"the prediction table output.path": output.path}
         if output.quarantine is not None:
             others["the quarantine table output.quarantine"] = output.quarantine
-        check_apart("monitoring.table", monitoring.table, {**inputs, **others}, harm=harm)
-        check_table_folder(monitoring.table, label="monitoring.table")
+        check_apart(label, table, {**inputs, **others}, harm=harm)
+        check_table_folder(table, label=label)
+
+
+def comparison_table(plan: LogicalPlan) -> str:
+    """Where a spec with challengers and no `monitoring:` keeps its comparisons: a Delta table
+    with the monitoring table's columns next to the prediction table."""
+    return f"{plan.output.path.rstrip('/')}_comparisons"
 
 
 def nothing_to_do(job: Job, *, force: bool) -> RunResult | None:
@@ -313,15 +323,21 @@ def writes_roles(job: Job) -> bool:
 
 
 def run_monitor(job: Job) -> RunMonitor | None:
-    """What the scoring tasks profile when the spec monitors (None otherwise)."""
-    if not job.health.monitored:
+    """What the scoring tasks profile when the spec monitors, or only compares challengers
+    (no `monitoring:`: their predictions, for the comparison table); None otherwise."""
+    spec = job.plan.spec
+    if not job.health.monitored and not has_challengers(spec):
         return None
     kernels = {b.name: b.model.kernel for b in job.plan.models}
     models = tuple(
-        monitored_model(m.name, m.inputs, m.profile, kernels[m.name].classes)
+        monitored_model(
+            m.name,
+            m.inputs if job.health.monitored else (),
+            m.profile,
+            kernels[m.name].classes,
+        )
         for m in job.health.models
     )
-    spec = job.plan.spec
     pairing = None
     if has_challengers(spec):
         ranges = serving_ranges(spec)
@@ -396,30 +412,32 @@ def record_monitoring(job: Job, write: Write, *, held: int) -> None:
     """The run's metrics to the monitoring table, after the predictions commit."""
     monitor = write.task.monitor
     spec = job.plan.spec.monitoring
-    if monitor is None or spec is None:
+    if monitor is None:
         return
     profiles, compared = collect_run_profiles(
         monitor, source=f"run {job.run_id}", created_at=job.scored_at.isoformat()
     )
     key = RunKey(job.spec.name, job.spec.run_date, job.run_id)
-    previous = previous_profiles(spec.table, key)
-    rows = [
-        row
-        for m in job.health.models
-        for row in model_rows(m, profiles[m.name], previous.get(m.name), quarantined=held)
-    ]
-    rows += comparison_rows(job.health, compared, profiles)
+    table = spec.table if spec is not None else comparison_table(job.plan)
+    rows = comparison_rows(job.health, compared, profiles)
+    if spec is not None:
+        previous = previous_profiles(table, key)
+        rows = [
+            row
+            for m in job.health.models
+            for row in model_rows(m, profiles[m.name], previous.get(m.name), quarantined=held)
+        ] + rows
     trainings = {m.name: m.profile for m in job.health.models}
     pairs = [(m.name, m.champion) for m in job.plan.spec.models if m.role != "champion"]
     version = record_run(
-        spec.table, key, rows, profiles, trainings, computed_at=job.scored_at, pairs=pairs
+        table, key, rows, profiles, trainings, computed_at=job.scored_at, pairs=pairs
     )
     job.alerts = alerts(rows)
     job.monitoring = {
-        "table": spec.table,
+        "table": table,
         "version": version,
         "rows": len(rows),
-        "on_alert": spec.on_alert,
+        "on_alert": spec.on_alert if spec is not None else "warn",
         "alerts": [
             {
                 "model": r.model,

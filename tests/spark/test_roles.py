@@ -86,6 +86,10 @@ def test_shadow_and_canary_rows_equal_the_models_own_predictions(
     canary_share = out.loc[out["model"] == "risk_c", "served"].mean()
     assert 0.17 < canary_share < 0.23
     assert out.loc[out["model"] == "spend", "served"].all()  # other families untouched
+    # no monitoring section: the comparisons go to their own table next to the predictions
+    compared = DeltaTable(str(spec.parent / "out_comparisons")).to_pandas()
+    assert set(compared.loc[compared["kind"] == "comparison", "model"]) == {"risk_v2", "risk_c"}
+    assert {"mean_abs_diff", "agreement", "psi"} <= set(compared["metric"])
 
 
 def test_canary_rows_are_stable_across_reruns_partitionings_and_share_increases(
