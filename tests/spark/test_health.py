@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
+from batchscore.api import history
 from batchscore.cli import run_cli
 from batchscore.monitor.profile import Profile
 from tests.health import DRIFTED, DRIFTING, REFERENCE, STABLE, build_health_star, spec_text
@@ -229,6 +230,9 @@ def test_a_registry_model_uses_its_registered_profile_and_sql_reads_the_table(
     text = text.replace("path: models/spend.joblib", "path: registry:spend@latest")
     spec.write_text(text)
     assert _run(spec, DRIFTED) == 0
+    lineage = history(spec.parent / "out")[0]["metadata"]["batchscore.models"]
+    lineage = json.loads(lineage) if isinstance(lineage, str) else lineage
+    assert lineage["spend"]["registry"] == "registry:spend@1"  # the version that served
     table = _monitoring(spec.parent)
     spend = table[(table["model"] == "spend") & table["alert"] & (table["kind"] == "feature")]
     assert set(spend.loc[spend["baseline"] == "training", "feature"]) == DRIFTING
