@@ -345,35 +345,23 @@ def _broken(
     i: int,
     rule: Rule,
     cache: dict[str, Block],
-    seen: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]] | None = None,
+    seen: dict[tuple[str, int | None], tuple[np.ndarray, np.ndarray]],
 ) -> tuple[np.ndarray, Callable[[int], str | None]]:
-    """Rows breaking `rule` (null_rate: null rows), and how to show row r's value. `seen`
-    keeps each input's values and nulls for the batch: a feature has up to four rules."""
+    """Rows breaking a user or domain rule (range, NaN and null-rate rules go column-wise,
+    `RuleTally._columnwise`), and how to show row r's value. `seen` keeps each input's values
+    and nulls for the batch."""
     if rule.kind == "user":
         flags = batch.column(batch.schema.get_field_index(f"{_USER}{i}"))
         broken = np.asarray(pc.fill_null(flags, False).to_numpy(zero_copy_only=False), dtype=bool)
         example = batch.column(batch.schema.get_field_index(f"{_USER}{i}_e"))
         return broken, lambda r: example[r].as_py()
     feature = rule.feature
-    assert feature is not None
+    assert feature is not None and rule.kind == "domain"
     key = (feature.ref, feature.position)
-    if seen is None or key not in seen:
-        found = _values(batch, feature, cache)
-        if seen is None:
-            values, null = found
-        else:
-            seen[key] = found
-    if seen is not None:
-        values, null = seen[key]
-    with np.errstate(invalid="ignore"):
-        if rule.kind == "null_rate":
-            broken = null
-        elif rule.kind == "range":
-            broken = (values < rule.low) | (values > rule.high)
-        elif rule.kind == "domain":
-            broken = ~np.isin(values, rule.domain) & ~np.isnan(values)
-        else:  # nan
-            broken = (np.isnan(values) & ~null) | np.isinf(values)
+    if key not in seen:
+        seen[key] = _values(batch, feature, cache)
+    values, null = seen[key]
+    broken = ~np.isin(values, rule.domain) & ~np.isnan(values)
     return broken, lambda r: "null" if null[r] else repr(float(values[r]))
 
 
