@@ -133,14 +133,23 @@ class FeatureAccumulator:
         if n_finite:
             self._add_finite(x if n_finite == n else x[finite])
 
-    def _add_finite(self, x: Floats) -> None:
+    def add_ordered(self, ordered: Floats) -> None:
+        """`add_numeric` of a batch the caller has already sorted and knows to hold no null,
+        NaN or infinity (the monitoring pass shares one sorted copy per input and batch with
+        validation, physical.input_stack)."""
+        self.rows += len(ordered)
+        if len(ordered):
+            self._add_finite(ordered, ordered)
+
+    def _add_finite(self, x: Floats, ordered: Floats | None = None) -> None:
+        """Add finite values; `ordered`: the same values sorted, when the caller has them."""
         mean = float(x.sum()) / len(x)  # cheaper than x.mean() on a scoring task's hot path
         dev = x - mean
         self.count, self.mean, self.m2 = chan(
             self.count, self.mean, self.m2, len(x), mean, float(dev @ dev)
         )
         if self.edges is not None or self.ints is not None:
-            ordered = np.sort(x)
+            ordered = np.sort(x) if ordered is None else ordered
             low, high = float(ordered[0]), float(ordered[-1])
             if self.edges is not None and len(self.edges) == 0:
                 self.bins[0] += len(ordered)
@@ -188,17 +197,30 @@ class FeatureAccumulator:
             keys, freq = keys.filter(valid), freq.filter(valid)
         if pa.types.is_dictionary(keys.type):
             keys = keys.dictionary_decode()
-        names = _category_names(keys)
+        self._add_counts(_category_names(keys), freq.to_numpy(zero_copy_only=False))
+
+    def add_codes(self, codes: npt.ArrayLike, names: Sequence[str]) -> None:
+        """`add_categorical` of `names[code]` per row (code -1: null), counted from the codes:
+        a classifier's labels without making a string per row."""
+        array = np.asarray(codes, dtype=np.int64).ravel()
+        valid = array >= 0
+        self.rows += len(array)
+        self.nulls += len(array) - int(np.count_nonzero(valid))
+        counts = np.bincount(array[valid], minlength=len(names))
+        seen = np.flatnonzero(counts)
+        if len(seen):
+            self._add_counts([names[i] for i in seen.tolist()], counts[seen])
+
+    def _add_counts(self, names: list[str], freq: npt.NDArray[np.int64]) -> None:
         for name in names:
             self.cpc.update(name)
         if len(names) > MAX_TRACKED:  # keep the most frequent; the tail goes to `other`
-            order = pc.array_sort_indices(freq, order="descending").to_numpy()
-            head = order[:MAX_TRACKED]
-            self.other += int(pc.sum(freq).as_py()) - int(freq.to_numpy()[head].sum())
+            head = np.argsort(-freq, kind="stable")[:MAX_TRACKED]
+            self.other += int(freq.sum()) - int(freq[head].sum())
             self.pruned = True
             names = [names[i] for i in head.tolist()]
-            freq = pa.array(freq.to_numpy()[head])
-        for name, size in zip(names, freq.to_pylist(), strict=True):
+            freq = freq[head]
+        for name, size in zip(names, freq.tolist(), strict=True):
             self.cats[name] = self.cats.get(name, 0) + int(size)
         self._prune()
 

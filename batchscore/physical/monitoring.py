@@ -28,9 +28,10 @@ from batchscore.kernels.base import ScoreOutput
 from batchscore.monitor.accumulate import FeatureAccumulator, merge_features
 from batchscore.monitor.profile import FeatureProfile, Profile
 from batchscore.monitor.rules import FeatureInput
-from batchscore.physical.assemble import Block, Column, assemble
+from batchscore.physical.assemble import Column, assemble
 from batchscore.physical.columns import labels
 from batchscore.physical.comparison import ComparisonTally, Pairing, merge_comparisons
+from batchscore.physical.input_stack import InputStack, assembly_kind
 from batchscore.physical.task_files import (
     read_task_files,
     remove_task_files,
@@ -95,13 +96,10 @@ class MonitorTally:
     compare: ComparisonTally | None = None
 
     def observe(
-        self,
-        batch: pa.RecordBatch,
-        names: Sequence[str],
-        outputs: Sequence[ScoreOutput],
-        cache: dict[str, Block],
+        self, stack: InputStack, names: Sequence[str], outputs: Sequence[ScoreOutput]
     ) -> None:
         """Add one scored batch: `outputs` of the models `names`, in that order."""
+        batch = stack.batch
         by_name = dict(zip(names, outputs, strict=True))
         done: set[str] = set()  # models sharing an input and its bins share its accumulator
         for model in self.monitor.models:
@@ -113,7 +111,8 @@ class MonitorTally:
                     self.features[monitored.key] = _accumulator(
                         batch, monitored, sketch=self.monitor.sketch
                     )
-                _add_input(self.features[monitored.key], batch, monitored.feature, cache)
+                _add_input(self.features[monitored.key], stack, monitored.feature)
+        for model in self.monitor.models:
             out = by_name.get(model.name)
             if out is not None:
                 self._add_output(model, out, batch.num_rows)
@@ -132,7 +131,10 @@ class MonitorTally:
         if out.has_label:
             if LABEL not in mine:
                 mine[LABEL] = FeatureAccumulator(LABEL, "categorical", "string")
-            mine[LABEL].add_categorical(labels(out, n, model.classes))
+            if out.codes is not None and model.classes is not None:
+                mine[LABEL].add_codes(out.codes, model.classes)
+            else:
+                mine[LABEL].add_categorical(labels(out, n, model.classes))
 
     def body(self) -> dict[str, Any]:
         return {
@@ -164,24 +166,23 @@ def _accumulator(
     )
 
 
-def _add_input(
-    acc: FeatureAccumulator, batch: pa.RecordBatch, feature: FeatureInput, cache: dict[str, Block]
-) -> None:
-    column = Column(feature.ref, feature.label, _assembly_kind(feature), feature.width)
-    block = assemble(batch, (column,), cache)
-    null = _nulls(batch.column(batch.schema.get_field_index(feature.ref)))
+def _add_input(acc: FeatureAccumulator, stack: InputStack, feature: FeatureInput) -> None:
+    """A binned input without nulls, NaN or inf (the usual case) goes in sorted: the sort its
+    exact bin counts need is shared with validation's range rules (physical.input_stack)."""
     if feature.kind == "sparse":
+        column = Column(feature.ref, feature.label, assembly_kind(feature), feature.width)
+        block = assemble(stack.batch, (column,), stack.cache)
+        null = _nulls(stack.batch.column(stack.batch.schema.get_field_index(feature.ref)))
         acc.add_sparse(sp.csr_matrix(block), null)
         return
-    if sp.issparse(block):
-        block = sp.csr_matrix(block).toarray()
-    dense = np.asarray(block)
-    values = dense[:, feature.position] if feature.position is not None else dense.reshape(-1)
-    acc.add_numeric(np.ascontiguousarray(values, dtype=np.float64), null)
-
-
-def _assembly_kind(feature: FeatureInput) -> str:
-    return {"sparse": "vector", "array": "array", "vector": "vector"}.get(feature.kind, "scalar")
+    values = stack.column(feature)
+    binned = acc.edges is not None or acc.ints is not None
+    if binned and not values.null_count:
+        ordered = values.ordered()  # sorted first: clean() then reads its two ends
+        if values.clean():
+            acc.add_ordered(ordered)
+            return
+    acc.add_numeric(values.values, values.null() if values.null_count else None)
 
 
 def _nulls(array: pa.Array | pa.ChunkedArray) -> np.ndarray | None:

@@ -32,6 +32,7 @@ from batchscore.physical.columns import (
     prediction_columns,
     timestamps,
 )
+from batchscore.physical.input_stack import InputStack
 from batchscore.physical.null_counts import NullTally, count_reasons, null_rows
 from batchscore.physical.profile import (
     ASSEMBLE,
@@ -174,12 +175,13 @@ class ScoringTask:
                     null = null_rows(out)
                     if null.any():
                         tally.add(model.name, count_reasons(batch, model, null, cache))
+            stack = InputStack(batch, cache)  # each input read once, shared by both
             if watch is not None:
                 with (clock or StageClock()).stage(MONITOR):
-                    watch.observe(batch, [m.name for m in self.models], outputs, cache)
+                    watch.observe(stack, [m.name for m in self.models], outputs)
             if rules is not None:
                 with (clock or StageClock()).stage(VALIDATE):
-                    rules.add(batch, cache)
+                    rules.add(stack)
         return outputs
 
     def _score_models(

@@ -17,14 +17,15 @@ from batchscore.monitor.accumulate import FeatureAccumulator
 from batchscore.monitor.health import ModelHealth
 from batchscore.monitor.metrics import alert_line, model_rows
 from batchscore.monitor.profile import Profile
-from batchscore.monitor.rules import FeatureInput, distinct_rules, profile_rules
+from batchscore.monitor.rules import FeatureInput, Rule, distinct_rules, profile_rules
+from batchscore.physical.input_stack import InputStack
 from batchscore.physical.monitoring import (
     MonitoredInput,
     MonitoredModel,
     RunMonitor,
     merge_bodies,
 )
-from batchscore.physical.validation import rewrite_sql
+from batchscore.physical.validation import RuleTally, rewrite_sql
 from batchscore.spec import load_spec
 from batchscore.spec.model import ValidationSpec
 
@@ -116,7 +117,7 @@ def test_the_scoring_pass_profiles_scalars_array_positions_sparse_vectors_and_ou
     bodies = []
     for _ in range(2):  # two tasks
         tally = monitor.start()
-        tally.observe(batch, ["m"], [out], {})
+        tally.observe(InputStack(batch), ["m"], [out])
         bodies.append(tally.body())
     profile = merge_bodies(monitor, bodies, source="test", created_at="now")["m"]
     assert list(profile.features) == ["t.x", "t.arr[0]", "t.arr[1]", "t.arr[2]", "t.vec"]
@@ -125,6 +126,44 @@ def test_the_scoring_pass_profiles_scalars_array_positions_sparse_vectors_and_ou
     assert profile.predictions["prediction"].count == 2 * n
     label = profile.predictions["label"]
     assert sum(label.categories.values()) == 2 * n and set(label.categories) == {"no", "yes"}
+
+
+def test_input_rules_count_like_a_row_by_row_comparison() -> None:
+    """Range, NaN and null-rate rules answer from an input's bounds and null count and only
+    compare rows when those show a violation; the counts and first examples must be those
+    of comparing every row, whatever the batch holds."""
+    n = 2_000
+    clean = RNG.normal(size=n)
+    wide = clean * 10
+    nan = np.where(RNG.random(n) < 0.01, np.nan, clean)
+    inf = np.where(RNG.random(n) < 0.01, -np.inf, clean)
+    null = RNG.random(n) < 0.02
+    columns = {"a": clean, "b": wide, "c": nan, "d": inf, "e": np.where(null, np.nan, wide)}
+    arrays = {k: pa.array(v) for k, v in columns.items()}
+    arrays["e"] = pa.array(wide, mask=null)
+    batch = pa.RecordBatch.from_pydict(arrays)
+    rules = tuple(
+        Rule(f"{kind} {name}", kind, "warn", feature=FeatureInput(name, name), low=-5, high=5)
+        for name in columns
+        for kind in ("range", "nan", "null_rate")
+    )
+    tally = RuleTally(rules)
+    for _ in range(2):
+        tally.add(InputStack(batch))
+    for i, rule in enumerate(rules):
+        x, missing = columns[rule.feature.ref], np.asarray(batch.column(rule.feature.ref).is_null())
+        with np.errstate(invalid="ignore"):
+            broken = {
+                "range": (x < -5) | (x > 5),
+                "nan": (np.isnan(x) & ~missing) | np.isinf(x),
+                "null_rate": missing,
+            }[rule.kind]
+        assert tally.counts[i] == 2 * int(broken.sum()), rule.name
+        if broken.any() and rule.kind != "null_rate":
+            assert tally.examples[i] == repr(float(x[np.argmax(broken)])), rule.name
+        else:
+            assert tally.examples[i] == ("null" if broken.any() else None), rule.name
+    assert sum(tally.counts[i] for i, r in enumerate(rules) if r.feature.ref == "a") == 0
 
 
 def test_monitoring_rows_flag_only_the_shifted_feature() -> None:

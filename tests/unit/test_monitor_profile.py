@@ -165,6 +165,55 @@ def test_add_numeric_with_edges_costs_milliseconds_per_million_values() -> None:
     assert best < 0.5  # ~20-60 ms on a shared laptop core; an order of magnitude of slack
 
 
+def test_label_codes_count_like_the_label_strings() -> None:
+    names = ("no", "yes", "maybe")
+    codes = RNG.integers(-1, 2, 5_000)  # never "maybe"; -1 is a null label
+    by_codes = FeatureAccumulator("label", "categorical", "string")
+    by_strings = FeatureAccumulator("label", "categorical", "string")
+    for part in np.array_split(codes, 3):
+        by_codes.add_codes(part, names)
+        by_strings.add_categorical(pa.array([names[c] if c >= 0 else None for c in part]))
+    x, y = by_codes.result(), by_strings.result()
+    assert (x.rows, x.nulls, x.categories, x.distinct) == (
+        y.rows,
+        y.nulls,
+        y.categories,
+        y.distinct,
+    )
+    assert set(x.categories) == {"no", "yes"}
+
+
+def test_a_sorted_clean_batch_adds_like_the_unsorted_one() -> None:
+    """The monitoring pass hands clean inputs in sorted (the sort is shared with
+    validation): the same profile as add_numeric, for binned and integer features."""
+    edges = tuple(np.linspace(-2, 2, 41).tolist())
+    cases = [
+        (RNG.normal(size=3_000), "double", {"edges": edges}),
+        (RNG.normal(size=3_000) * 1e6 + 1e9, "double", {"edges": (1e9,), "sketch": True}),
+        (RNG.integers(0, 5, 3_000).astype(float), "int64", {}),
+        (np.zeros(0), "double", {"edges": edges}),
+    ]
+    for values, dtype, options in cases:
+        sorted_in = FeatureAccumulator("x", "numeric", dtype, **options)  # type: ignore[arg-type]
+        plain = FeatureAccumulator("x", "numeric", dtype, **options)  # type: ignore[arg-type]
+        for part in np.array_split(values, 3):
+            sorted_in.add_ordered(np.sort(part))
+            plain.add_numeric(part)
+        x, y = sorted_in.result(), plain.result()
+        assert (x.rows, x.count, x.min, x.max, x.categories) == (
+            y.rows,
+            y.count,
+            y.min,
+            y.max,
+            y.categories,
+        )
+        if not options.get("sketch"):
+            assert (x.edges, x.counts) == (y.edges, y.counts)
+        assert x.mean == pytest.approx(y.mean, rel=1e-12)
+        assert x.m2 == pytest.approx(y.m2, rel=1e-9)
+    assert sorted_in.result().rows == 0
+
+
 # ---------------------------------------------------------------- merging profiles
 
 

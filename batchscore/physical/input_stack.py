@@ -1,0 +1,117 @@
+"""The numeric inputs of one scored batch, each read once and shared by validation (range,
+NaN and null-rate rules) and monitoring (input profiles).
+
+Both passes read the same few hundred inputs of every batch, and most of what they ask of an
+input is the same: is it free of nulls, NaN and infinities, what are its smallest and largest
+values, its values in order. `InputColumn` answers each once per batch. The sorted copy that
+monitoring needs for its exact bin counts then gives validation its bounds for free, and a
+range rule only compares every row when the bounds cross its limits (rare: it is a
+violation). Columns stay separate 1-D arrays (the scoring pass's blocks, no copy): measured on
+200 inputs x 10k rows, a column stays in cache while a stacked matrix does not, and stacking
+cost more than the checks it served.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from batchscore.monitor.rules import FeatureInput
+from batchscore.physical.assemble import Block, Column, assemble
+
+Key = tuple[str, int | None]
+"""An input: the joined column and the position in an array or vector (None for a scalar)."""
+
+
+def input_key(feature: FeatureInput) -> Key:
+    return (feature.ref, feature.position)
+
+
+@dataclass
+class InputColumn:
+    """One input of one batch: float64 `values` (NaN where null) and what is asked of them."""
+
+    values: np.ndarray
+    null_count: int
+    source: pa.Array
+    _null: np.ndarray | None = None
+    _ordered: np.ndarray | None = None
+    _clean: bool | None = None
+
+    def null(self) -> np.ndarray:
+        """The null rows."""
+        if self._null is None:
+            if self.null_count:
+                self._null = np.asarray(
+                    self.source.is_null().to_numpy(zero_copy_only=False), dtype=bool
+                )
+            else:
+                self._null = np.zeros(len(self.values), dtype=bool)
+        return self._null
+
+    def ordered(self) -> np.ndarray:
+        """The values sorted (NaN last), computed once."""
+        if self._ordered is None:
+            self._ordered = np.sort(self.values)
+        return self._ordered
+
+    def clean(self) -> bool:
+        """No null, NaN or infinity. From the sorted ends when sorted (NaN sort last,
+        infinities to the ends); else a finite sum proves it (NaN or inf anywhere makes the
+        sum NaN or inf; an overflowing sum of huge values only sends the column down the
+        exact paths)."""
+        if self._clean is None:
+            if self.null_count:
+                self._clean = False
+            elif not len(self.values):
+                self._clean = True
+            elif self._ordered is not None:
+                self._clean = bool(self._ordered[0] > -np.inf and self._ordered[-1] < np.inf)
+            else:
+                self._clean = bool(np.isfinite(self.values.sum()))
+        return self._clean
+
+    def bounds(self) -> tuple[float, float]:
+        """Smallest and largest non-NaN value (NaN, NaN when there is none)."""
+        if not len(self.values):
+            return float("nan"), float("nan")
+        if self._ordered is not None and self.clean():
+            return float(self._ordered[0]), float(self._ordered[-1])
+        return float(np.fmin.reduce(self.values)), float(np.fmax.reduce(self.values))
+
+
+@dataclass
+class InputStack:
+    """One batch's inputs, each assembled once (`cache`: the scoring pass's blocks, so an
+    input a model read is not converted again)."""
+
+    batch: pa.RecordBatch
+    cache: dict[str, Block] = field(default_factory=dict)
+    _columns: dict[Key, InputColumn] = field(default_factory=dict)
+
+    def column(self, feature: FeatureInput) -> InputColumn:
+        key = input_key(feature)
+        if key not in self._columns:
+            self._columns[key] = _read(self.batch, feature, self.cache)
+        return self._columns[key]
+
+
+def assembly_kind(feature: FeatureInput) -> str:
+    """How `physical.assemble` reads the input's column."""
+    return {"sparse": "vector", "array": "array", "vector": "vector"}.get(feature.kind, "scalar")
+
+
+def _read(batch: pa.RecordBatch, feature: FeatureInput, cache: dict[str, Block]) -> InputColumn:
+    column = Column(feature.ref, feature.label, assembly_kind(feature), feature.width)
+    block = assemble(batch, (column,), cache)
+    if sp.issparse(block):  # a vector stored sparse: densify only the position read
+        at = feature.position or 0
+        values = np.asarray(sp.csc_matrix(block)[:, at].toarray(), dtype=np.float64).reshape(-1)
+    else:
+        dense = np.asarray(block, dtype=np.float64)
+        values = dense[:, feature.position] if feature.position is not None else dense.reshape(-1)
+    source = batch.column(batch.schema.get_field_index(feature.ref))
+    return InputColumn(np.ascontiguousarray(values), source.null_count, source)
