@@ -10,10 +10,10 @@ export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo walmart test test-fast check format bench bench-quick bench-10m bench-evaluation clean
+.PHONY: help venv demo walmart test test-fast check format bench bench-quick bench-10m bench-100m bench-evaluation dist clean
 
 help: ## list the commands
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11"; exit 2; }
@@ -62,6 +62,12 @@ bench-evaluation: $(STAMP) ## batchscore evaluate: 30 dates x 3 models over 10M 
 
 bench-10m: $(STAMP) ## k=32 vs k=1 GLMs on a 10M-row table (about 10 minutes)
 	$(PY) -m bench.run --only bench.glms_10m --out bench/RESULTS-10M.md
+
+bench-100m: $(STAMP) ## 100M-row star, GLM + 100 trees: rows/s at 10M and 100M, memory, exactness (~30 min, 12 GB disk)
+	$(PY) -m bench.run --only bench.scale_100m --out $(if $(BENCH_100M_ROWS),bench/out/RESULTS-100M.$(BENCH_100M_ROWS).md,bench/RESULTS-100M.md)
+
+dist: $(STAMP) ## build the wheel into dist/ (shipping it to executors: docs/clusters.md)
+	$(PY) -m build --wheel --no-isolation --outdir dist .
 
 clean: ## remove generated data, outputs and caches (keeps the venv)
 	rm -rf demo spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache

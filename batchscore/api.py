@@ -59,20 +59,23 @@ def run(
     force: bool = False,
     profile: bool = False,
     executor_timeout: float | None = None,
+    remote: str | None = None,
 ) -> RunResult:
     """Plan, score and commit one run. A rerun of a committed (job, run date) is a no-op.
     `profile`: time each stage; `result.summary()` then prints where the time went.
     `executor_timeout`: seconds to get executors able to run Python before the first job
-    (default $BATCHSCORE_EXECUTOR_TIMEOUT, else 120); StepError (exit 1) otherwise."""
+    (default $BATCHSCORE_EXECUTOR_TIMEOUT, else 120); StepError (exit 1) otherwise.
+    `remote`: a Spark Connect URL, sc://HOST:PORT (docs/connect.md)."""
     from batchscore.jobs.run import run_job
 
     return run_job(
         _as_spec(spec, run_date),
         master=master,
-        spark=spark,
+        spark=_ready(spark),
         force=force,
         profile=profile,
         executor_timeout=executor_timeout,
+        remote=remote,
     )
 
 
@@ -84,12 +87,18 @@ def run_range(
     only_new: bool = False,
     master: str | None = None,
     spark: SparkSession | None = None,
+    remote: str | None = None,
 ) -> list[RunResult]:
     """Backfill: run each date of [start, end] in order, one commit per date; committed dates
-    are skipped (an interrupted backfill resumes). only_new: see `batchscore.jobs.backfill`."""
+    are skipped (an interrupted backfill resumes). only_new: see `batchscore.jobs.backfill`.
+    `remote`: a Spark Connect URL, sc://HOST:PORT (docs/connect.md)."""
     from batchscore.jobs.backfill import run_range as _run_range
 
     loaded = spec if isinstance(spec, JobSpec) else _load_spec(spec)
+    if remote is not None and spark is None:
+        spark = spark_session(master, remote=remote)
+        master = None
+    spark = _ready(spark)
     return _run_range(loaded, start=start, end=end, only_new=only_new, master=master, spark=spark)
 
 
@@ -120,36 +129,58 @@ def sql(
     tables: Mapping[str, str | Path],
     spark: SparkSession | None = None,
     as_of: Mapping[str, int] | None = None,
+    remote: str | None = None,
 ) -> DataFrame:
     """Run Spark SQL with each Delta table registered as a fresh temporary view.
-    `as_of`: {view name: table version} to query an older version (time travel)."""
+    `as_of`: {view name: table version} to query an older version (time travel).
+    `remote`: a Spark Connect URL, sc://HOST:PORT, when `spark` is not given."""
     from batchscore.sinks.spark_io import register_view
 
-    session = spark or spark_session()
+    session = _ready(spark) or spark_session(remote=remote)
     for name, path in tables.items():
         register_view(session, name, str(path), version=(as_of or {}).get(name))
     return session.sql(query)
 
 
+def _ready(spark: SparkSession | None) -> SparkSession | None:
+    """A session the caller passed, with batchscore's data sources registered (a Connect
+    session made outside batchscore lacks them)."""
+    if spark is None:
+        return None
+    from batchscore.physical.session import ensure_sources
+
+    return ensure_sources(spark)
+
+
 def spark_session(
-    master: str | None = None, *, conf: Mapping[str, Any] | None = None
+    master: str | None = None,
+    *,
+    conf: Mapping[str, Any] | None = None,
+    remote: str | None = None,
 ) -> SparkSession:
     """The active SparkSession, or a new one set up for batchscore: workers run this
     interpreter, local Spark binds to loopback, the Delta data source is registered. `master`
-    defaults to local[*] (under spark-submit, the submitted master); `conf`: Spark settings."""
+    defaults to local[*] (under spark-submit, the submitted master); `conf`: Spark settings.
+    `remote` (else $BATCHSCORE_REMOTE, else $SPARK_REMOTE): a Spark Connect URL,
+    sc://HOST:PORT; the session is then a Connect client (docs/connect.md)."""
     from batchscore.physical.session import get_spark
 
-    return get_spark(master, dict(conf) if conf is not None else None)
+    return get_spark(master, dict(conf) if conf is not None else None, remote=remote)
 
 
 def read_table(
-    path: str | Path, *, version: int | None = None, spark: SparkSession | None = None
+    path: str | Path,
+    *,
+    version: int | None = None,
+    spark: SparkSession | None = None,
+    remote: str | None = None,
 ) -> DataFrame:
     """A Delta table (a prediction or quarantine table, or any input) as a Spark DataFrame,
-    read fresh; `version`: an older version of the table (time travel)."""
+    read fresh; `version`: an older version of the table (time travel); `remote`: a Spark
+    Connect URL when `spark` is not given."""
     from batchscore.sinks.spark_io import read_delta
 
-    return read_delta(spark or spark_session(), str(path), version=version)
+    return read_delta(_ready(spark) or spark_session(remote=remote), str(path), version=version)
 
 
 def history(path: str | Path, *, limit: int | None = None) -> list[dict[str, Any]]:
@@ -174,13 +205,14 @@ def profile(
     as `batchscore profile` does (one model: out/profile.json, else out/<model>/)."""
     from batchscore.jobs.profiling import profile_spec
     from batchscore.physical.session import get_spark
+    from batchscore.sinks.storage import join
 
-    session = spark or get_spark(None)
+    session = _ready(spark) or get_spark(None)
     profiles = profile_spec(session, _as_spec(spec, run_date), run_date=run_date, model=model)
     if out is not None:
         single = len(profiles) == 1
         for name, made in profiles.items():
-            made.save(Path(out) if single else Path(out) / name)
+            made.save(out if single else join(out, name))
     return profiles
 
 

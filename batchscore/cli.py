@@ -22,6 +22,11 @@ from typing import Any
 from batchscore.commands import COMMAND_MODULES
 from batchscore.errors import BatchScoreError, SpecError, first_line
 
+REMOTE_HELP = (
+    "Spark Connect server URL, sc://HOST:PORT (default $BATCHSCORE_REMOTE, else $SPARK_REMOTE; "
+    "docs/connect.md)"
+)
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -32,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("spec")
     run.add_argument("--run-date", dest="run_date")
     run.add_argument("--master", help="Spark master URL (default local[*])")
+    run.add_argument("--remote", help=REMOTE_HELP, metavar="URL")
     run.add_argument(
         "--force", action="store_true", help="score again even if this run date was committed"
     )
@@ -80,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--as-of", action="append", default=[], metavar="NAME=VERSION")
     sql.add_argument("--limit", type=int, default=100, help="rows to print (default 100)")
     sql.add_argument("--master")
+    sql.add_argument("--remote", help=REMOTE_HELP, metavar="URL")
     history = sub.add_parser("history", help="a table's commits with their lineage")
     history.add_argument("path")
     history.add_argument("--json", action="store_true", help="print JSON lines")
@@ -112,6 +119,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             force=args.force,
             profile=args.profile,
             executor_timeout=args.executor_timeout,
+            remote=args.remote,
         )
     print(result.summary())
     if args.summary_json:
@@ -148,6 +156,10 @@ def _cmd_run_range(args: argparse.Namespace) -> int:
         from batchscore.physical.session import EXECUTOR_TIMEOUT_ENV
 
         os.environ[EXECUTOR_TIMEOUT_ENV] = str(args.executor_timeout)
+    if args.remote is not None:
+        from batchscore.physical.connect import REMOTE_ENV
+
+        os.environ[REMOTE_ENV] = args.remote  # every date's session: physical/session.py
     spec = load_spec(args.spec, run_date=args.run_date)
     start = args.run_date or args.date_from
     end = args.run_date or args.date_to
@@ -171,7 +183,7 @@ def _cmd_sql(args: argparse.Namespace) -> int:
 
     tables = _pairs(args.table, "--table")
     as_of = {k: int(v) for k, v in _pairs(args.as_of, "--as-of").items()}
-    spark = bs.spark_session(args.master)
+    spark = bs.spark_session(args.master, remote=args.remote)
     df = bs.sql(args.query, tables=tables, spark=spark, as_of=as_of)
     rows = df.limit(args.limit).collect()
     print(format_table(df.columns, [list(r) for r in rows]))
@@ -286,9 +298,11 @@ def _unwrap(exc: BaseException) -> BatchScoreError | None:
 
 
 def _report(error: BaseException, cause: BaseException | None = None) -> None:
-    print(f"error: {error}", file=sys.stderr)
+    from batchscore.sinks.storage_config import redact  # no storage secret is ever printed
+
+    print(redact(f"error: {error}"), file=sys.stderr)
     if os.environ.get("BATCHSCORE_DEBUG"):
-        traceback.print_exception(cause or error)
+        print(redact("".join(traceback.format_exception(cause or error))), file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -46,6 +46,10 @@ class RunResult:
     """One line naming the models and features whose drift passed a threshold ("" when none)."""
     fail_on_alert: bool = False
     """monitoring.on_alert is fail: an alert makes the CLI exit 3 (after the commits)."""
+    failed_tasks: int | None = None
+    """Task attempts of this run's Spark jobs that failed and were retried (a lost executor, a
+    task error under spark.task.maxFailures; physical.task_failures); None when not known
+    (no Spark job ran, or Spark Connect)."""
 
     @property
     def exit_code(self) -> int:
@@ -77,6 +81,7 @@ class RunResult:
             "monitoring": dict(self.monitoring),
             "alert": self.alert_line,
             "exit_code": self.exit_code,
+            "failed_tasks": self.failed_tasks,
         }
 
     @property
@@ -102,6 +107,9 @@ class RunResult:
         )
         for model, reasons in self.nulls.items():
             text += f"; {_null_phrase(model, reasons)}"
+        if self.failed_tasks:
+            plural = "s" if self.failed_tasks != 1 else ""
+            text += f"; task retries: {self.failed_tasks:,} failed attempt{plural}"
         if self.monitoring:
             text += f"\n{_monitoring_phrase(self.monitoring)}"
         for line in self.warnings:

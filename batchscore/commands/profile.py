@@ -50,9 +50,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise SpecError("--features goes with --data; a spec's models name their own features.")
     from batchscore.jobs.profiling import profile_data, profile_spec
     from batchscore.physical.session import get_spark
+    from batchscore.sinks.storage import is_object_store, join
 
     spark = get_spark(args.master)
-    out = Path(args.out)
+    out: Path | str = args.out if is_object_store(args.out) else Path(args.out)
     if args.data is not None:
         features = [f.strip() for f in (args.features or "").split(",") if f.strip()]
         profile = profile_data(spark, args.data, features)
@@ -64,7 +65,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         spec = load_spec(args.spec, run_date=args.run_date)
         profiles = profile_spec(spark, spec, run_date=args.run_date, model=args.model)
         single = len(profiles) == 1
-        written = [p.save(out if single else out / name) for name, p in profiles.items()]
+        written = [p.save(out if single else join(out, name)) for name, p in profiles.items()]
         rows = max((p.rows for p in profiles.values()), default=0)
     print(f"Profiled {rows:,} rows: {', '.join(str(w) for w in written)}")
     return 0

@@ -37,6 +37,7 @@ from batchscore.errors import DataError, SpecError, did_you_mean
 from batchscore.jobs.monitoring import SCHEMA, replace_rows, this_run
 from batchscore.monitor import evaluation as ev
 from batchscore.monitor.evaluation import OWN, Comparison, ModelEvaluation, ModelInfo
+from batchscore.sinks.storage_config import use_storage
 from batchscore.spec.model import JobSpec
 
 KIND = "evaluation"
@@ -109,6 +110,7 @@ def prepare(
             f"Spec '{spec.name}' has no monitoring table, where evaluate writes its metrics; "
             "add `monitoring: {table: PATH}` to the spec."
         )
+    use_storage(spec.storage)  # the spec's object-store options, as binding a job does
     first, last = _date(start, "--from"), _date(end, "--to")
     if first and last and last < first:
         raise SpecError(f"--to {end} is before --from {start}; swap them.")
@@ -198,14 +200,17 @@ def _labels_schema(path: str) -> tuple[pa.Schema, str, str]:
             f"Labels table {path} does not exist; give a Delta table or a Parquet folder."
         )
     if is_delta_table(path):
-        from deltalake import DeltaTable
+        from batchscore.sinks.storage import delta_table
 
-        table = DeltaTable(path)
+        table = delta_table(path)
         return _delta_schema(path), "delta", f"labels@v{table.version()}"
     import pyarrow.dataset as ds
 
+    from batchscore.sinks.storage import filesystem
+
     try:
-        dataset = ds.dataset(path, format="parquet", partitioning="hive")
+        fs, base = filesystem(path)
+        dataset = ds.dataset(base, filesystem=fs, format="parquet", partitioning="hive")
         schema = dataset.schema
         empty = not dataset.files
     except Exception as exc:
@@ -390,14 +395,17 @@ def run_prepared(spark: SparkSession, prepared: Prepared) -> EvaluationResult:
 
 def _frame(spark: SparkSession, p: Prepared) -> DataFrame:
     """labels LEFT JOIN predictions, grouped by (run date, champion), measured in the tasks."""
-    from batchscore.sinks.spark_io import read_delta
+    from batchscore.physical.native_scan import spark_can_open
+    from batchscore.sinks.spark_io import read_delta, read_parquet_folder
 
     names = [m.name for m in p.models]
     preds = _long(read_delta(spark, p.spec.output.path), p, names)
     if p.labels_format == "delta":
         raw = read_delta(spark, p.labels)
-    else:
+    elif spark_can_open(spark, p.labels):
         raw = spark.read.parquet(p.labels)
+    else:  # an object store Spark has no Hadoop filesystem for
+        raw = read_parquet_folder(spark, p.labels)
     truth = F.col(f"`{p.label_column}`")
     numeric = _kind(p.label_type) in ("number", "boolean")
     labels = raw.where(truth.isNotNull()).select(

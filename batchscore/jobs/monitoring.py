@@ -25,6 +25,7 @@ from batchscore.monitor.metrics import (
 )
 from batchscore.monitor.profile import Profile
 from batchscore.physical.task_files import read_task_file, write_task_file
+from batchscore.sinks.storage import delta_table, storage_options
 
 SCHEMA = pa.schema(
     [
@@ -75,11 +76,10 @@ def previous_profiles(table: str, key: RunKey) -> dict[str, Profile]:
 
 
 def _run_dates(table: str, job: str) -> list[str]:
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        dt = DeltaTable(table)
+        dt = delta_table(table)
     except TableNotFoundError:
         return []
     data = dt.to_pyarrow_table(columns=["run_date"], partitions=[("job", "=", job)])
@@ -115,24 +115,29 @@ def replace_rows(table: str, data: pa.Table, predicate: str) -> int:
     from deltalake import DeltaTable, write_deltalake
     from deltalake.exceptions import TableNotFoundError
 
+    options = storage_options(table)
     try:
-        existing: DeltaTable | None = DeltaTable(table)
+        existing: DeltaTable | None = delta_table(table)
     except TableNotFoundError:
         existing = None
     try:
         if existing is None:
             if "://" not in table:
                 Path(table).mkdir(parents=True, exist_ok=True)
-            write_deltalake(table, data, mode="append", partition_by=["job"])
+            write_deltalake(
+                table, data, mode="append", partition_by=["job"], storage_options=options
+            )
         else:
-            write_deltalake(table, data, mode="overwrite", predicate=predicate)
+            write_deltalake(
+                table, data, mode="overwrite", predicate=predicate, storage_options=options
+            )
     except Exception as exc:  # delta-rs errors: one line for the user
         raise SinkError(
             f"Monitoring table {table} refused the rows: {first_line(exc)[:300]}. The "
             "predictions are committed; fix the table (or point monitoring.table elsewhere) "
             "and rerun with --force to record the metrics."
         ) from None
-    return int(DeltaTable(table).version())
+    return int(delta_table(table).version())
 
 
 def this_run(job: str, run_date: str | None) -> str:

@@ -145,15 +145,22 @@ class _FlatTask:
 
 
 def _read(spark: SparkSession, path: str, table_format: str | None) -> DataFrame:
-    from batchscore.sinks.spark_io import read_delta
+    from batchscore.physical.native_scan import spark_can_open
+    from batchscore.sinks.spark_io import read_delta, read_parquet_folder
+    from batchscore.sinks.storage import is_delta_table, is_object_store
 
-    local = Path(path)
-    if "://" not in path and not local.exists():
+    if not is_object_store(path) and not Path(path).exists():
         raise DataError(
             f"Training table {path} does not exist; give a Delta table or a Parquet folder."
         )
-    delta = table_format == "delta" or (table_format is None and (local / "_delta_log").is_dir())
-    return read_delta(spark, path) if delta else spark.read.parquet(path)
+    delta = table_format == "delta" or (table_format is None and is_delta_table(path))
+    if delta:
+        return read_delta(spark, path)
+    return (
+        spark.read.parquet(path)
+        if spark_can_open(spark, path)
+        else read_parquet_folder(spark, path)
+    )
 
 
 def _collect(joined: DataFrame, task: ProfileTask) -> list[str]:

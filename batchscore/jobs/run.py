@@ -57,6 +57,7 @@ from batchscore.physical.roles import has_challengers, serving_ranges
 from batchscore.physical.score import ScoringTask
 from batchscore.physical.session import check_executors, get_spark
 from batchscore.physical.session import executor_timeout as executor_wait
+from batchscore.physical.task_failures import RunJobs
 from batchscore.physical.task_files import task_dir
 from batchscore.physical.validation import (
     InPassChecks,
@@ -99,6 +100,7 @@ def run_job(
     rules: Sequence[Rule] = RULES,
     profile: bool = False,
     executor_timeout: float | None = None,
+    remote: str | None = None,
 ) -> RunResult:
     """Plan, score and commit one run (see the module docstring for the phases).
 
@@ -109,18 +111,20 @@ def run_job(
     done = nothing_to_do(job, force=force)
     if done is not None:
         return done
-    session = spark or get_spark(master)
-    write = prepare(session, job, profile=profile, own_session=spark is None)
-    validate(session, job)
-    held = commit_quarantine(session, job)
-    job.lap("checks + Spark session + validation + quarantine")
-    commit, nulls = score_and_commit(job, write)
-    job.lap("Spark job (scan, join, score, write) + commit")
+    session = spark or get_spark(master, remote=remote)  # remote: Spark Connect URL
+    with RunJobs(session, job.run_id) as jobs:  # counts the failed task attempts
+        write = prepare(session, job, profile=profile, own_session=spark is None)
+        validate(session, job)
+        held = commit_quarantine(session, job)
+        job.lap("checks + Spark session + validation + quarantine")
+        commit, nulls = score_and_commit(job, write)
+        job.lap("Spark job (scan, join, score, write) + commit")
     if commit.reason != "already_committed":
         record_monitoring(job, write, held=held)
         job.lap("monitoring table")
     run_profile = collect(profile_dir(job.out, job.run_id), job.phases) if profile else None
-    return _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
+    result = _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
+    return replace(result, failed_tasks=jobs.failed_attempts())
 
 
 # ---------------------------------------------------------------- 1. preflight (no Spark)
@@ -314,9 +318,9 @@ def writes_roles(job: Job) -> bool:
     them then needs output.evolve_schema, as any new column does)."""
     if table_version(job.out) is None:
         return True
-    from deltalake import DeltaTable
+    from batchscore.sinks.storage import delta_table
 
-    names = table_arrow_schema(DeltaTable(job.out)).names
+    names = table_arrow_schema(delta_table(job.out)).names
     if "served" in names or any(n.endswith("__served") for n in names):
         return True
     return has_challengers(job.plan.spec)

@@ -6,6 +6,11 @@ that same in-memory buffer, so the file cannot change between the check and the 
 LightGBM's text format is data, not code: it loads without a pin (a given pin is still checked).
 MLflow models (`models:/`, `runs:/`) follow the same rule for the flavor's data file; skops
 files count as code, since MLflow stores their trusted types inside the model.
+
+A file on an object store (`s3://...`, read with the job's storage options) is fetched into a
+local cache keyed by its sha256 (`<cache dir>/models/<sha256>`, the compiled-tree cache's
+folder): a pinned file whose bytes are cached is not fetched again, and cached bytes are
+hashed again before use, so the pin is always checked on the bytes that are loaded.
 """
 
 from __future__ import annotations
@@ -22,7 +27,9 @@ from typing import Any, Literal
 from urllib.parse import unquote, urlparse
 
 from batchscore.errors import ModelError, collapsed
+from batchscore.kernels.trees.compiled.cache import cache_root
 from batchscore.models.store_reader import StoreReader, check_signature
+from batchscore.sinks.storage import is_object_store, read_bytes, write_bytes
 
 ArtifactFormat = Literal["pickle", "lightgbm_text", "skops"]
 
@@ -55,10 +62,26 @@ def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedAr
         return _load_registered(path, sha256=sha256, model_name=model_name)
     if path.startswith(("models:/", "runs:/")):
         return _load_mlflow(path, sha256=sha256, model_name=model_name)
-    local = _local_path(path, model_name)
     where = f"Model '{model_name}' ({path})"
+    if is_object_store(path):
+        data = _fetch(path, _normalise_pin(sha256, where), where)
+    else:
+        data = _read_local(_local_path(path), where)
+    actual = hashlib.sha256(data).hexdigest()
+    expected = _normalise_pin(sha256, where)
+    if expected is not None and expected != actual:
+        raise ModelError(
+            f"{where} has sha256 {actual} but the spec pins {expected}; the file changed. "
+            "Restore the pinned file, or pin the new one after checking where it came from."
+        )
+    if is_object_store(path):
+        _cache(data, actual)
+    return _load_bytes(data, actual, expected, where, path)
+
+
+def _read_local(local: Path, where: str) -> bytes:
     try:
-        data = local.read_bytes()
+        return local.read_bytes()
     except FileNotFoundError:
         raise ModelError(
             f"{where} does not exist; check the model's path (relative paths resolve against "
@@ -71,14 +94,54 @@ def load_artifact(path: str, *, sha256: str | None, model_name: str) -> LoadedAr
         ) from None
     except OSError as exc:
         raise ModelError(f"{where} cannot be read: {collapsed(exc)}.") from None
-    actual = hashlib.sha256(data).hexdigest()
-    expected = _normalise_pin(sha256, where)
-    if expected is not None and expected != actual:
+
+
+def model_cache_dir() -> Path:
+    """Where object-store model files are cached, one file per sha256."""
+    return cache_root() / "models"
+
+
+def _fetch(uri: str, pin: str | None, where: str) -> bytes:
+    """A remote model file's bytes: from the cache when `pin` names cached bytes that still
+    hash to it, else from the object store."""
+    cached = _cached(pin)
+    if cached is not None:
+        return cached
+    try:
+        return read_bytes(uri)
+    except FileNotFoundError:
+        raise ModelError(f"{where} does not exist; check the model's path.") from None
+    except IsADirectoryError:
         raise ModelError(
-            f"{where} has sha256 {actual} but the spec pins {expected}; the file changed. "
-            "Restore the pinned file, or pin the new one after checking where it came from."
-        )
-    return _load_bytes(data, actual, expected, where, path)
+            f"{where} is a folder, not a model file; point path: at the saved model itself."
+        ) from None
+    except Exception as exc:  # OSError from the store, ArrowInvalid for an unknown scheme
+        raise ModelError(
+            f"{where} cannot be read: {collapsed(exc)}; check the path and the storage "
+            "settings (environment or the spec's storage section)."
+        ) from None
+
+
+def _cached(pin: str | None) -> bytes | None:
+    """The cached bytes of sha256 `pin` when they still hash to it (None: not cached)."""
+    if pin is None:
+        return None
+    try:
+        cached = (model_cache_dir() / pin).read_bytes()
+    except OSError:
+        return None
+    return cached if hashlib.sha256(cached).hexdigest() == pin else None
+
+
+def _cache(data: bytes, digest: str) -> None:
+    """Keep fetched bytes under their sha256 (best effort: loading uses the bytes in memory)."""
+    target = model_cache_dir() / digest
+    if target.is_file():
+        return
+    try:
+        write_bytes(str(target), data)
+    except OSError:
+        pass
 
 
 def _load_bytes(
@@ -109,7 +172,12 @@ def _load_registered(ref: str, *, sha256: str | None, model_name: str) -> Loaded
             f"{where}: the spec pins sha256 {expected} but the registry has {mv.sha256} for "
             f"{mv.ref}; fix the spec's pin or point it at the version it meant."
         )
-    data = store.read_verified(mv)  # tampered bytes are refused here, before any unpickling
+    remote = is_object_store(mv.file)
+    data = _cached(mv.sha256) if remote else None
+    if data is None:
+        data = store.read_verified(mv)  # tampered bytes are refused here, before unpickling
+        if remote:
+            _cache(data, mv.sha256)
     loaded = _load_bytes(data, mv.sha256, mv.sha256, f"{where} -> {mv.file}", mv.file)
     check_signature(loaded.obj, mv, model_name)
     return replace(loaded, source=mv.ref)
@@ -253,8 +321,9 @@ def _load_skops(
 
 
 def sha256_of(path: str) -> str:
-    """Hex sha256 of a local file (what a spec's `sha256:` pin must equal)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """Hex sha256 of a file, local or on an object store (what a spec's `sha256:` pin must
+    equal)."""
+    return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
 def is_lightgbm_text(data: bytes) -> bool:
@@ -263,15 +332,10 @@ def is_lightgbm_text(data: bytes) -> bool:
     return (head.startswith(b"tree\n") or head.startswith(b"tree\r\n")) and (b"\nversion=v" in head)
 
 
-def _local_path(path: str, model_name: str) -> Path:
+def _local_path(path: str) -> Path:
     parsed = urlparse(path)
     if parsed.scheme == "file":
         return Path(unquote(parsed.path))
-    if len(parsed.scheme) > 1:  # one letter is a Windows drive, not a scheme
-        raise ModelError(
-            f"Model '{model_name}' ({path}) uses the '{parsed.scheme}://' scheme; model "
-            "artifacts are read from local or mounted paths. Copy the file next to the spec."
-        )
     return Path(path)
 
 

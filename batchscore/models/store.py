@@ -30,6 +30,11 @@ folder, flushed to disk, then renamed over `manifest.json`, so a reader sees the
 manifest, never a part. A crash leaves at most a stray `manifest.*.tmp`, which nothing reads.
 Writers of one model (register, promote) take an exclusive lock on `manifest.lock` around
 read-change-replace, so concurrent promotions never lose each other's history entries.
+
+On an object store (`BATCHSCORE_MODEL_STORE=s3://bucket/registry`) the same layout is a set of
+keys: the artifact is written before the manifest, and the manifest is one PUT, which readers
+see whole or not at all. Object stores have no file locks: run one registry writer (register,
+promote) per model at a time there (docs/storage.md).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 from batchscore.errors import DataError, ModelError
 from batchscore.models.store_reader import (
@@ -61,6 +67,16 @@ from batchscore.models.store_reader import (
     check_signature,
     parse_ref,
     store_root,
+)
+from batchscore.sinks.storage import (
+    delta_table,
+    file_type,
+    filesystem,
+    is_delta_table,
+    is_object_store,
+    list_folder,
+    read_bytes,
+    write_bytes,
 )
 
 __all__ = [
@@ -108,41 +124,44 @@ class ModelStore(StoreReader):
                 f"Model name '{name}' is not usable in the registry; use letters, digits, "
                 "'_', '.' and '-' (starting with a letter or digit)."
             )
-        source = Path(path)
+        source = os.fspath(path)
         try:
-            data = source.read_bytes()
-        except OSError as exc:
+            data = read_bytes(source)
+        except Exception as exc:  # OSError, or ArrowInvalid for a scheme pyarrow cannot open
             raise ModelError(
-                f"Model file {source} cannot be read: {exc.strerror or exc}."
+                f"Model file {source} cannot be read: {getattr(exc, 'strerror', None) or exc}."
             ) from None
         digest = hashlib.sha256(data).hexdigest()
         pin = digest if sha256 is None else sha256
+        file_name = source.rstrip("/").rsplit("/", 1)[-1]
         with tempfile.TemporaryDirectory() as tmp:  # load exactly the bytes we hashed
-            staged = Path(tmp) / source.name
+            staged = Path(tmp) / file_name
             staged.write_bytes(data)
             artifact = load_artifact(str(staged), sha256=pin, model_name=name)
         signature = model_signature(artifact.obj, name)
         profile = profile_table(training_data) if training_data else None
 
-        (self.root / name).mkdir(parents=True, exist_ok=True)
+        if not is_object_store(self.root):
+            os.makedirs(self.path(name), exist_ok=True)
         with self._locked(name):
             manifest = self._read_manifest(name)
             versions = manifest.get("versions", [])
             # Past any folder a crashed register left behind without a manifest entry.
             number = max((int(v["version"]) for v in versions), default=0) + 1
             number = max(number, self._last_folder(name) + 1)
-            folder = self.root / name / f"v{number}"
-            folder.mkdir(parents=True, exist_ok=False)
-            target = folder / source.name
-            target.write_bytes(data)
+            folder = self.path(name, f"v{number}")
+            if not is_object_store(folder):
+                os.makedirs(folder, exist_ok=False)
+            target = self.path(name, f"v{number}", file_name)
+            write_bytes(target, data)
             mv = ModelVersion(
                 name=name,
                 version=number,
-                file=str(target.resolve()),
+                file=_absolute(target),
                 sha256=digest,
                 signature=signature,
                 registered_at=_now(),
-                source=str(source.resolve()),
+                source=_absolute(source),
                 metrics=dict(metrics or {}),
                 training_profile=profile,
             )
@@ -198,13 +217,16 @@ class ModelStore(StoreReader):
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         """Exclusive lock on NAME/manifest.lock (released by the OS if the process dies);
-        a no-op where fcntl is missing (Windows)."""
+        a no-op where fcntl is missing (Windows) and on object stores (no locks there)."""
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             yield
             return
-        with open(self.root / name / LOCK, "a") as handle:
+        if is_object_store(self.root):
+            yield
+            return
+        with open(self.path(name, LOCK), "a") as handle:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
             try:
                 yield
@@ -214,15 +236,19 @@ class ModelStore(StoreReader):
     def _last_folder(self, name: str) -> int:
         numbers = [
             int(m[1])
-            for p in (self.root / name).iterdir()
-            if p.is_dir() and (m := _VERSION_FOLDER.match(p.name))
+            for info in list_folder(self.path(name))
+            if info.type == pafs.FileType.Directory and (m := _VERSION_FOLDER.match(info.base_name))
         ]
         return max(numbers, default=0)
 
     def _write_manifest(self, name: str, manifest: dict[str, Any]) -> None:
-        """Replace NAME/manifest.json atomically: a unique temporary file, fsync, rename."""
-        folder = self.root / name
+        """Replace NAME/manifest.json atomically: a unique temporary file, fsync, rename (on
+        an object store: one PUT, atomic by itself)."""
         text = json.dumps(manifest, indent=2, sort_keys=True, default=_json_default)
+        if is_object_store(self.root):
+            write_bytes(self.path(name, MANIFEST), text.encode())
+            return
+        folder = Path(self.path(name))
         fd, tmp = tempfile.mkstemp(dir=folder, prefix="manifest.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as handle:
@@ -240,6 +266,11 @@ class ModelStore(StoreReader):
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+
+
+def _absolute(location: str) -> str:
+    """A local path made absolute (symlinks resolved); a URI as it is."""
+    return location if is_object_store(location) else str(Path(location).resolve())
 
 
 def current_user() -> str:
@@ -291,20 +322,18 @@ def profile_table(location: str) -> dict[str, Any]:
 
 
 def _read_table(location: str) -> Any:
-    path = Path(location)
-    if not path.exists():
+    if file_type(location) == pafs.FileType.NotFound:
         raise DataError(
             f"Training data {location} does not exist; give a Parquet file or folder, or a "
             "Delta table path."
         )
     try:
-        if (path / "_delta_log").is_dir():
-            from deltalake import DeltaTable
-
-            return DeltaTable(str(path)).to_pyarrow_table()
+        if is_delta_table(location):
+            return delta_table(location).to_pyarrow_table()
         import pyarrow.dataset as ds
 
-        return ds.dataset(str(path), format="parquet").to_table()
+        fs, base = filesystem(location)
+        return ds.dataset(base, filesystem=fs, format="parquet").to_table()
     except Exception as exc:  # pyarrow / delta-rs errors: one line for the user
         raise DataError(
             f"Training data {location} cannot be read as Parquet or Delta: "

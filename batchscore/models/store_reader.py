@@ -5,6 +5,10 @@ version) or `registry:NAME@ALIAS` (the version an alias such as `champion` point
 `batchscore models promote`). Every resolution reads the manifest again: nothing is cached, so
 a spec that names `@champion` scores with whatever version the alias points at when it runs.
 
+The registry may live on an object store (`BATCHSCORE_MODEL_STORE=s3://bucket/registry`):
+every read goes through sinks.storage (the job's storage options), so the same code reads a
+local folder and a bucket prefix.
+
 This is the part of the store that loading a `registry:NAME@VERSION` reference needs. It sits
 below both `models.artifact` (which loads such references) and `models.store` (which registers
 a version by loading the file with `models.artifact`), so the loader never imports the store
@@ -20,10 +24,12 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
+
 from batchscore.errors import ModelError, did_you_mean
+from batchscore.sinks.storage import file_type, join, list_folder, read_bytes
 
 STORE_ENV = "BATCHSCORE_MODEL_STORE"
 DEFAULT_STORE = "model_registry"
@@ -92,9 +98,9 @@ class Promotion:
         )
 
 
-def store_root(store: str | os.PathLike[str] | None = None) -> Path:
-    """--store, else $BATCHSCORE_MODEL_STORE, else ./model_registry."""
-    return Path(store if store is not None else os.environ.get(STORE_ENV) or DEFAULT_STORE)
+def store_root(store: str | os.PathLike[str] | None = None) -> str:
+    """--store, else $BATCHSCORE_MODEL_STORE, else ./model_registry: a folder or a URI."""
+    return os.fspath(store if store is not None else os.environ.get(STORE_ENV) or DEFAULT_STORE)
 
 
 def parse_ref(ref: str) -> tuple[str, int | str | None]:
@@ -133,10 +139,19 @@ class StoreReader:
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = store_root(root)
 
+    def path(self, *parts: str) -> str:
+        """A path (or URI) inside the registry."""
+        return join(self.root, *parts)
+
     def names(self) -> list[str]:
-        if not self.root.is_dir():
+        if file_type(self.root) != pafs.FileType.Directory:
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / MANIFEST).is_file())
+        return sorted(
+            info.base_name
+            for info in list_folder(self.root)
+            if info.type == pafs.FileType.Directory
+            and file_type(self.path(info.base_name, MANIFEST)) == pafs.FileType.File
+        )
 
     def versions(self, name: str) -> list[ModelVersion]:
         manifest = self._read_manifest(name)
@@ -214,9 +229,9 @@ class StoreReader:
 
     def read_verified(self, mv: ModelVersion) -> bytes:
         """The registered file's bytes, refused unless they still hash to the manifest's pin."""
-        path = Path(mv.file)
+        path = mv.file
         try:
-            data = path.read_bytes()
+            data = read_bytes(path)
         except OSError:
             raise ModelError(
                 f"Registered model {mv.ref}: artifact {path} is missing or unreadable; "
@@ -231,9 +246,9 @@ class StoreReader:
         return data
 
     def _read_manifest(self, name: str) -> dict[str, Any]:
-        path = self.root / name / MANIFEST
+        path = self.path(name, MANIFEST)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_bytes(path).decode())
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:

@@ -240,13 +240,21 @@ class Profile:
                 f"Profile JSON is not a batchscore profile ({_why(exc)}); {HINT}."
             ) from None
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write DIR/profile.json (atomically: a reader never sees half a profile)."""
+    def save(self, directory: str | os.PathLike[str]) -> Path | str:
+        """Write DIR/profile.json (atomically: a reader never sees half a profile); DIR may be
+        an object-store URI (then the URI of the file is returned)."""
+        from batchscore.sinks.storage import is_object_store, join, write_bytes
+
+        text = json.dumps(self.to_json(), indent=1, allow_nan=False)
+        if is_object_store(directory):
+            location = join(directory, FILE)
+            write_bytes(location, text.encode())
+            return location
         folder = Path(directory)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / FILE
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, allow_nan=False))
+        tmp.write_text(text)
         os.replace(tmp, path)
         return path
 
@@ -254,13 +262,17 @@ class Profile:
     def load(cls, directory: str | os.PathLike[str]) -> Profile:
         """Read DIR/profile.json (or that file itself); DataError in one line when it is
         missing or is not a profile."""
-        path = Path(directory)
-        if path.name != FILE or path.is_dir():
-            path = path / FILE
-        if not path.is_file():
+        import pyarrow.fs as pafs
+
+        from batchscore.sinks.storage import file_type, join, read_bytes
+
+        path = os.fspath(directory).rstrip("/")
+        if path.rsplit("/", 1)[-1] != FILE or file_type(path) == pafs.FileType.Directory:
+            path = join(path, FILE)
+        if file_type(path) != pafs.FileType.File:
             raise DataError(f"Profile {path} does not exist; {HINT}.")
         try:
-            return _parse_profile(json.loads(path.read_text()))
+            return _parse_profile(json.loads(read_bytes(path).decode()))
         except (OSError, KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise DataError(
                 f"Profile {path} is not a batchscore profile ({_why(exc)}); {HINT}."

@@ -54,6 +54,7 @@ from batchscore.monitor.report_plots import (
     series,
     short,
 )
+from batchscore.sinks.storage import delta_table, is_object_store, join, read_bytes, write_bytes
 
 TOP_K = 8
 """Drift panels per model: the features whose latest drift is nearest (or over) threshold."""
@@ -112,12 +113,15 @@ def write_report(
     the job's prediction table (long layout), adds the challenger vs champion score scatter."""
     data = _load(monitoring, job, model, last, predictions)
     page = _render(data)
+    alerts = len(_latest_alerts(data))
+    if is_object_store(out):  # one PUT: readers see the old page or the new one
+        write_bytes(out, page.encode("utf-8"))
+        return ReportSummary(out, len(data.runs), alerts, tuple(data.by_model))
     target = Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     partial.write_text(page, encoding="utf-8")
     os.replace(partial, target)
-    alerts = len(_latest_alerts(data))
     return ReportSummary(str(target), len(data.runs), alerts, tuple(data.by_model))
 
 
@@ -179,11 +183,10 @@ def _load(
 
 
 def _open(monitoring: str) -> Any:
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        return DeltaTable(monitoring)
+        return delta_table(monitoring)
     except TableNotFoundError:
         raise DataError(
             f"Monitoring table '{monitoring}' does not exist (no Delta log there): pass "
@@ -390,11 +393,11 @@ def _histograms(data: _Data, name: str, obs: list[Obs]) -> str:
 
 def _read_histograms(data: _Data, latest: Run) -> tuple[dict[str, Any] | None, str]:
     """The latest run's histograms JSON, or None and why it cannot be shown."""
-    path = Path(data.monitoring, "_batchscore", "histograms", data.job, f"{latest.run_date}.json")
-    if not path.is_file():
-        return None, f"No histograms file for the latest run ({path}): the run did not write one."
+    path = join(data.monitoring, "_batchscore", "histograms", data.job, f"{latest.run_date}.json")
     try:
-        found = json.loads(path.read_text(encoding="utf-8"))
+        found = json.loads(read_bytes(path).decode("utf-8"))
+    except FileNotFoundError:
+        return None, f"No histograms file for the latest run ({path}): the run did not write one."
     except (OSError, ValueError) as exc:
         return None, f"Histograms file {path} cannot be read ({exc}): rerun that date's scoring."
     if not isinstance(found, dict):

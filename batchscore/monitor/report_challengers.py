@@ -248,11 +248,12 @@ def _distributions(pair: Pair, latest: Run, read_histograms: HistogramReader) ->
 # The scatter
 def open_predictions(path: str) -> Any:
     """The prediction table (delta-rs), checked to be in long layout."""
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
+    from batchscore.sinks.storage import delta_table
+
     try:
-        table = DeltaTable(path)
+        table = delta_table(path)
     except TableNotFoundError:
         raise DataError(
             f"Prediction table '{path}' does not exist (no Delta log there): pass --predictions "

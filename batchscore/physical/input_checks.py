@@ -6,44 +6,50 @@ another file disagrees; a stray `notes.txt` among the files fails the job with a
 Both are the input's fault, so they are DataErrors (exit 2) naming the table, the file and the
 fix, raised from the footers alone (no data is read). Names Spark skips (starting with `_` or
 `.`) are skipped here too. Delta tables need no check: their log fixes schema and files.
+Folders on object stores are listed and read through sinks.storage, like the reader reads them.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchscore.errors import DataError, first_line
 from batchscore.plan.nodes import LogicalPlan, Scan
+from batchscore.sinks.storage import filesystem
 
 
 def check_parquet_inputs(plan: LogicalPlan) -> None:
     for scan in plan.scans():
-        if not isinstance(scan, Scan) or scan.format != "parquet" or "://" in scan.path:
+        if not isinstance(scan, Scan) or scan.format != "parquet":
             continue
         _check_folder(scan.table, scan.path, scan.columns)
 
 
-def _files(root: str) -> Iterator[str]:
-    if os.path.isfile(root):
-        yield root
+def _files(fs: pafs.FileSystem, root: str) -> Iterator[tuple[str, str]]:
+    """(path in the filesystem, path relative to the table) of each file Spark would read."""
+    if fs.get_file_info(root).type == pafs.FileType.File:
+        yield root, root.rsplit("/", 1)[-1]
         return
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
-        for name in sorted(names):
-            if not name.startswith(("_", ".")):
-                yield os.path.join(folder, name)
+    selector = pafs.FileSelector(root, allow_not_found=True, recursive=True)
+    for info in sorted(fs.get_file_info(selector), key=lambda i: i.path):
+        rel = info.path[len(root) :].lstrip("/")
+        if info.type == pafs.FileType.File and not any(
+            part.startswith(("_", ".")) for part in rel.split("/")
+        ):
+            yield info.path, rel
 
 
 def _check_folder(table: str, root: str, columns: tuple[str, ...] | None) -> None:
     seen: dict[str, tuple[pa.DataType, str]] = {}
-    for path in _files(root):
-        rel = os.path.relpath(path, root) if path != root else os.path.basename(path)
+    fs, base = filesystem(root)
+    for path, rel in _files(fs, base):
         try:
-            schema = pq.read_schema(path)
+            with fs.open_input_file(path) as handle:
+                schema = pq.read_schema(handle)
         except (pa.ArrowInvalid, OSError) as exc:
             why = first_line(exc)[:120]
             raise DataError(

@@ -22,7 +22,8 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from batchscore.errors import DataError
 from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
-from batchscore.physical.native_scan import read_delta_native
+from batchscore.physical.connect import default_parallelism, partition_count
+from batchscore.physical.native_scan import read_delta_native, spark_can_open
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
 from batchscore.physical.roles import bucket_column, has_canaries, serving_ranges
@@ -54,7 +55,7 @@ from batchscore.plan.nodes import (
     qualified,
 )
 from batchscore.plan.spread import worth_spreading
-from batchscore.sinks.spark_io import read_delta
+from batchscore.sinks.spark_io import read_delta, read_parquet_folder
 
 BROADCAST_BYTES = 256 * 1024 * 1024
 PRESENT = present_flag("")
@@ -114,8 +115,11 @@ SPREAD_ENV = "BATCHSCORE_SPREAD"
 def _spread(spark: SparkSession, fact: DataFrame) -> DataFrame:
     """The fact rows over at least as many partitions as Spark runs tasks at once, when scoring
     outweighs the shuffle (plan.spread)."""
-    target = int(spark.sparkContext.defaultParallelism)
-    if os.environ.get(SPREAD_ENV, "1") == "0" or fact.rdd.getNumPartitions() >= target:
+    target = default_parallelism(spark)
+    if os.environ.get(SPREAD_ENV, "1") == "0" or target <= 1:
+        return fact
+    partitions = partition_count(fact)  # None over Spark Connect: spread, as the cost model says
+    if partitions is not None and partitions >= target:
         return fact
     return fact.repartition(target)
 
@@ -134,8 +138,12 @@ def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
                 spark, scan.path, version=scan.version, partition_filters=filters, columns=columns
             )
         )
-    else:
+    elif spark_can_open(spark, scan.path):
         df = spark.read.parquet(scan.path)
+        if scan.columns is not None:
+            df = df.select(*scan.columns)
+    else:  # an object store without a Hadoop filesystem: the project's reader
+        df = read_parquet_folder(spark, scan.path)
         if scan.columns is not None:
             df = df.select(*scan.columns)
     if scan.predicate:
@@ -249,8 +257,8 @@ def scoring_task(
 
 def _scoring_stage_tasks(spark: SparkSession, plan: LogicalPlan) -> int | None:
     """Tasks of the stage that scores: the fact scan's, when every join is broadcast and the
-    scan is not spread (None otherwise: a shuffle sets the count). Listing the scan's splits
-    runs no Spark job."""
+    scan is not spread (None otherwise: a shuffle sets the count, and over Spark Connect, which
+    cannot list splits without a job). Listing the scan's splits runs no Spark job."""
     nodes = _walk(plan.source)
     if worth_spreading(plan) or any(
         isinstance(n, Join) and _dimension_bytes(plan, n.right) > BROADCAST_BYTES for n in nodes
@@ -258,7 +266,7 @@ def _scoring_stage_tasks(spark: SparkSession, plan: LogicalPlan) -> int | None:
         return None
     fact = plan.spec.source.table
     scan = next((n for n in nodes if isinstance(n, Scan) and n.table == fact), None)
-    return None if scan is None else int(_scan(spark, scan).rdd.getNumPartitions())
+    return None if scan is None else partition_count(_scan(spark, scan))
 
 
 def _scoring_model(binding: ModelBinding, flags: dict[str, str]) -> ScoringModel:

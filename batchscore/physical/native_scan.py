@@ -15,7 +15,9 @@ can be attached exactly:
   MAX_GROUPS groups keep the Python reader (a plan with hundreds of unions costs more than the
   transfer it saves);
 - object-store URIs (s3://, ...) keep the Python reader unless Spark has a Hadoop filesystem
-  for the scheme, which the pyspark wheel does not ship.
+  for the scheme (`spark_can_open` asks the JVM once per scheme), which the pyspark wheel does
+  not ship. The same test picks the reader of Parquet inputs (plain `spark.read.parquet` or
+  the project's reader, sinks/parquet_folder.py).
 
 `BATCHSCORE_NATIVE_SCAN=0` turns it off (the Python reader for every Delta scan).
 """
@@ -36,11 +38,12 @@ from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
 from batchscore.sinks.snapshot import Snapshot, load_snapshot
-from batchscore.sinks.storage import normalize_path
+from batchscore.sinks.storage import is_object_store, normalize_path, scheme
 
 ENV = "BATCHSCORE_NATIVE_SCAN"
 MAX_GROUPS = 64
-_LOCAL_SCHEMES = ("file",)
+_HADOOP_SCHEMES: dict[tuple[int, str], bool] = {}
+"""(id of the JVM's SparkContext, scheme) -> whether Hadoop has a filesystem for it."""
 _PLAIN_PATH = re.compile(r"^[A-Za-z0-9_./=+-]+$")
 """File paths Hadoop's Path parses as written (no %, :, spaces); others keep the Python reader."""
 _NEVER = "\x00batchscore: never a partition value"
@@ -62,7 +65,7 @@ def read_delta_native(
     if not native_scan_enabled():
         return None
     table_path = normalize_path(path)
-    if not _spark_can_open(table_path):
+    if not spark_can_open(spark, table_path):
         return None
     snap = load_snapshot(table_path, version=version, partition_filters=partition_filters)
     if not snap.files:
@@ -95,9 +98,26 @@ def _literal(value: str | None, spark_type: Any, name: str) -> Any:
     return nullable.cast(spark_type).alias(name)
 
 
-def _spark_can_open(table_path: str) -> bool:
-    scheme = table_path.split("://", 1)[0] if "://" in table_path else "file"
-    return scheme in _LOCAL_SCHEMES
+def spark_can_open(spark: SparkSession, path: str) -> bool:
+    """Whether Spark's own readers can open files at `path`: local paths always; object-store
+    URIs when the JVM has a Hadoop filesystem for the scheme (never over Spark Connect, whose
+    client cannot ask)."""
+    if not is_object_store(path):
+        return True
+    name = scheme(path)
+    try:
+        jsc = spark.sparkContext._jsc
+        key = (id(jsc), name)
+        if key not in _HADOOP_SCHEMES:
+            hadoop = spark.sparkContext._jvm.org.apache.hadoop.fs.FileSystem  # type: ignore[union-attr]
+            try:
+                hadoop.getFileSystemClass(name, jsc.hadoopConfiguration())
+                _HADOOP_SCHEMES[key] = True
+            except Exception:  # UnsupportedFileSystemException: no filesystem for the scheme
+                _HADOOP_SCHEMES[key] = False
+        return _HADOOP_SCHEMES[key]
+    except Exception:  # a Spark Connect session has no JVM to ask
+        return False
 
 
 def _groups(snap: Snapshot, parts: list[str]) -> dict[tuple[str | None, ...], list[str]]:
@@ -118,6 +138,8 @@ def _spark_schema(schema: pa.Schema, names: list[str]) -> StructType:
 
 
 def _file_uri(table_path: str, relative: str) -> str:
+    if is_object_store(table_path):
+        return f"{table_path.rstrip('/')}/{relative}"
     base = table_path[len("file://") :] if table_path.startswith("file://") else table_path
     full = relative if os.path.isabs(relative) else os.path.join(base, relative)
     return "file://" + full

@@ -44,6 +44,7 @@ from batchscore.physical.profile import (
     StageClock,
 )
 from batchscore.physical.roles import ALWAYS, served_mask
+from batchscore.physical.task_failures import fail_once
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,7 @@ class ScoringTask:
                     if self.layout == "long"
                     else self._wide(batch, outputs)
                 )
+                fail_once(self.run_id)  # a test hook, inert unless its variable is set
         if tally is not None and self.null_dir is not None:
             tally.dump(self.null_dir)
         if watch is not None:

@@ -1,7 +1,9 @@
 """SparkSession set-up that works on a laptop, in CI and under spark-submit alike.
 
 Workers must run the driver's interpreter (PYSPARK_PYTHON), or they lack every dependency; and
-everything binds to loopback unless a real cluster master is given.
+everything binds to loopback unless a real cluster master is given. A Spark Connect URL
+(`remote`, $BATCHSCORE_REMOTE, $SPARK_REMOTE) gives a Connect client session instead
+(physical/connect.py).
 """
 
 from __future__ import annotations
@@ -18,11 +20,23 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from batchscore.errors import SpecError, StepError
+from batchscore.physical.connect import (
+    connect_session,
+    endpoint,
+    is_connect,
+    probe_cause,
+    probe_python,
+    remote_url,
+    session_id,
+)
 
 DEFAULT_EXECUTOR_TIMEOUT = 120.0
 EXECUTOR_TIMEOUT_ENV = "BATCHSCORE_EXECUTOR_TIMEOUT"
 _CHECKED: set[str] = set()
-"""Applications whose executors passed `check_executors` (checked once per SparkContext)."""
+"""Applications whose executors passed `check_executors` (once per SparkContext or Connect
+session)."""
+_REGISTERED: set[str] = set()
+"""Connect sessions the data sources are registered in."""
 
 DEFAULT_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
@@ -41,12 +55,31 @@ def prepare_environment() -> None:
     os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")
 
 
-def get_spark(master: str | None = None, conf: dict[str, Any] | None = None) -> SparkSession:
-    """The active session, or a new one. Under spark-submit the submitted master wins."""
+def get_spark(
+    master: str | None = None,
+    conf: dict[str, Any] | None = None,
+    *,
+    remote: str | None = None,
+) -> SparkSession:
+    """The active session, or a new one. Under spark-submit the submitted master wins.
+
+    `remote` (else $BATCHSCORE_REMOTE, else $SPARK_REMOTE): a Spark Connect URL
+    (`sc://HOST:PORT`); the session is then a Connect client (physical/connect.py)."""
     prepare_environment()
+    url = remote_url(remote)
+    if url is not None and master is not None:
+        raise SpecError(
+            f"Both a Spark master ({master}) and a Spark Connect server (sc://{endpoint(url)}) "
+            "were given; pass --master or --remote, not both (unset BATCHSCORE_REMOTE / "
+            "SPARK_REMOTE to use --master)."
+        )
+    if url is not None:
+        spark = connect_session(url, conf)
+        register_sources(spark)
+        return spark
     active = SparkSession.getActiveSession()
     if active is not None and master is None:
-        return active
+        return ensure_sources(active)
     if master is not None:
         check_master_reachable(master)
     builder = SparkSession.builder.appName("batchscore")
@@ -76,11 +109,22 @@ def _under_submit() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
 
 
+def ensure_sources(spark: SparkSession) -> SparkSession:
+    """`spark`, with the data sources registered if it is a Connect session the caller made
+    (a notebook's) that batchscore has not registered them in yet."""
+    if is_connect(spark) and session_id(spark) not in _REGISTERED:
+        register_sources(spark)
+    return spark
+
+
 def register_sources(spark: SparkSession) -> None:
-    """Register the project's Python data sources once per session."""
+    """Register the project's Python data sources once per session. Over Connect the class
+    travels by reference: the server's Python workers import it (docs/connect.md)."""
     from batchscore.sinks.source import DeltaDataSource
 
     spark.dataSource.register(DeltaDataSource)
+    if is_connect(spark):
+        _REGISTERED.add(session_id(spark))
 
 
 def check_master_reachable(master: str, *, timeout: float = 5.0) -> None:
@@ -136,16 +180,18 @@ def check_executors(
     them, within `timeout` seconds (executor_timeout). Otherwise StepError (exit 1) naming the
     master URL or the setting to fix, instead of a job that waits forever (a master without
     workers, or without the cores/memory asked) or fails with a Java stack (executors whose
-    Python cannot start). Checked once per SparkContext. `stop`: stop the session on failure
-    (the caller created it)."""
+    Python cannot start). Checked once per SparkContext or Connect session (there: one Python
+    task, physical/connect.py). `stop`: stop the session on failure (the caller created it)."""
     seconds = executor_timeout(timeout)
-    sc = spark.sparkContext
-    key = f"{sc.applicationId}:{id(sc)}"
+    key = _checked_key(spark)
     if key in _CHECKED:
         return
     try:
-        _wait_for_executors(spark, seconds)
-        _run_python_probe(spark, seconds)
+        if is_connect(spark):
+            probe_python(spark, seconds)
+        else:
+            _wait_for_executors(spark, seconds)
+            _run_python_probe(spark, seconds)
     except StepError:
         if stop:
             try:
@@ -154,6 +200,15 @@ def check_executors(
                 pass
         raise
     _CHECKED.add(key)
+
+
+def _checked_key(spark: SparkSession) -> str:
+    """Which application a check holds for: a SparkContext, or a Connect session (each client
+    session checks once: the server's workers may have changed since another's check)."""
+    if is_connect(spark):
+        return f"connect:{session_id(spark)}"
+    sc = spark.sparkContext
+    return f"{sc.applicationId}:{id(sc)}"
 
 
 def _wait_for_executors(spark: SparkSession, seconds: float) -> None:
@@ -214,7 +269,7 @@ def _run_python_probe(spark: SparkSession, seconds: float) -> None:
                 "small: check the workers' logs, PYSPARK_PYTHON and spark.executor.memory, or "
                 "raise --executor-timeout."
             ) from None
-        first = _cause(text)
+        first = probe_cause(text)
         raise StepError(
             f"Executors of Spark master {sc.master} cannot run Python with "
             f"PYSPARK_PYTHON={python} ({first}); set PYSPARK_PYTHON (or "
@@ -224,13 +279,3 @@ def _run_python_probe(spark: SparkSession, seconds: float) -> None:
         timer.cancel()
         sc.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
         sc.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
-
-
-def _cause(text: str) -> str:
-    """The most telling line of a failed probe's Java/Python error."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for marker in ("Cannot run program", "ModuleNotFoundError", "No module named", "Error"):
-        for line in lines:
-            if marker in line:
-                return line[line.find(marker) :][:200]
-    return (lines[0] if lines else "unknown error")[:200]

@@ -16,38 +16,41 @@ from typing import Any
 
 from pyarrow import fs as pafs
 
+from batchscore.sinks.storage import filesystem, is_object_store
+
 
 def task_dir(table_path: str, kind: str, run_id: str) -> str:
     return f"{table_path.rstrip('/')}/_batchscore/{kind}/{run_id}"
 
 
 def write_task_file(folder: str, name: str, body: dict[str, Any]) -> None:
-    filesystem, path = _filesystem(folder)
-    filesystem.create_dir(path, recursive=True)
-    with filesystem.open_output_stream(f"{path}/{name}.json") as out:
+    fs, path = filesystem(folder)
+    if not is_object_store(folder):  # object stores have no folders (create_dir leaves markers)
+        fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{name}.json") as out:
         out.write(json.dumps(body).encode())
 
 
 def read_task_files(folder: str) -> list[dict[str, Any]]:
     """Every task's body under `folder` ([] when none was written)."""
-    filesystem, path = _filesystem(folder)
+    fs, path = filesystem(folder)
     try:
-        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     except OSError:
         return []
     bodies = []
     for info in infos:
         if info.path.endswith(".json"):
-            with filesystem.open_input_stream(info.path) as src:
+            with fs.open_input_stream(info.path) as src:
                 bodies.append(json.loads(src.read().decode()))
     return bodies
 
 
 def read_task_file(folder: str, name: str) -> dict[str, Any] | None:
     """One body by name (None when it does not exist)."""
-    filesystem, path = _filesystem(folder)
+    fs, path = filesystem(folder)
     try:
-        with filesystem.open_input_stream(f"{path}/{name}.json") as src:
+        with fs.open_input_stream(f"{path}/{name}.json") as src:
             body = json.loads(src.read().decode())
     except (FileNotFoundError, OSError):
         return None
@@ -56,19 +59,10 @@ def read_task_file(folder: str, name: str) -> dict[str, Any] | None:
 
 def remove_task_files(folder: str) -> None:
     try:
-        filesystem, path = _filesystem(folder)
-        filesystem.delete_dir(path)
+        fs, path = filesystem(folder)
+        fs.delete_dir(path)
     except (OSError, ValueError):
         pass
-
-
-def _filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
-    """A URI through pyarrow's filesystems; a local path as it is (a URI would choke on
-    characters such as '{' that a folder name may hold)."""
-    if "://" in folder:
-        filesystem, path = pafs.FileSystem.from_uri(folder)
-        return filesystem, str(path)
-    return pafs.LocalFileSystem(), folder
 
 
 def task_name() -> str:

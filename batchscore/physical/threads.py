@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
+from batchscore.physical.connect import default_parallelism, is_connect, master
+
 _LOCAL = re.compile(r"local(?:-cluster)?\[(\d+|\*)")
 
 
@@ -27,13 +29,16 @@ def task_cpus(spark: SparkSession) -> int:
 
 def executor_cores(spark: SparkSession) -> int:
     """Cores one task could use on its executor: spark.executor.cores when set, every core Spark
-    runs on in local mode, else spark.task.cpus (unknown: nothing beyond the task's share)."""
-    conf = spark.sparkContext.getConf()
-    configured = conf.get("spark.executor.cores")
+    runs on in local mode, else spark.task.cpus (unknown: nothing beyond the task's share).
+    Over Spark Connect the same, from the server's configuration (physical/connect.py)."""
+    if is_connect(spark):  # no SparkContext: the server's settings, as its session reads them
+        configured = spark.conf.get("spark.executor.cores", None)
+    else:
+        configured = spark.sparkContext.getConf().get("spark.executor.cores")
     if configured and configured.isdigit():
         return int(configured)
-    if _LOCAL.match(spark.sparkContext.master or ""):
-        return int(spark.sparkContext.defaultParallelism)
+    if _LOCAL.match(master(spark)):
+        return default_parallelism(spark)
     return task_cpus(spark)
 
 
@@ -44,7 +49,7 @@ def task_threads(spark: SparkSession, stage_tasks: Callable[[], int | None]) -> 
     if cores <= own:
         return own
     tasks = stage_tasks()
-    slots = int(spark.sparkContext.defaultParallelism)
+    slots = default_parallelism(spark)
     if tasks is None or tasks * own >= slots:
         return own
     return max(own, min(cores, slots // max(tasks, 1)))

@@ -15,6 +15,7 @@ from batchscore.models.compiled import CompiledModel, check_feature_count, compi
 from batchscore.plan.catalog import TableInfo, column_kind, describe_table
 from batchscore.plan.nodes import FeatureRef, IdColumn, Join, LogicalPlan, ModelBinding, Node, Scan
 from batchscore.plan.predicates import referenced_columns
+from batchscore.sinks.storage_config import use_storage
 from batchscore.spec.model import JobSpec, JoinSpec, ModelSpec, TableSpec
 
 ModelLoader = Callable[[ModelSpec], CompiledModel]
@@ -41,7 +42,11 @@ def bind(
     load_model: ModelLoader = load_spec_model,
     describe: TableDescriber = describe_table,
 ) -> LogicalPlan:
-    """The naive plan: scan everything, left-join every dimension, score every model."""
+    """The naive plan: scan everything, left-join every dimension, score every model.
+
+    Binding activates the spec's `storage:` options first (resolved from the environment now),
+    so its tables, models and every later step of the job reach object stores with them."""
+    use_storage(spec.storage)
     used = [spec.source.table, *(j.table for j in spec.all_joins())]
     tables = {name: describe(name, spec.tables[name]) for name in used}
     source = _bind_source(spec, tables)

@@ -8,28 +8,25 @@ from __future__ import annotations
 
 import glob
 import os
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date
 from functools import cached_property
 from typing import Literal
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from batchscore.errors import DataError, SpecError
+from batchscore.sinks.parquet_folder import inferred_partition_type
 from batchscore.sinks.snapshot import partition_selection, partition_types
+from batchscore.sinks.storage import delta_table, file_type, filesystem, is_object_store, join
 from batchscore.spec.model import TableSpec
 
 ColumnKind = Literal["scalar", "array", "vector"]
 PartitionFilter = tuple[str, str, object]
 
 _VECTOR_FIELDS = {"type", "size", "indices", "values"}
-_INTEGER = re.compile(r"^[+-]?[0-9]+$")
-_NUMBER = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
-_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 
 def column_kind(dtype: pa.DataType) -> ColumnKind | None:
@@ -79,9 +76,7 @@ class TableInfo:
     def files(self) -> list[tuple[str, dict[str, str | None], int, int]]:
         """(path, partition values, size bytes, rows or -1) of every live data file."""
         if self.spec.format == "delta":
-            from deltalake import DeltaTable
-
-            table = DeltaTable(self.path)
+            table = delta_table(self.path)
             adds = pa.table(table.get_add_actions(flatten=True)).to_pylist()
             out = []
             for add in adds:
@@ -97,14 +92,16 @@ class TableInfo:
                 )
             return out
         dataset = _parquet_dataset(self.path)
+        fs, _ = filesystem(self.path)
+        prefix = self.path.split("://", 1)[0] + "://" if is_object_store(self.path) else ""
         out = []
         for fragment in dataset.get_fragments():
             keys = ds.get_partition_keys(fragment.partition_expression)
             out.append(
                 (
-                    fragment.path,
+                    prefix + fragment.path,  # a URI on object stores, an absolute path locally
                     {k: _as_str(v) for k, v in keys.items()},
-                    os.path.getsize(fragment.path),
+                    int(fs.get_file_info(fragment.path).size or 0),
                     -1,
                 )
             )
@@ -152,17 +149,18 @@ class TableInfo:
         if pa.types.is_fixed_size_list(dtype):
             return int(dtype.list_size)
         for path, _, _, _ in self.files:
-            full = path if os.path.isabs(path) else os.path.join(self.path, path)
-            parquet = pq.ParquetFile(full)
-            for group in range(parquet.num_row_groups):
-                values = parquet.read_row_group(group, columns=[column]).column(0).drop_null()
-                if len(values) == 0:
-                    continue
-                first = values[0].as_py()
-                if kind == "vector":
-                    self._nonzeros[column] = max(1, len(first["values"]))
-                    return int(first["size"]) if first["type"] == 0 else len(first["values"])
-                return len(first)
+            fs, location = filesystem(table_file(self.path, path))
+            with fs.open_input_file(location) as handle:
+                parquet = pq.ParquetFile(handle)
+                for group in range(parquet.num_row_groups):
+                    values = parquet.read_row_group(group, columns=[column]).column(0).drop_null()
+                    if len(values) == 0:
+                        continue
+                    first = values[0].as_py()
+                    if kind == "vector":
+                        self._nonzeros[column] = max(1, len(first["values"]))
+                        return int(first["size"]) if first["type"] == 0 else len(first["values"])
+                    return len(first)
         raise DataError(
             f"Table '{self.name}' ({self.path}): column '{column}' has no non-null value to tell "
             "its width. Fill the column or remove it from the models' features."
@@ -173,30 +171,23 @@ def _as_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def inferred_partition_type(values: Iterable[str | None]) -> str:
-    """The type Spark's partition discovery gives a Parquet table's partition column holding
-    `values` (spark.sql.sources.partitionColumnTypeInference): long when every value is an
-    integer, double when every value is a number, date when every value is an ISO date, else
-    string (nulls do not count)."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return "string"
-    if all(_INTEGER.match(v) for v in present):
-        return "long"
-    if all(_NUMBER.match(v) for v in present):
-        return "double"
-    if all(_DATE.match(v) for v in present):
-        try:
-            for v in present:
-                date.fromisoformat(v)
-        except ValueError:
-            return "string"
-        return "date"
-    return "string"
+def table_file(table_path: str, path: str) -> str:
+    """Where a file of `files` lies: Delta paths are relative to the table, Parquet fragments'
+    are absolute paths or URIs already."""
+    if os.path.isabs(path) or is_object_store(path):
+        return path
+    return join(table_path, path)
 
 
 def _parquet_dataset(path: str) -> ds.Dataset:
-    return ds.dataset(path, format="parquet", partitioning="hive", exclude_invalid_files=True)
+    fs, base = filesystem(path)
+    return ds.dataset(
+        base, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=True
+    )
+
+
+def _has_delta_log(path: str) -> bool:
+    return bool(file_type(join(path, "_delta_log")) == pafs.FileType.Directory)
 
 
 def describe_table(name: str, spec: TableSpec) -> TableInfo:
@@ -212,7 +203,6 @@ def describe_table(name: str, spec: TableSpec) -> TableInfo:
 
 
 def _describe_delta(name: str, spec: TableSpec) -> TableInfo:
-    from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     if "://" not in spec.path and not os.path.isdir(os.path.join(spec.path, "_delta_log")):
@@ -225,7 +215,7 @@ def _describe_delta(name: str, spec: TableSpec) -> TableInfo:
             f"Table '{name}': '{spec.path}' is not a Delta table (no _delta_log folder).{hint}"
         )
     try:
-        table = DeltaTable(spec.path)
+        table = delta_table(spec.path)
     except TableNotFoundError:
         raise SpecError(f"Table '{name}': '{spec.path}' is not a Delta table.") from None
     schema = pa.schema(table.schema().to_arrow())
@@ -244,7 +234,7 @@ def _describe_parquet(name: str, spec: TableSpec) -> TableInfo:
             f"Table '{name}': no Parquet files under '{spec.path}'. "
             + (
                 "It is a Delta table: set format: delta."
-                if os.path.isdir(os.path.join(spec.path, "_delta_log"))
+                if _has_delta_log(spec.path)
                 else "Check the path."
             )
         )

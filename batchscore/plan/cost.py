@@ -11,13 +11,13 @@ row (sparse vectors count their non-zeros).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import pyarrow.parquet as pq
 
-from batchscore.plan.catalog import TableInfo
+from batchscore.plan.catalog import TableInfo, table_file
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, Scan
+from batchscore.sinks.storage import filesystem
 
 FLOP_WEIGHT = 0.05
 PASS_BYTES = 20e6
@@ -39,8 +39,9 @@ def table_rows(info: TableInfo, scan: Scan | None = None) -> int:
     sampled = files[:FOOTERS_READ]
     rows = bytes_ = 0
     for path, _, size, _ in sampled:
-        full = path if os.path.isabs(path) else os.path.join(info.path, path)
-        rows += pq.ParquetFile(full).metadata.num_rows
+        fs, location = filesystem(table_file(info.path, path))
+        with fs.open_input_file(location) as handle:
+            rows += pq.ParquetFile(handle).metadata.num_rows
         bytes_ += size
     total_bytes = sum(f[2] for f in files)
     return rows if len(sampled) == len(files) else int(rows * total_bytes / max(bytes_, 1))

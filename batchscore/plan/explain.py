@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from batchscore.kernels.base import Kernel
 from batchscore.kernels.trees.kernel import TreeEnsembleKernel
 from batchscore.kernels.trees.merged import TreeGroup
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, ModelBinding, Node, Partial, Scan
+from batchscore.sinks.storage import is_object_store, scheme
 
 
 def compiled_trees(plan: LogicalPlan) -> tuple[float, str]:
@@ -104,4 +107,17 @@ def _scan_line(plan: LogicalPlan, scan: Scan) -> str:
         line += f" partitions: {filters} ({len(files)} of {len(info.files)} files)"
     if scan.predicate:
         line += f" where: {scan.predicate}"
-    return line
+    return f"{line}  reader: {scan_reader(scan)}"
+
+
+def scan_reader(scan: Scan) -> str:
+    """Which reader the scan gets (physical.native_scan decides the same way at run time)."""
+    if is_object_store(scan.path):
+        return (
+            "batchscore's (delta-rs/pyarrow in the Python workers; Spark's own only where its "
+            f"classpath has a Hadoop filesystem for {scheme(scan.path)}://)"
+        )
+    native = os.environ.get("BATCHSCORE_NATIVE_SCAN", "1").strip().lower()
+    if scan.format == "delta" and native in ("0", "false", "no", "off"):
+        return "batchscore's (BATCHSCORE_NATIVE_SCAN=0)"
+    return "Spark's Parquet reader"

@@ -46,7 +46,7 @@ from batchscore.sinks.schema import (
     check_table_features,
     table_partition_columns,
 )
-from batchscore.sinks.storage import is_delta_table
+from batchscore.sinks.storage import delta_table, is_delta_table, storage_options
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,7 @@ def _create(commit: _Commit) -> None:
         [f.to_action() for f in commit.files],
         mode="error",
         partition_by=list(plan.partition_by) or None,
+        storage_options=storage_options(plan.path),
         commit_properties=commit.properties(),
     )
 
@@ -199,7 +200,7 @@ def _commit_once(commit: _Commit) -> bool:
     """One attempt on the latest snapshot; False when the app transaction is already done."""
     plan, request = commit.plan, commit.plan.request
     path = plan.path
-    table = DeltaTable(path)
+    table = delta_table(path)
     check_table_features(table, path=path, for_write=True)
     if request.mode != "append":
         check_no_conflict(

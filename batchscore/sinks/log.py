@@ -16,11 +16,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
-from deltalake import DeltaTable
 
 from batchscore.errors import CommitConflictError
 from batchscore.sinks.storage import (
     HIVE_NULL,
+    delta_table,
     filesystem,
     is_delta_table,
     normalize_path,
@@ -65,7 +65,7 @@ def table_version(path: str | os.PathLike[str]) -> int | None:
     table_path = normalize_path(path)
     if not is_delta_table(table_path):
         return None
-    return int(DeltaTable(table_path).version())
+    return int(delta_table(table_path).version())
 
 
 def current_version(path: str) -> int:
@@ -79,7 +79,7 @@ def transaction_version(path: str | os.PathLike[str], app_id: str) -> int | None
     table_path = normalize_path(path)
     if not is_delta_table(table_path):
         return None
-    value = DeltaTable(table_path).transaction_version(app_id)
+    value = delta_table(table_path).transaction_version(app_id)
     return None if value is None else int(value)
 
 

@@ -40,7 +40,7 @@ from batchscore.sinks.ownership import (
     written_by_project,
 )
 from batchscore.sinks.schema import check_table_features, table_partition_columns
-from batchscore.sinks.storage import filesystem, normalize_path, open_table
+from batchscore.sinks.storage import delta_table, filesystem, normalize_path, open_table
 
 DEFAULT_RETAIN_HOURS = 168
 """Delta's default `delta.deletedFileRetentionDuration` (7 days)."""
@@ -186,13 +186,13 @@ def vacuum(
     else:
         files = set(
             _delta_vacuum(
-                DeltaTable(table_path), table_path, retain_hours, enforce_retention, dry_run=False
+                delta_table(table_path), table_path, retain_hours, enforce_retention, dry_run=False
             )
         )
         delete_files(table_path, ours)
         files |= set(ours)
         _remove_stale_markers(table_path, markers, on_disk.keys() - files, cutoff_ns)
-    version = int(DeltaTable(table_path).version())
+    version = int(delta_table(table_path).version())
     return VacuumResult(
         table_path, tuple(sorted(files)), dry_run, int(retain_hours), version, tuple(foreign)
     )
@@ -279,7 +279,7 @@ def optimize(
             "job committed meanwhile, rerun optimize."
         ) from None
     del table
-    after_table = DeltaTable(table_path)
+    after_table = delta_table(table_path)
     result = OptimizeResult(
         path=table_path,
         files_before=before,

@@ -22,7 +22,7 @@ from deltalake.transaction import CommitProperties
 
 from batchscore.errors import SinkError, did_you_mean, first_line
 from batchscore.sinks.ownership import check_table_folder
-from batchscore.sinks.storage import is_delta_table, normalize_path, open_table
+from batchscore.sinks.storage import delta_table, is_delta_table, normalize_path, open_table
 
 ColumnFilter = Callable[[str], bool]
 """Which of the table's columns a write may leave out (they are written as nulls)."""
@@ -348,7 +348,7 @@ def check_schema_compatible(
     schema = delta_arrow_schema(arrow_schema, path=table_path)
     diff = SchemaDiff({}, {}, {})
     if is_delta_table(table_path):
-        table = DeltaTable(table_path)
+        table = delta_table(table_path)
         check_table_features(table, path=table_path, for_write=True)
         diff = check_against_table(
             table, schema, path=table_path, partition_by=partition_by, policy=policy
@@ -388,7 +388,7 @@ def add_columns(
     try:
         table.alter.add_columns(fields, commit_properties=CommitProperties(custom_metadata=custom))
     except Exception as exc:
-        again = schema_diff(DeltaTable(table_path), schema)
+        again = schema_diff(delta_table(table_path), schema)
         if not set(names) & set(again.added) and not again.changed:
             return []  # another writer added exactly these columns first
         raise SinkError(

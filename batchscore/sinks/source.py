@@ -24,6 +24,13 @@ Options (all strings):
   read:  version, partition_filters (JSON [[col, op, value], ...]), columns (JSON list or
          comma-separated), split_bytes (default 128MB a task), min_partitions (spread small
          tables over at least this many tasks, file count permitting)
+  read:  format   "parquet": read a folder of Parquet files (Hive partition folders) the way
+         Spark's own reader does (sinks/parquet_folder.py), for object stores Spark has no
+         Hadoop filesystem for; version and partition_filters do not apply
+  both:  secret_storage_options   the driver's object-store options (JSON), for workers whose
+         environment lacks them; set by read_delta / write_delta / register_view for
+         object-store paths, activated around every step that touches storage
+         (sinks/storage_config.py)
 The write options are WriteRequest.to_options / from_options (sinks/request.py).
 
 The classes live at module top level: executors import them by module name. The reader and the
@@ -44,10 +51,12 @@ from pyspark.sql.types import StructType
 
 from batchscore.errors import SinkError, did_you_mean
 from batchscore.sinks.options import SOURCE_NAME, int_option, name_list, required_path
+from batchscore.sinks.parquet_folder import load_parquet_folder
 from batchscore.sinks.schema import table_arrow_schema
 from batchscore.sinks.snapshot import LiveFile, load_snapshot
 from batchscore.sinks.spark_errors import marked
 from batchscore.sinks.storage import filesystem, open_table
+from batchscore.sinks.storage_config import decode_shipped, storage_scope
 from batchscore.sinks.writer import DeltaArrowWriter, plan_write
 
 SPLIT_BYTES = 128 * 1024 * 1024
@@ -62,11 +71,13 @@ class DeltaDataSource(DataSource):
         return SOURCE_NAME
 
     def schema(self) -> StructType:
-        with marked():
+        with marked(), storage_scope(decode_shipped(self.options)):
             path = required_path(self.options)
-            version = int_option(self.options, "version", path)
-            table = open_table(path, version=version)
-            arrow = table_arrow_schema(table)
+            if _is_parquet(self.options):
+                arrow = load_parquet_folder(path).schema
+            else:
+                version = int_option(self.options, "version", path)
+                arrow = table_arrow_schema(open_table(path, version=version))
             columns = name_list(self.options.get("columns"))
             if columns is not None:
                 arrow = _select(arrow, columns, path)
@@ -74,12 +85,24 @@ class DeltaDataSource(DataSource):
             return result
 
     def reader(self, schema: StructType) -> DeltaReader:
-        with marked():
+        with marked(), storage_scope(decode_shipped(self.options)):
             return DeltaReader(dict(self.options.items()), schema)
 
     def writer(self, schema: StructType, overwrite: bool) -> DeltaArrowWriter:
         with marked():
-            return DeltaArrowWriter(plan_write(dict(self.options.items()), schema, overwrite))
+            storage = decode_shipped(self.options)
+            with storage_scope(storage):
+                plan = plan_write(dict(self.options.items()), schema, overwrite)
+            return DeltaArrowWriter(plan, storage=storage)
+
+
+def _is_parquet(options: Mapping[str, str]) -> bool:
+    fmt = (options.get("format") or "delta").strip().lower()
+    if fmt not in ("delta", "parquet"):
+        raise SinkError(
+            f"batchscore_delta: option format={fmt!r} is not delta or parquet; pass one of them."
+        )
+    return fmt == "parquet"
 
 
 def _select(schema: pa.Schema, columns: Sequence[str], path: str) -> pa.Schema:
@@ -116,7 +139,12 @@ class DeltaReader(DataSourceReader):
                 f"Delta table {path}: option partition_filters is not JSON ({filters_text!r}); "
                 'pass e.g. [["ds", "=", "2026-11-21"]].'
             ) from None
-        snapshot = load_snapshot(path, version=version, partition_filters=filters)
+        snapshot = (
+            load_parquet_folder(path)
+            if _is_parquet(options)
+            else load_snapshot(path, version=version, partition_filters=filters)
+        )
+        self.storage = decode_shipped(options)
         self.path = path
         self.version = snapshot.version
         self.partition_columns = list(snapshot.partition_columns)
@@ -125,8 +153,8 @@ class DeltaReader(DataSourceReader):
         for name in self.output_schema.names:
             if name not in self.table_schema.names:
                 raise SinkError(
-                    f"Delta table {path}: column '{name}' of the requested schema is not in "
-                    f"the table (version {self.version});"
+                    f"{self._kind()} {path}: column '{name}' of the requested schema is not "
+                    f"in the table{self._at()};"
                     f"{did_you_mean(name, self.table_schema.names)} fix the schema or columns."
                 )
         self.files: list[LiveFile] = list(snapshot.files)
@@ -135,6 +163,12 @@ class DeltaReader(DataSourceReader):
         total = sum(f.size for f in self.files)
         # Small tables still spread over `min_partitions` tasks; big ones go ~128MB a task.
         self.split_bytes = max(1, min(split, -(-total // max(wanted, 1))))
+
+    def _at(self) -> str:
+        return f" of version {self.version}" if self.version >= 0 else ""
+
+    def _kind(self) -> str:
+        return "Delta table" if self.version >= 0 else "Parquet table"
 
     def partitions(self) -> list[InputPartition]:
         groups: list[list[LiveFile]] = []
@@ -155,7 +189,8 @@ class DeltaReader(DataSourceReader):
 
     def read(self, partition: InputPartition) -> Iterator[pa.RecordBatch]:
         files = getattr(partition, "files", [])
-        fs, base = filesystem(self.path)
+        with storage_scope(getattr(self, "storage", {})):
+            fs, base = filesystem(self.path)
         with marked():
             for rel, values in files:
                 yield from self._read_file(fs, f"{base}/{rel}", values)
@@ -168,8 +203,8 @@ class DeltaReader(DataSourceReader):
             handle = fs.open_input_file(location)
         except FileNotFoundError:
             raise SinkError(
-                f"Delta table {self.path}: data file {location} of version {self.version} is "
-                "missing (vacuumed or deleted); read a later version or restore the file."
+                f"{self._kind()} {self.path}: data file {location}{self._at()} is missing "
+                "(vacuumed or deleted); read a later version or restore the file."
             ) from None
         with handle:
             parquet = pq.ParquetFile(handle)

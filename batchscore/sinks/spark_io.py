@@ -36,7 +36,14 @@ from batchscore.sinks.schema import (
 )
 from batchscore.sinks.snapshot import filters_json, partition_selection, partition_types
 from batchscore.sinks.spark_errors import unwrapped
-from batchscore.sinks.storage import is_delta_table, normalize_path, not_a_table, open_table
+from batchscore.sinks.storage import (
+    is_delta_table,
+    normalize_path,
+    not_a_table,
+    open_table,
+    storage_options,
+)
+from batchscore.sinks.storage_config import encode_shipped
 from batchscore.sinks.transform import (
     FusedTransform,
     TransformRef,
@@ -123,6 +130,7 @@ def write_delta(
         None if fused is None else store_transform(path, write_id, fused.function, fused.schema)
     )
     options = replace(request, write_id=write_id, transform=stored).to_options()
+    options.update(encode_shipped(storage_options(path) or {}))
     try:
         with unwrapped():
             (
@@ -207,13 +215,32 @@ def read_delta(
         "min_partitions": _default_parallelism(spark),
     }
     options = {key: str(value) for key, value in values.items() if value is not None}
+    options.update(encode_shipped(storage_options(table_path) or {}))
+    with unwrapped():
+        return spark.read.format(SOURCE_NAME).options(**options).load()
+
+
+def read_parquet_folder(spark: SparkSession, path: str | os.PathLike[str]) -> DataFrame:
+    """A folder of Parquet files (Hive partition folders) through the project's reader, as
+    Spark's own reader would give it (sinks/parquet_folder.py): for object stores that Spark
+    has no Hadoop filesystem for."""
+    table_path = normalize_path(path)
+    options = {"path": table_path, "format": "parquet"}
+    parallelism = _default_parallelism(spark)
+    if parallelism is not None:
+        options["min_partitions"] = str(parallelism)
+    options.update(encode_shipped(storage_options(table_path) or {}))
     with unwrapped():
         return spark.read.format(SOURCE_NAME).options(**options).load()
 
 
 def _default_parallelism(spark: SparkSession) -> int | None:
+    """How many tasks a small table is spread over; None (the reader decides) when unknown.
+    physical/connect.py answers for classic and Spark Connect sessions alike."""
+    from batchscore.physical.connect import default_parallelism
+
     try:
-        return int(spark.sparkContext.defaultParallelism)
+        return default_parallelism(spark)
     except Exception:
         return None
 
@@ -242,6 +269,10 @@ def register_view(
         )
     if not is_delta_table(table_path):
         raise not_a_table(table_path)
+    shipped = encode_shipped(storage_options(table_path) or {})
+    if shipped:  # never in SQL text (logged, shown by SHOW CREATE): a DataFrame view instead
+        _register_frame_view(spark, name, table_path, shipped, version, global_view)
+        return
     options = [f"path {_sql_string(table_path)}"]
     if version is not None:
         options.append(f"version {_sql_string(str(int(version)))}")
@@ -251,6 +282,27 @@ def register_view(
     )
     with unwrapped():
         spark.sql(statement)
+
+
+def _register_frame_view(
+    spark: SparkSession,
+    name: str,
+    table_path: str,
+    shipped: dict[str, str],
+    version: int | None,
+    global_view: bool,
+) -> None:
+    """The view of an object-store table, whose options carry storage settings: made from a
+    DataFrame, so they stay out of any SQL text."""
+    options = {"path": table_path, **shipped}
+    if version is not None:
+        options["version"] = str(int(version))
+    with unwrapped():
+        frame = spark.read.format(SOURCE_NAME).options(**options).load()
+        if global_view:
+            frame.createOrReplaceGlobalTempView(name)
+        else:
+            frame.createOrReplaceTempView(name)
 
 
 def _sql_string(text: str) -> str:

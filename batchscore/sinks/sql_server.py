@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from batchscore.errors import SinkError
+from batchscore.errors import SinkError, SpecError
 from batchscore.sinks.log import table_version
 from batchscore.sinks.spark_io import register_view
 from batchscore.sinks.storage import normalize_path
@@ -87,11 +87,33 @@ def _check_tables(tables: Mapping[str, str]) -> dict[str, str]:
     return resolved
 
 
+CONNECT_REFUSAL = (
+    "sql-server starts Spark's Thrift (JDBC) server inside this process's Spark driver, and a "
+    "Spark Connect client has no driver of its own"
+)
+
+
+def refuse_connect(url: str | None) -> None:
+    """sql-server needs the classic driver's JVM: over Spark Connect, a SpecError (exit 2)
+    saying what to do instead (docs/connect.md)."""
+    if url is None:
+        return
+    raise SpecError(
+        f"{CONNECT_REFUSAL} (Spark Connect is selected by --remote, $BATCHSCORE_REMOTE or "
+        "$SPARK_REMOTE); unset them to serve from a local or --master driver, or query the "
+        "tables over Connect with `batchscore sql --remote sc://HOST:PORT`."
+    )
+
+
 def start_thrift_server(spark: SparkSession) -> Any:
     """Start HiveThriftServer2 on the session's SQLContext; returns the Java server object."""
+    from batchscore.physical.connect import is_connect
+
+    if is_connect(spark):
+        refuse_connect("a Spark Connect session")
     jvm: Any = spark._jvm
     if jvm is None:
-        raise SinkError("sql-server: the Spark session has no JVM gateway (Spark Connect?).")
+        raise SinkError("sql-server: the Spark session has no JVM gateway; start it locally.")
     server_class = jvm.org.apache.spark.sql.hive.thriftserver.HiveThriftServer2
     return server_class.startWithContext(spark._jsparkSession.sqlContext())
 
@@ -110,8 +132,10 @@ def serve(
 
     Returns 0 after a clean stop.
     """
+    from batchscore.physical.connect import remote_url
     from batchscore.physical.session import get_spark
 
+    refuse_connect(remote_url())
     resolved = _check_tables(tables)
     stop = stop or threading.Event()
     previous: dict[signal.Signals, Any] = {}

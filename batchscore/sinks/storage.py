@@ -1,8 +1,14 @@
-"""Where a Delta table lies and how its files are reached: paths, filesystems, opening, deleting.
+"""Where a Delta table lies and how its files are reached: paths, storage options, filesystems,
+opening, reading and writing small files, deleting.
 
 Every other module of the Delta layer names a table by the string `normalize_path` makes of it
 and reaches its files through `filesystem`, so local paths, `file:` URIs and object-store URIs
-behave alike. Partition folder names (`partition_dir`) are spelled here too: they are paths.
+behave alike. `storage_options` is the one place that builds what delta-rs and pyarrow get for
+an object-store path (from the environment and the spec's `storage:` section, see
+storage_config.py); `delta_table` and `filesystem` pass it on, and the small-file helpers
+(`read_bytes`, `write_bytes`, `file_type`, `list_folder`, `join`) let model files, registry
+manifests, profiles and monitoring side files live on object stores too. Partition folder names
+(`partition_dir`) are spelled here too: they are paths.
 
 No DeltaTable handle outlives a call: processes that keep deltalake scans around can abort at
 interpreter exit (delta-rs #2184), so every function opens the table, reads and lets it go.
@@ -10,7 +16,9 @@ interpreter exit (delta-rs #2184), so every function opens the table, reads and 
 
 from __future__ import annotations
 
+import functools
 import os
+import tempfile
 import urllib.parse
 from collections.abc import Iterable
 
@@ -18,6 +26,7 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 
 from batchscore.errors import SinkError, first_line
+from batchscore.sinks.storage_config import configured, environment_options, merged
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
 """The folder name (and log label) of a null partition value."""
@@ -35,12 +44,144 @@ def normalize_path(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.path.expanduser(text))
 
 
+def scheme(path: str) -> str:
+    """The URI scheme of `path`, lower case; "" for a local path (a one-letter scheme is a
+    Windows drive)."""
+    head, sep, _ = path.partition("://")
+    if not sep or len(head) < 2 or not head.replace("+", "").replace(".", "").isalnum():
+        return "file" if path.startswith("file:") else ""
+    return head.lower()
+
+
+def is_object_store(path: str | os.PathLike[str]) -> bool:
+    """True for a URI whose files are not on a local filesystem (s3://, abfss://, gs://...)."""
+    return scheme(os.fspath(path)) not in ("", "file")
+
+
+_S3 = ("s3", "s3a", "s3n")
+_WRITE_SAFETY = ("conditional_put", "aws_conditional_put", "aws_s3_locking_provider")
+
+
+def storage_options(path: str | os.PathLike[str]) -> dict[str, str] | None:
+    """The storage options for `path` (None for a local path): the environment's object-store
+    variables, then the configured ones (the spec's `storage:` section, or those the driver
+    shipped to this worker), later winning. An S3 path gets `conditional_put: etag` unless a
+    write-safety setting is given (AWS_CONDITIONAL_PUT, AWS_S3_LOCKING_PROVIDER): concurrent
+    commits then never overwrite each other's log entry (AWS S3, MinIO and R2 support it)."""
+    text = os.fspath(path)
+    if not is_object_store(text):
+        return None
+    options = merged(environment_options(), configured())
+    if scheme(text) in _S3 and not any(k.lower() in _WRITE_SAFETY for k in options):
+        options["conditional_put"] = "etag"
+    return options
+
+
 def filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem and in-filesystem base path for a table path from normalize_path."""
-    if "://" in path:
-        fs, base = pafs.FileSystem.from_uri(path)
-        return fs, base.rstrip("/")
-    return pafs.LocalFileSystem(), path
+    """The pyarrow filesystem and in-filesystem base path for a path from normalize_path (or
+    any URI). S3 gets a filesystem built from `storage_options` (endpoint, region, keys,
+    http); other object stores go through pyarrow's own URI parsing and environment."""
+    if not is_object_store(path):
+        return pafs.LocalFileSystem(), normalize_path(path)
+    rest = path.split("://", 1)[1].rstrip("/")
+    if scheme(path) in _S3:
+        options = storage_options(path) or {}
+        return _s3_filesystem(tuple(sorted(options.items()))), rest
+    fs, base = pafs.FileSystem.from_uri(path)
+    return fs, base.rstrip("/")
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_filesystem(options: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
+    """pyarrow's S3 filesystem for delta-rs-style options (cached: building one is not free).
+    Settings the options lack are left to the AWS SDK's own lookup."""
+    given: dict[str, str] = {}
+    for key, value in options:  # sorted; normalized names, e.g. AWS_REGION -> region
+        given[key.lower().removeprefix("aws_")] = value
+    args: dict[str, object] = {}
+    if given.get("access_key_id") and given.get("secret_access_key"):
+        args["access_key"] = given["access_key_id"]
+        args["secret_key"] = given["secret_access_key"]
+        token = given.get("session_token") or given.get("token")
+        if token:
+            args["session_token"] = token
+    region = given.get("region") or given.get("default_region")
+    if region:
+        args["region"] = region
+    endpoint = given.get("endpoint_url_s3") or given.get("endpoint_url") or given.get("endpoint")
+    if endpoint:
+        parsed = urllib.parse.urlparse(endpoint)
+        if parsed.scheme in ("http", "https"):
+            args["scheme"] = parsed.scheme
+            endpoint = parsed.netloc + parsed.path.rstrip("/")
+        args["endpoint_override"] = endpoint
+    if "scheme" not in args and given.get("allow_http", "").lower() == "true":
+        args["scheme"] = "http"
+    if given.get("virtual_hosted_style_request", "").lower() == "true":
+        args["force_virtual_addressing"] = True
+    return pafs.S3FileSystem(**args)
+
+
+def delta_table(path: str, *, version: int | None = None) -> DeltaTable:
+    """DeltaTable at `path` with its storage options (raises deltalake's own errors; see
+    `open_table` for ones that name the table and the fix)."""
+    return DeltaTable(path, version=version, storage_options=storage_options(path))
+
+
+def read_bytes(location: str | os.PathLike[str]) -> bytes:
+    """The bytes of a file on any filesystem (FileNotFoundError / OSError as pyarrow raises)."""
+    fs, path = filesystem(os.fspath(location))
+    if fs.get_file_info(path).type == pafs.FileType.Directory:
+        raise IsADirectoryError(path)
+    with fs.open_input_stream(path) as source:
+        data: bytes = source.read()
+    return data
+
+
+def write_bytes(location: str | os.PathLike[str], data: bytes) -> None:
+    """Write a whole file so that a reader sees the old or the new bytes, never a part: a
+    temporary file renamed over it locally (folders created), one PUT on object stores."""
+    text = os.fspath(location)
+    if is_object_store(text):
+        fs, path = filesystem(text)
+        with fs.open_output_stream(path) as out:
+            out.write(data)
+        return
+    target = normalize_path(text)
+    folder = os.path.dirname(target)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def file_type(location: str | os.PathLike[str]) -> pafs.FileType:
+    """File, Directory or NotFound (a prefix with objects under it counts as a Directory)."""
+    fs, path = filesystem(os.fspath(location))
+    return fs.get_file_info(path).type
+
+
+def list_folder(location: str | os.PathLike[str]) -> list[pafs.FileInfo]:
+    """The entries directly under a folder ([] when it does not exist), sorted by name."""
+    fs, path = filesystem(os.fspath(location))
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(infos, key=lambda info: info.base_name)
+
+
+def join(base: str | os.PathLike[str], *parts: str) -> str:
+    """`base/part/...` for a local path or a URI alike (URIs keep their scheme)."""
+    text = os.fspath(base)
+    if is_object_store(text):
+        return "/".join([text.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(text, *parts)
 
 
 def not_a_table(path: str) -> SinkError:
@@ -54,7 +195,8 @@ def not_a_table(path: str) -> SinkError:
 def is_delta_table(path: str | os.PathLike[str]) -> bool:
     """True when `path` holds a Delta table (a readable `_delta_log`)."""
     try:
-        return bool(DeltaTable.is_deltatable(normalize_path(path)))
+        table_path = normalize_path(path)
+        return bool(DeltaTable.is_deltatable(table_path, storage_options(table_path)))
     except Exception:
         return False
 
@@ -64,10 +206,10 @@ def open_table(path: str, *, version: int | None = None) -> DeltaTable:
     if not is_delta_table(path):
         raise not_a_table(path)
     try:
-        return DeltaTable(path, version=version)
+        return delta_table(path, version=version)
     except Exception as exc:
         if version is not None:
-            latest = int(DeltaTable(path).version())
+            latest = int(delta_table(path).version())
             raise SinkError(
                 f"Delta table {path} has no version {version} (latest is {latest}); "
                 f"pass a version between 0 and {latest}, or None for the latest."

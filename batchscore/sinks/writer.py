@@ -33,6 +33,7 @@ from batchscore.sinks.schema import (
 )
 from batchscore.sinks.spark_errors import marked
 from batchscore.sinks.storage import is_delta_table, open_table, written_files
+from batchscore.sinks.storage_config import storage_scope
 from batchscore.sinks.transform import BatchTransform, FusedTransform, load_transform
 
 
@@ -80,12 +81,27 @@ class DeltaCommitMessage(WriterCommitMessage):
 
 
 class DeltaArrowWriter(DataSourceArrowWriter):
-    """Writes Parquet files per task; the driver makes one Delta commit of all of them."""
+    """Writes Parquet files per task; the driver makes one Delta commit of all of them.
 
-    def __init__(self, plan: WritePlan) -> None:
+    `storage`: the driver's object-store options (storage_config), active around each step."""
+
+    def __init__(self, plan: WritePlan, *, storage: Mapping[str, str] | None = None) -> None:
         self.plan = plan
+        self.storage = dict(storage or {})
 
     def write(self, iterator: Iterator[pa.RecordBatch]) -> DeltaCommitMessage:
+        with storage_scope(self.storage):
+            return self._write(iterator)
+
+    def commit(self, messages: list[WriterCommitMessage | None]) -> None:
+        with storage_scope(self.storage):
+            self._commit(messages)
+
+    def abort(self, messages: list[WriterCommitMessage | None]) -> None:
+        with storage_scope(self.storage):
+            self._abort(messages)
+
+    def _write(self, iterator: Iterator[pa.RecordBatch]) -> DeltaCommitMessage:
         if self.plan.skip:
             for _ in iterator:
                 pass
@@ -109,7 +125,7 @@ class DeltaArrowWriter(DataSourceArrowWriter):
             raise
         return DeltaCommitMessage(files=files, rows=sum(f.rows for f in files))
 
-    def commit(self, messages: list[WriterCommitMessage | None]) -> None:
+    def _commit(self, messages: list[WriterCommitMessage | None]) -> None:
         files = [f for m in messages if isinstance(m, DeltaCommitMessage) for f in m.files]
         with marked():
             try:
@@ -117,7 +133,7 @@ class DeltaArrowWriter(DataSourceArrowWriter):
             finally:
                 _remove_strays(self.plan, keep={f.path for f in files}, files=files)
 
-    def abort(self, messages: list[WriterCommitMessage | None]) -> None:
+    def _abort(self, messages: list[WriterCommitMessage | None]) -> None:
         plan = self.plan
         # Spark also aborts after a failed commit(): never delete files a commit references.
         try:

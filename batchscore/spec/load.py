@@ -205,7 +205,16 @@ def parse_spec(
         mark = getattr(exc, "problem_mark", None)
         at = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or first_line(exc)
-        raise SpecError(f"Spec {source}{at}: malformed YAML ({problem}). Fix the syntax.") from None
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        hint = (
+            ' Inside {...} quote ${VAR} references ("${VAR}"), or write the mapping in block '
+            "style, one key per line."
+            if "${" in line
+            else ""
+        )
+        raise SpecError(
+            f"Spec {source}{at}: malformed YAML ({problem}). Fix the syntax.{hint}"
+        ) from None
     ctx = _Context(source, lines)
     if not isinstance(raw, dict):
         raise ctx.error(

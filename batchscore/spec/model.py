@@ -7,7 +7,8 @@ read those messages at 3 a.m. in a scheduler log.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,6 +16,35 @@ Format = Literal["delta", "parquet"]
 OutputKind = Literal["predict", "predict_proba"]
 Action = Literal["warn", "quarantine", "fail"]
 ProfileRuleKind = Literal["range", "domain", "nan", "null_rate", "type"]
+STORAGE_REFERENCE = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+"""A `storage:` value: exactly one `${VARIABLE}` reference."""
+STORAGE_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def storage_problem(key: object, value: object) -> str | None:
+    """Why `key: value` is not a valid `storage:` entry (None when it is). Never quotes the
+    value: it may be a secret pasted into the spec. No final period: callers end the sentence."""
+    if not isinstance(key, str) or not STORAGE_KEY.match(key):
+        return (
+            f"storage key {str(key)[:60]!r} is not an option name; use delta-rs' names, e.g. "
+            "AWS_ENDPOINT_URL, AWS_REGION, AZURE_STORAGE_ACCOUNT_NAME"
+        )
+    if isinstance(value, str) and STORAGE_REFERENCE.match(value.strip()):
+        return None
+    suggested = re.sub(r"[^A-Za-z0-9_]", "_", key).upper()
+    return (
+        f"storage.{key} holds a literal value; storage values must be ${{ENV_VAR}} references, "
+        "because a spec is shared and committed and must never hold a secret. Write "
+        f"`{key}: ${{{suggested}}}` and set that variable in the job's environment"
+    )
+
+
+def referenced_variable(value: str) -> str:
+    """The variable a `${NAME}` storage value names (storage_problem accepted it)."""
+    match = STORAGE_REFERENCE.match(value.strip())
+    if match is None:
+        raise ValueError("not a ${VARIABLE} reference")
+    return match.group(1)
 
 
 class _Strict(BaseModel):
@@ -177,6 +207,10 @@ class JobSpec(_Strict):
     planner: PlannerSpec = Field(default_factory=PlannerSpec)
     validation: ValidationSpec | None = None
     monitoring: MonitoringSpec | None = None
+    storage: dict[str, str] = Field(default_factory=dict)
+    """Object-store options (delta-rs' names: AWS_ENDPOINT_URL, AZURE_STORAGE_ACCOUNT_NAME...),
+    each a `${ENV_VAR}` reference resolved when the job runs (sinks/storage_config.py); a
+    literal value is refused, so a spec never holds a secret."""
     # Where the spec came from (for messages and lineage); not a user key.
     spec_path: str | None = Field(default=None, exclude=True)
     spec_hash: str = Field(default="", exclude=True)
@@ -190,6 +224,18 @@ class JobSpec(_Strict):
         return "{run_date}" in (self.source.where or "") or any(
             "{run_date}" in t.path for t in self.tables.values()
         )
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage_references(cls, value: Any) -> Any:
+        """Refused before typing: pydantic's own error would quote a literal value."""
+        if not isinstance(value, dict):
+            raise ValueError("storage must be a mapping of option names to ${ENV_VAR} references")
+        for key, reference in value.items():
+            problem = storage_problem(key, reference)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     def all_joins(self) -> list[JoinSpec]:
         """Every join, snowflake levels included, parents before children."""
