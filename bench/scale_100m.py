@@ -455,6 +455,14 @@ def _rows() -> int:
     return int(os.environ.get("BENCH_100M_ROWS", ROWS))
 
 
+def _shown(path: Path) -> str:
+    """The path relative to the working directory when under it (results files are committed)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -528,7 +536,7 @@ def _report(ctx: Context, root: Path, rows: int, generated: float, legs: list[Le
         "(sampled every 0.25 s during its run_job; the one-date row: the larger of its runs).",
         f"scale_100m: checks passed on every leg: {big.checked.line()}.",
         f"scale_100m: disk: fact {fact_gb:.2f} GB, all-dates output {out_gb:.2f} GB; tables "
-        f"under {root}.",
+        f"under {_shown(root)}.",
     ]
     return out
 
