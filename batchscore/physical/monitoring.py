@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -138,10 +138,9 @@ class MonitorTally:
 
     def body(self) -> dict[str, Any]:
         return {
-            "features": {k: a.result().to_json() for k, a in self.features.items()},
+            "features": {k: _slim(a) for k, a in self.features.items()},
             "outputs": {
-                m: {k: a.result().to_json() for k, a in accs.items()}
-                for m, accs in self.outputs.items()
+                m: {k: _slim(a) for k, a in accs.items()} for m, accs in self.outputs.items()
             },
             "comparison": self.compare.body() if self.compare is not None else {},
         }
@@ -185,6 +184,23 @@ def _add_input(acc: FeatureAccumulator, stack: InputStack, feature: FeatureInput
     acc.add_numeric(values.values, values.null() if values.null_count else None)
 
 
+def _slim(acc: FeatureAccumulator) -> dict[str, Any]:
+    """The accumulator's profile without the bin edges it was given: the driver's RunMonitor
+    holds them (`known_edges`), and a training profile's few hundred edges per input, written
+    by every task and parsed back, were most of the files' bytes and of the merge's time."""
+    data = acc.result().to_json()
+    if acc.edges is not None:
+        del data["edges"]
+    return data
+
+
+def _parsed(value: dict[str, Any], edges: tuple[float, ...] | None) -> FeatureProfile:
+    """A task's feature profile; `edges` restores those `_slim` left out."""
+    if "edges" in value or edges is None:
+        return FeatureProfile.from_json(value)
+    return replace(FeatureProfile.from_json({**value, "edges": ()}), edges=edges)
+
+
 def _nulls(array: pa.Array | pa.ChunkedArray) -> np.ndarray | None:
     if array.null_count == 0:
         return None
@@ -215,14 +231,18 @@ def merge_bodies(
     """One profile per model from the tasks' accumulators (JSON text or parsed)."""
     features: dict[str, FeatureProfile] = {}
     outputs: dict[str, dict[str, FeatureProfile]] = {}
+    input_edges = {i.key: i.edges for m in monitor.models for i in m.inputs}
+    prediction_edges = {m.name: m.prediction_edges for m in monitor.models}
     for raw in bodies:
         body = json.loads(raw) if isinstance(raw, str) else raw
         for key, value in (body.get("features") or {}).items():
-            features[key] = _merged(features.get(key), FeatureProfile.from_json(value))
+            parsed = _parsed(value, input_edges.get(key))
+            features[key] = _merged(features.get(key), parsed)
         for model, accs in (body.get("outputs") or {}).items():
             mine = outputs.setdefault(model, {})
             for key, value in accs.items():
-                mine[key] = _merged(mine.get(key), FeatureProfile.from_json(value))
+                edges = prediction_edges.get(model) if key == PREDICTION else None
+                mine[key] = _merged(mine.get(key), _parsed(value, edges))
     profiles = {}
     for model in monitor.models:
         inputs = {m.feature.name: features[m.key] for m in model.inputs if m.key in features}

@@ -128,6 +128,39 @@ def test_the_scoring_pass_profiles_scalars_array_positions_sparse_vectors_and_ou
     assert sum(label.categories.values()) == 2 * n and set(label.categories) == {"no", "yes"}
 
 
+def test_task_files_leave_out_known_edges_and_the_merge_restores_them() -> None:
+    """Each task's body omits the bin edges the driver already holds; the merged profile has
+    them back and counts exactly as one accumulator over every row."""
+    x = RNG.normal(size=(2, 500))
+    edges = tuple(np.quantile(RNG.normal(size=5_000), np.linspace(0, 1, 201)[1:-1]).tolist())
+    prediction_edges = (0.25, 0.5, 0.75)
+    monitor = RunMonitor(
+        (
+            MonitoredModel(
+                "m",
+                (MonitoredInput(FeatureInput("t__x", "t.x"), edges),),
+                prediction_edges=prediction_edges,
+            ),
+        ),
+        folder="",
+    )
+    bodies = []
+    for part in x:  # two tasks
+        tally = monitor.start()
+        batch = pa.RecordBatch.from_pydict({"t__x": pa.array(part)})
+        tally.observe(InputStack(batch), ["m"], [ScoreOutput(part * 0 + 0.4, None, None)])
+        bodies.append(tally.body())
+    assert all("edges" not in f for b in bodies for f in b["features"].values())
+    assert "edges" not in bodies[0]["outputs"]["m"]["prediction"]
+    profile = merge_bodies(monitor, bodies, source="test", created_at="now")["m"]
+    whole = FeatureAccumulator("t.x", "numeric", "double", edges=edges)
+    whole.add_numeric(x.ravel())
+    assert profile.features["t.x"].edges == edges
+    assert profile.features["t.x"].counts == whole.result().counts
+    assert profile.predictions["prediction"].edges == prediction_edges
+    assert profile.predictions["prediction"].counts == (0.0, 1000.0, 0.0, 0.0)
+
+
 def test_input_rules_count_like_a_row_by_row_comparison() -> None:
     """Range, NaN and null-rate rules answer from an input's bounds and null count and only
     compare rows when those show a violation; the counts and first examples must be those
