@@ -55,16 +55,31 @@ class ComparisonTally:
             sums["abs_diff"] += float(diff.sum())
             sums["max_abs_diff"] = max(sums["max_abs_diff"], float(diff.max()))
         if new.has_label and old.has_label:
-            left, right = _labels(new), _labels(old)
-            known = (left != None) & (right != None)  # noqa: E711 - elementwise on object arrays
-            sums["labelled"] += int(known.sum())
-            sums["agree"] += int((left[known] == right[known]).sum())
+            labelled, agree = _agreement(new, old)
+            sums["labelled"] += labelled
+            sums["agree"] += agree
 
     def body(self) -> dict[str, Any]:
         return {"pairs": self.pairs, "served": self.served}
 
 
 _SUMS = ("scored", "abs_diff", "max_abs_diff", "labelled", "agree")
+
+
+def _agreement(new: ScoreOutput, old: ScoreOutput) -> tuple[int, int]:
+    """Rows where both have a label, and how many of those agree. From the class codes when
+    both kernels give them (no string per row: this runs on every batch of the pass)."""
+    if new.codes is None or old.codes is None or new.classes is None or old.classes is None:
+        left, right = _labels(new), _labels(old)
+        known = (left != None) & (right != None)  # noqa: E711 - elementwise on object arrays
+        return int(known.sum()), int((left[known] == right[known]).sum())
+    at = {name: i for i, name in enumerate(old.classes)}
+    # the challenger's codes in the champion's class order; -2 (never a code) for a class
+    # the champion does not have
+    moved = np.asarray([at.get(name, -2) for name in new.classes], dtype=np.int64)
+    a, b = np.asarray(new.codes), np.asarray(old.codes)
+    known = (a >= 0) & (b >= 0)
+    return int(known.sum()), int((moved[a[known]] == b[known]).sum())
 
 
 def _labels(out: ScoreOutput) -> np.ndarray:
