@@ -34,7 +34,22 @@ class Column:
 
 
 def assemble(batch: pa.RecordBatch, columns: Sequence[Column], cache: dict[str, Block]) -> Matrix:
-    """The model matrix for `columns`, in order. `cache` shares blocks between models of a batch."""
+    """The model matrix for `columns`, in order. `cache` shares blocks between models of a batch,
+    and the stacked matrix between models that read the same columns (a sparse stack costs more
+    than scoring a GLM on it). Kernels never write into their input."""
+    if len(columns) > 1:
+        key = MATRIX_KEY + "\x1f".join(c.ref for c in columns)
+        if key not in cache:
+            cache[key] = _stacked(batch, columns, cache)
+        return cache[key]
+    return _stacked(batch, columns, cache)
+
+
+MATRIX_KEY = "\x1fmatrix\x1f"
+"""Cache keys of stacked matrices start with this (no column name holds \\x1f)."""
+
+
+def _stacked(batch: pa.RecordBatch, columns: Sequence[Column], cache: dict[str, Block]) -> Matrix:
     blocks = []
     for column in columns:
         if column.ref not in cache:
