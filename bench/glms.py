@@ -36,6 +36,7 @@ from bench.harness import (
     timed_runs,
 )
 
+RUNS_PEERS = True  # bench/run.py: the next scenario gets a fresh Spark session
 FEATURES = 100
 ROWS = 300_000
 QUICK_ROWS = 50_000

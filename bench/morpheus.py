@@ -167,6 +167,7 @@ DATASETS = {
     "flights": ("build_flights", "flights_logreg", "flight_id"),
 }
 QUICK_SAMPLE = 4  # --quick scores the fact rows whose id is a multiple of this
+RUNS_PEERS = True  # bench/run.py: the next scenario gets a fresh Spark session
 PEER = "peer: join + predict_batch_udf"
 ALWAYS = "batchscore factorize: always"
 OPTIMIZED = "batchscore optimized"

@@ -47,8 +47,11 @@ def _fmt(row: Row) -> str:
 def run_modules(
     modules: list[str], *, quick: bool, out: Path = RESULTS, command: str = ""
 ) -> list[Row]:
-    """Run each scenario module (in a fresh Spark session each, but for --quick) and write the
-    table with the wall seconds of each scenario (its session start included) and of the run."""
+    """Run each scenario module and write the table with the wall seconds of each scenario (a
+    session start included where it had one) and of the run. One Spark session serves the
+    scenarios in turn; a scenario that ran predict_batch_udf peers (`RUNS_PEERS`) leaves idle
+    Python workers holding its models, so the next one gets a fresh session (but for --quick,
+    which runs no peer)."""
     from batchscore.physical.session import get_spark
 
     OUT.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,7 @@ def run_modules(
     spent: list[tuple[str, float, int]] = []  # (module, wall seconds, rows in the table)
     sampler = start_memory_sampler()
     started = time.time()
+    stale = False  # the session's idle Python workers hold a peer's models
     for name in modules:
         try:
             module = importlib.import_module(name)
@@ -72,12 +76,14 @@ def run_modules(
         print(f"== {name}", flush=True)
         begun = time.time()
         sampler.reset()
-        if getattr(module, "NEEDS_SPARK", True) and (ctx.spark is None or not quick):
-            # a new session per scenario: idle Python workers of the last one exit
+        if getattr(module, "NEEDS_SPARK", True) and (ctx.spark is None or (stale and not quick)):
+            # a new session after a scenario with peers: their idle Python workers exit
             if ctx.spark is not None:
                 ctx.spark.stop()
             ctx.spark = fresh_spark()
+            stale = False
         got = module.run(ctx)
+        stale = stale or getattr(module, "RUNS_PEERS", False)
         spent.append((name, time.time() - begun, len(got)))
         for row in got:
             print(_fmt(row), flush=True)
