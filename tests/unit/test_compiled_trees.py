@@ -147,6 +147,38 @@ def test_a_model_that_reads_few_of_many_inputs() -> None:
     del rng
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: lgb.LGBMRegressor(n_estimators=15, num_leaves=7, verbose=-1, n_jobs=1),
+        lambda: RandomForestRegressor(n_estimators=8, max_depth=6, random_state=0),
+        lambda: HistGradientBoostingClassifier(max_iter=10, random_state=0),
+    ],
+    ids=["lightgbm-rule", "float32-rule", "float64-rule"],
+)
+def test_dense_input_is_gathered_in_compiled_code(
+    make: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dense matrix goes in whole and the compiled code reads the trees' columns from it
+    (every input rule; C- and Fortran-ordered input; one thread and two)."""
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(3000, 60))
+    y = X[:, 3] - 2 * X[:, 41] + (X[:, 17] > 0)
+    model = make()
+    obj = model.fit(X, y > 0 if isinstance(model, HistGradientBoostingClassifier) else y)
+    kernel = compiled(obj)
+    assert kernel.compiled is not None and kernel.compiled.used is not None
+    assert len(kernel.compiled.used) < 60
+    probe = with_missing(rng.normal(size=(12_000, 60)))
+    own = obj.predict_proba(probe) if hasattr(obj, "predict_proba") else obj.predict(probe)
+    got = kernel.score(probe)
+    mine = got.probability if got.probability is not None else got.prediction
+    np.testing.assert_allclose(mine, own, rtol=1e-12, atol=1e-15)
+    assert np.array_equal(kernel.score(np.asfortranarray(probe)).prediction, got.prediction)
+    monkeypatch.setenv("BATCHSCORE_THREADS", "2")
+    assert np.array_equal(kernel.score(probe).prediction, got.prediction, equal_nan=True)
+
+
 def test_pickled_kernel_scores_without_a_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     """What executors get: the library's bytes; with compiling forbidden it still scores."""
     X, y = data()

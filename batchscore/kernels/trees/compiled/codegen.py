@@ -50,10 +50,10 @@ import numpy as np
 
 from batchscore.kernels.trees.ir import LIGHTGBM_ZERO, Tree, TreeEnsemble
 
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 """Bumped whenever generated code can change for the same IR (part of every cache key)."""
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 """What `bs_abi()` returns; the loader refuses a library built for another calling convention."""
 
 GROUP_TREES = 24
@@ -548,8 +548,8 @@ HIDDEN int bs_cat(double v, int row, int known, int dl) {{
   return dl;
 }}
 
-static const double* bs_block(const double* X, int64_t nb, int64_t ld, double* buf,
-                              int64_t* ldb) {{
+static const double* bs_block(const double* X, int64_t nb, int64_t ld, const int64_t* cols,
+                              double* buf, int64_t* ldb) {{
 {prepare}
 }}
 
@@ -559,13 +559,15 @@ EXPORT int64_t bs_n_outputs(void) {{ return BS_K; }}
 EXPORT int64_t bs_n_inputs(void) {{ return BS_F; }}
 
 /* sums[r, k] += leaf values of row r's exit leaves, tree by tree; returns 0, or -1 when out of
-   memory (sums untouched then). */
-EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, double* sums) {{
+   memory (sums untouched then). `cols`: the column of X holding each of the BS_F inputs (a
+   block at a time, gathered where the input rule reads them anyway), or NULL when X holds
+   exactly the inputs. */
+EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, const int64_t* cols, double* sums) {{
   double* buf = malloc(sizeof(double) * BS_BLOCK * BS_F);
   if (!buf) return -1;
   for (int64_t s = 0; s < n; s += BS_BLOCK) {{
     int64_t nb = n - s < BS_BLOCK ? n - s : BS_BLOCK, ldb = ld;
-    const double* xb = bs_block(X + s * ld, nb, ld, buf, &ldb);
+    const double* xb = bs_block(X + s * ld, nb, ld, cols, buf, &ldb);
     double* ob = sums + s * BS_K;
 {calls}
   }}
@@ -576,19 +578,18 @@ EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, double* sums) {{
 
 
 def _prepare(ens: TreeEnsemble, prepared: int) -> str:
-    """The input rule over one block's first `prepared` columns, into `buf` (the block itself
-    when the rule is a no-op)."""
-    if ens.input_rule == "float64" or prepared == 0:
-        return "  (void)nb; (void)buf; (void)ldb; (void)ld;\n  return X;"
-    if ens.input_rule == "float32":
-        conv = "(double)(float)v"
-    else:
-        conv = f"(fabs(v) <= {c_double(LIGHTGBM_ZERO)} ? 0.0 : v)"
-    return (
-        "  for (int64_t r = 0; r < nb; ++r)\n"
-        "    for (int64_t j = 0; j < BS_F; ++j) {\n"
-        f"      double v = X[r * ld + j]; buf[r * BS_F + j] = j < {prepared} ? {conv} : v;\n"
-        "    }\n"
-        "  *ldb = BS_F;\n"
-        "  return buf;"
+    """One block of inputs for the trees, in `buf`: column `cols[j]` of X (column j without
+    `cols`) under the input rule for the first `prepared` of them. Without `cols` and with a
+    no-op rule, the block itself."""
+    conv = {"float64": "v", "float32": "(double)(float)v"}.get(
+        ens.input_rule, f"(fabs(v) <= {c_double(LIGHTGBM_ZERO)} ? 0.0 : v)"
+    )
+    value = "v" if conv == "v" or prepared == 0 else f"j < {prepared} ? {conv} : v"
+    loop = (
+        "    for (int64_t r = 0; r < nb; ++r) for (int64_t j = 0; j < BS_F; ++j) {{\n"
+        "      double v = X[r * ld + {0}]; buf[r * BS_F + j] = " + value + ";\n    }}\n"
+    )
+    direct = "    return X;\n" if value == "v" else loop.format("j")
+    return f"  if (!cols) {{\n{direct}  }} else {{\n{loop.format('cols[j]')}  }}\n" + (
+        "  *ldb = BS_F;\n  return buf;"
     )

@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,11 @@ class CompiledForest:
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    @cached_property
+    def _cols(self) -> np.ndarray | None:
+        """`used` as the int64 array the compiled code indexes with."""
+        return None if self.used is None else np.ascontiguousarray(self.used, dtype=np.int64)
+
     # ------------------------------------------------------------------ scoring
 
     def sums(self, X: Any) -> np.ndarray:
@@ -88,14 +94,14 @@ class CompiledForest:
         fn = getattr(self.handle(), name)
         threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
         for start, stop in _chunks(n, self._chunk_rows(X)):
-            part = self._inputs(X[start:stop])
+            part, cols = self._inputs(X[start:stop])
             if threads == 1:
-                _call(fn, part, out[start:stop])
+                _call(fn, part, cols, out[start:stop])
                 continue
             bounds = np.linspace(0, part.shape[0], threads + 1).astype(int)
             with ThreadPoolExecutor(threads) as pool:
                 jobs = [
-                    pool.submit(_call, fn, part[a:b], out[start + a : start + b])
+                    pool.submit(_call, fn, part[a:b], cols, out[start + a : start + b])
                     for a, b in itertools.pairwise(bounds)
                 ]
                 for job in jobs:
@@ -107,17 +113,21 @@ class CompiledForest:
         width = len(self.used) if self.used is not None else self.n_inputs
         return int(max(codegen.BLOCK_ROWS, DENSE_CHUNK_BYTES // (8 * max(width, 1))))
 
-    def _inputs(self, X: Any) -> np.ndarray:
-        """A C-contiguous float64 matrix of the columns the trees read."""
+    def _inputs(self, X: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """A C-contiguous float64 matrix and the columns of it the trees read (None: all, in
+        order). A dense matrix goes in whole: the compiled code gathers the columns it reads a
+        block of rows at a time, where a copy of them here would write every row once more."""
+        if self.used is not None and not self.used.size:  # no split reads an input: the
+            return np.zeros((X.shape[0], 1)), None  # code still has one (BS_F >= 1)
         if sp.issparse(X):
             part = X.tocsr()
             if self.used is not None:
                 part = part[:, self.used]
-            return np.ascontiguousarray(part.toarray(), dtype=np.float64)
-        A = np.asarray(X)
-        if self.used is not None:
-            A = A[:, self.used]
-        return np.ascontiguousarray(A, dtype=np.float64)
+            return np.ascontiguousarray(part.toarray(), dtype=np.float64), None
+        A = np.ascontiguousarray(X, dtype=np.float64)
+        if A.ndim != 2 or A.shape[1] != self.n_inputs:
+            raise ValueError(f"compiled forest: {A.shape} input for {self.n_inputs} columns")
+        return A, self._cols
 
     # ------------------------------------------------------------------ loading
 
@@ -136,10 +146,11 @@ def _chunks(n: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
-def _call(fn: Any, X: np.ndarray, out: np.ndarray) -> None:
+def _call(fn: Any, X: np.ndarray, cols: np.ndarray | None, out: np.ndarray) -> None:
     if X.shape[0] == 0:
         return
-    status = fn(X.ctypes.data, X.shape[0], X.shape[1], out.ctypes.data)
+    where = None if cols is None else cols.ctypes.data
+    status = fn(X.ctypes.data, X.shape[0], X.shape[1], where, out.ctypes.data)
     if status != 0:
         raise MemoryError("compiled forest: out of memory for its row block")
 
@@ -165,7 +176,13 @@ def _load(forest: CompiledForest) -> Any:
     lib.bs_abi.restype = ctypes.c_int64
     if lib.bs_abi() != codegen.ABI_VERSION:
         raise ForestLoadError(f"library ABI {lib.bs_abi()} != {codegen.ABI_VERSION}")
-    lib.bs_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.bs_sums.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+    ]
     lib.bs_sums.restype = ctypes.c_int
     return lib
 
