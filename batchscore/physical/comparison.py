@@ -9,6 +9,7 @@ Sums and maxima merge across tasks exactly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,13 +74,20 @@ def _agreement(new: ScoreOutput, old: ScoreOutput) -> tuple[int, int]:
         left, right = _labels(new), _labels(old)
         known = (left != None) & (right != None)  # noqa: E711 - elementwise on object arrays
         return int(known.sum()), int((left[known] == right[known]).sum())
-    at = {name: i for i, name in enumerate(old.classes)}
-    # the challenger's codes in the champion's class order; -2 (never a code) for a class
-    # the champion does not have
-    moved = np.asarray([at.get(name, -2) for name in new.classes], dtype=np.int64)
+    moved = _class_map(new.classes, old.classes)
     a, b = np.asarray(new.codes), np.asarray(old.codes)
     known = (a >= 0) & (b >= 0)
     return int(known.sum()), int((moved[a[known]] == b[known]).sum())
+
+
+@functools.lru_cache(maxsize=64)
+def _class_map(new: tuple[str, ...], old: tuple[str, ...]) -> np.ndarray:
+    """The challenger's class codes in the champion's class order (built once per pair of class
+    tuples, not per batch); -2, never a code, for a class the champion does not have."""
+    at = {name: i for i, name in enumerate(old)}
+    moved = np.asarray([at.get(name, -2) for name in new], dtype=np.int64)
+    moved.flags.writeable = False
+    return moved
 
 
 def _labels(out: ScoreOutput) -> np.ndarray:

@@ -231,7 +231,7 @@ def probe_python(spark: SparkSession, seconds: float) -> None:
         fired.set()
         try:
             spark.interruptTag(tag)
-        except Exception:
+        except Exception:  # the probe ended (or the session closed) first: nothing to stop
             pass
 
     timer = threading.Timer(seconds, interrupt)

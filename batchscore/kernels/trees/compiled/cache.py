@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from batchscore.sinks.storage import write_bytes
 
 CACHE_ENV = "BATCHSCORE_CACHE_DIR"
 
@@ -84,8 +85,8 @@ def store(
     folder = trees_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / f"{key}.so", data)
-        _atomic_write(folder / f"{key}.json", json.dumps(meta, indent=1).encode())
+        write_bytes(folder / f"{key}.so", data)
+        write_bytes(folder / f"{key}.json", json.dumps(meta, indent=1).encode())
     except OSError:
         pass
     return digest
@@ -98,24 +99,10 @@ def clear() -> int:
     if not folder.is_dir():
         return 0
     for path in folder.iterdir():
-        if path.suffix in (".so", ".json") or path.name.startswith(".tmp-"):
+        if path.suffix in (".so", ".json", ".tmp"):  # .tmp: an interrupted write_bytes
             try:
                 path.unlink()
                 removed += 1
             except OSError:
                 pass
     return removed
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
