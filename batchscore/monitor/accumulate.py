@@ -94,7 +94,9 @@ class FeatureAccumulator:
         self.mean = self.m2 = 0.0
         self.min: float | None = None
         self.max: float | None = None
-        self.bins = np.zeros(0 if self.edges is None else len(self.edges) + 1, dtype=np.int64)
+        self.below = np.zeros(0 if self.edges is None else len(self.edges), dtype=np.int64)
+        """Finite values at or below each edge: one `searchsorted` adds a batch (`bins`)."""
+        self.binned = 0
         self.kll: Any = new_kll() if sketch and kind == "numeric" else None
         self.ints: dict[float, int] | None = (
             {} if kind == "numeric" and is_integer_dtype(dtype) else None
@@ -133,13 +135,41 @@ class FeatureAccumulator:
         if n_finite:
             self._add_finite(x if n_finite == n else x[finite])
 
-    def add_ordered(self, ordered: Floats) -> None:
+    def add_ordered(self, ordered: Floats, scratch: Floats | None = None) -> None:
         """`add_numeric` of a batch the caller has already sorted and knows to hold no null,
         NaN or infinity (the monitoring pass shares one sorted copy per input and batch with
-        validation, physical.input_stack)."""
-        self.rows += len(ordered)
-        if len(ordered):
+        validation, physical.input_stack). A binned input without sketch or value counts, the
+        common case of every monitored input of every batch, takes the fewest numpy calls;
+        `scratch` (at least as long, overwritten) spares it a temporary array."""
+        n = len(ordered)
+        self.rows += n
+        if not n:
+            return
+        if self.edges is None or self.kll is not None or self.ints is not None:
             self._add_finite(ordered, ordered)
+            return
+        mean = float(ordered.sum()) / n
+        dev = np.subtract(ordered, mean, out=None if scratch is None else scratch[:n])
+        self.count, self.mean, self.m2 = chan(
+            self.count, self.mean, self.m2, n, mean, float(dev @ dev)
+        )
+        self._add_bins(ordered)
+        low, high = float(ordered[0]), float(ordered[-1])
+        self.min = low if self.min is None or low < self.min else self.min
+        self.max = high if self.max is None or high > self.max else self.max
+
+    def _add_bins(self, ordered: Floats) -> None:
+        if self.edges is not None and len(self.edges):  # the method skips np.searchsorted's
+            self.below += ordered.searchsorted(self.edges, side="right")  # Python wrapper
+        self.binned += len(ordered)
+
+    @property
+    def bins(self) -> npt.NDArray[np.int64]:
+        """Finite values per bin: at or below the first edge, between two edges (above the
+        lower, at or below the upper), above the last."""
+        if self.edges is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.diff(self.below, prepend=0, append=self.binned)
 
     def _add_finite(self, x: Floats, ordered: Floats | None = None) -> None:
         """Add finite values; `ordered`: the same values sorted, when the caller has them."""
@@ -151,13 +181,8 @@ class FeatureAccumulator:
         if self.edges is not None or self.ints is not None:
             ordered = np.sort(x) if ordered is None else ordered
             low, high = float(ordered[0]), float(ordered[-1])
-            if self.edges is not None and len(self.edges) == 0:
-                self.bins[0] += len(ordered)
-            elif self.edges is not None:
-                below = np.searchsorted(ordered, self.edges, side="right")
-                self.bins[0] += below[0]
-                self.bins[1:-1] += below[1:] - below[:-1]
-                self.bins[-1] += len(ordered) - below[-1]
+            if self.edges is not None:
+                self._add_bins(ordered)
             if self.ints is not None:
                 self._add_int_values(ordered)
         else:
@@ -270,7 +295,7 @@ class FeatureAccumulator:
         )
         self.min = _pick(min, self.min, other.min)
         self.max = _pick(max, self.max, other.max)
-        self.bins = self.bins + other.bins
+        self.below, self.binned = self.below + other.below, self.binned + other.binned
         if self.kll is not None and other.kll is not None:
             self.kll.merge(other.kll)
         elif other.count:

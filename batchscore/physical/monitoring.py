@@ -94,6 +94,7 @@ class MonitorTally:
     features: dict[str, FeatureAccumulator] = field(default_factory=dict)
     outputs: dict[str, dict[str, FeatureAccumulator]] = field(default_factory=dict)
     compare: ComparisonTally | None = None
+    buffers: np.ndarray = field(default_factory=lambda: np.empty((2, 0)))
 
     def observe(
         self, stack: InputStack, names: Sequence[str], outputs: Sequence[ScoreOutput]
@@ -101,6 +102,7 @@ class MonitorTally:
         """Add one scored batch: `outputs` of the models `names`, in that order."""
         batch = stack.batch
         by_name = dict(zip(names, outputs, strict=True))
+        scratch = self._scratch(batch.num_rows)
         done: set[str] = set()  # models sharing an input and its bins share its accumulator
         for model in self.monitor.models:
             for monitored in model.inputs:
@@ -111,13 +113,19 @@ class MonitorTally:
                     self.features[monitored.key] = _accumulator(
                         batch, monitored, sketch=self.monitor.sketch
                     )
-                _add_input(self.features[monitored.key], stack, monitored.feature)
+                _add_input(self.features[monitored.key], stack, monitored.feature, scratch)
         for model in self.monitor.models:
             out = by_name.get(model.name)
             if out is not None:
                 self._add_output(model, out, batch.num_rows)
         if self.compare is not None:
             self.compare.observe(batch, by_name)
+
+    def _scratch(self, rows: int) -> np.ndarray:
+        """Two reused buffers of `rows` (the sort's and the deviations'), grown as needed."""
+        if self.buffers.shape[1] < rows:
+            self.buffers = np.empty((2, rows))
+        return self.buffers
 
     def _add_output(self, model: MonitoredModel, out: ScoreOutput, n: int) -> None:
         mine = self.outputs.setdefault(model.name, {})
@@ -165,7 +173,9 @@ def _accumulator(
     )
 
 
-def _add_input(acc: FeatureAccumulator, stack: InputStack, feature: FeatureInput) -> None:
+def _add_input(
+    acc: FeatureAccumulator, stack: InputStack, feature: FeatureInput, scratch: np.ndarray
+) -> None:
     """A binned input without nulls, NaN or inf (the usual case) goes in sorted: the sort its
     exact bin counts need is shared with validation's range rules (physical.input_stack)."""
     if feature.kind == "sparse":
@@ -177,9 +187,9 @@ def _add_input(acc: FeatureAccumulator, stack: InputStack, feature: FeatureInput
     values = stack.column(feature)
     binned = acc.edges is not None or acc.ints is not None
     if binned and not values.null_count:
-        ordered = values.ordered()  # sorted first: clean() then reads its two ends
+        ordered = values.ordered(scratch[0])  # sorted first: clean() then reads its two ends
         if values.clean():
-            acc.add_ordered(ordered)
+            acc.add_ordered(ordered, scratch[1])
             return
     acc.add_numeric(values.values, values.null() if values.null_count else None)
 

@@ -199,6 +199,61 @@ def test_input_rules_count_like_a_row_by_row_comparison() -> None:
     assert sum(tally.counts[i] for i, r in enumerate(rules) if r.feature.ref == "a") == 0
 
 
+def test_monitoring_then_rules_on_one_batch_match_whole_column_answers() -> None:
+    """The scoring task monitors a batch, then checks its rules on the same inputs. Every
+    input is sorted into one buffer the task reuses, and only its two ends are kept for the
+    rules. Over batches of changing size, and inputs with NaN, infinities and nulls, each
+    input's profile must equal one accumulator over all its rows, and each range rule must
+    count as a row-by-row comparison does."""
+    edges = tuple(np.linspace(-3, 3, 25).tolist())
+    names = ("a", "b", "c", "d", "e")
+    inputs = tuple(MonitoredInput(FeatureInput(n, f"t.{n}"), edges) for n in names)
+    monitor = RunMonitor((MonitoredModel("m", inputs),), folder="")
+    rules = tuple(
+        Rule(f"range {n}", "range", "warn", feature=FeatureInput(n, f"t.{n}"), low=-2, high=2)
+        for n in names
+    )
+    watch, checks = monitor.start(), RuleTally(rules)
+    seen: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    nulls: list[np.ndarray] = []
+    for size in (300, 1_000, 500):  # the task's buffers grow, then serve a smaller batch
+        clean = RNG.normal(size=size)
+        null = RNG.random(size) < 0.05
+        columns = {
+            "a": clean,
+            "b": clean * 10,
+            "c": np.where(RNG.random(size) < 0.02, np.nan, clean),
+            "d": np.where(RNG.random(size) < 0.02, np.inf, clean),
+            "e": np.where(null, np.nan, clean * 3),
+        }
+        arrays = {k: pa.array(v) for k, v in columns.items()}
+        arrays["e"] = pa.array(clean * 3, mask=null)
+        stack = InputStack(pa.RecordBatch.from_pydict(arrays))
+        watch.observe(stack, ["m"], [ScoreOutput(clean, None, None)])
+        checks.add(stack)
+        for name, values in columns.items():
+            seen[name].append(values)
+        nulls.append(null)
+    for i, name in enumerate(names):
+        values = np.concatenate(seen[name])
+        whole = FeatureAccumulator(f"t.{name}", "numeric", "double", edges=edges)
+        whole.add_numeric(values, np.concatenate(nulls) if name == "e" else None)
+        got, want = watch.features[inputs[i].key].result(), whole.result()
+        assert (got.rows, got.nulls, got.nan, got.inf, got.count) == (
+            want.rows,
+            want.nulls,
+            want.nan,
+            want.inf,
+            want.count,
+        ), name
+        assert (got.counts, got.min, got.max) == (want.counts, want.min, want.max), name
+        assert got.mean == pytest.approx(want.mean, rel=1e-12, abs=1e-15), name
+        assert got.m2 == pytest.approx(want.m2, rel=1e-9), name
+        with np.errstate(invalid="ignore"):
+            broken = int(((values < -2) | (values > 2)).sum())
+        assert checks.counts[i] == broken, name
+
+
 def test_monitoring_rows_flag_only_the_shifted_feature() -> None:
     base = np.column_stack([RNG.normal(size=20_000), RNG.normal(size=20_000)])
     training = _profile(a=base[:, 0], b=base[:, 1])

@@ -196,8 +196,9 @@ def test_a_sorted_clean_batch_adds_like_the_unsorted_one() -> None:
     for values, dtype, options in cases:
         sorted_in = FeatureAccumulator("x", "numeric", dtype, **options)  # type: ignore[arg-type]
         plain = FeatureAccumulator("x", "numeric", dtype, **options)  # type: ignore[arg-type]
+        scratch = np.full(len(values), np.nan)  # one buffer reused by every part
         for part in np.array_split(values, 3):
-            sorted_in.add_ordered(np.sort(part))
+            sorted_in.add_ordered(np.sort(part), scratch)
             plain.add_numeric(part)
         x, y = sorted_in.result(), plain.result()
         assert (x.rows, x.count, x.min, x.max, x.categories) == (
