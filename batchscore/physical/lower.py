@@ -41,6 +41,7 @@ from batchscore.physical.validation import (
     reason,
     user_rule_columns,
 )
+from batchscore.plan import checked_keys
 from batchscore.plan.nodes import (
     Join,
     LogicalPlan,
@@ -95,7 +96,7 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
     left = _node(spark, plan, node.left, check_keys)
     right = _node(spark, plan, node.right, check_keys)
     if check_keys:
-        _check_unique_keys(right, node)
+        _check_unique_keys(plan, right, node)
     # true where the join found the row: quarantine joins filter on it, and for every join it
     # tells a null prediction from a missing dimension row (physical.null_counts)
     right = right.withColumn(present_flag(node.table), F.lit(True))
@@ -197,8 +198,12 @@ def _walk(node: Node) -> list[Node]:
     return out
 
 
-def _check_unique_keys(dimension: DataFrame, join: Join) -> None:
-    """Duplicate dimension keys would multiply fact rows: refuse before scoring anything."""
+def _check_unique_keys(plan: LogicalPlan, dimension: DataFrame, join: Join) -> None:
+    """Duplicate dimension keys would multiply fact rows: refuse before scoring anything. A
+    dimension snapshot found unique before is not checked again (plan.checked_keys)."""
+    memo = checked_keys.memo_key(plan, join)
+    if memo is not None and checked_keys.already_checked(memo):
+        return
     keys = [qualified(join.table, r) for _, r in join.on]
     dup = dimension.groupBy(*keys).count().where(F.col("count") > 1).limit(1).collect()
     if dup:
@@ -207,6 +212,8 @@ def _check_unique_keys(dimension: DataFrame, join: Join) -> None:
             f"Dimension table '{join.table}' has {dup[0]['count']} rows for key {values}; a "
             "join key must be unique or fact rows would be duplicated. Deduplicate the table."
         )
+    if memo is not None:
+        checked_keys.remember(memo)
 
 
 def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:

@@ -7,6 +7,7 @@ input count fails in a second, not after Spark has started scanning.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -107,6 +108,24 @@ class TableInfo:
             )
         return out
 
+    @cached_property
+    def snapshot_key(self) -> str:
+        """What identifies the data this table holds now: equal keys, equal data, so a check of
+        the data can be remembered by it (plan.checked_keys). A Delta table: its id (a table
+        deleted and created again at the same path has another), the version read and its
+        live files. A Parquet folder: every file under it with its size and modification time
+        (the test build tools and Spark's file index trust)."""
+        if self.spec.format == "delta":
+            table = delta_table(self.path)
+            files = sorted((path, size, rows) for path, _, size, rows in self.files)
+            return _digest(("delta", self.path, table.metadata().id, self.version, files))
+        fs, base = filesystem(self.path)
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        listed = sorted(
+            (i.path, i.size or 0, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File
+        )
+        return _digest(("parquet", self.path, listed))
+
     def select_files(
         self, filters: list[PartitionFilter]
     ) -> list[tuple[str, dict[str, str | None], int, int]]:
@@ -165,6 +184,10 @@ class TableInfo:
             f"Table '{self.name}' ({self.path}): column '{column}' has no non-null value to tell "
             "its width. Fill the column or remove it from the models' features."
         )
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(repr(value).encode()).hexdigest()
 
 
 def _as_str(value: object) -> str | None:
