@@ -114,7 +114,7 @@ class TableInfo:
         the data can be remembered by it (plan.checked_keys). A Delta table: its id (a table
         deleted and created again at the same path has another), the version read and its
         live files. A Parquet folder: every file under it with its size and modification time
-        (the test build tools and Spark's file index trust)."""
+        (what make and Spark's own file index trust to tell a changed file)."""
         if self.spec.format == "delta":
             table = delta_table(self.path)
             files = sorted((path, size, rows) for path, _, size, rows in self.files)
