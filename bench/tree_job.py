@@ -221,19 +221,21 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def _check_entries(plan: Any) -> list[Path]:
-    """The cache entries that remember this job's dimension key checks."""
+def _check_entries(plan: Any) -> list[str]:
+    """The memo keys of this job's dimension key checks."""
     from batchscore.plan import checked_keys
     from batchscore.plan.nodes import Join
 
     keys = [checked_keys.memo_key(plan, n) for n in plan.nodes() if isinstance(n, Join)]
-    return [checked_keys.checks_dir() / k for k in keys if k is not None]
+    return [k for k in keys if k is not None]
 
 
-def _forget(entries: list[Path], spec: Any) -> Any:
+def _forget(keys: list[str], spec: Any) -> Any:
     """`spec`, whose next run checks these dimensions' keys again."""
-    for path in entries:
-        path.unlink(missing_ok=True)
+    from batchscore.plan import checked_keys
+
+    for key in keys:
+        checked_keys.forget(key)
     return spec
 
 

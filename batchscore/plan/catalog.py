@@ -60,6 +60,9 @@ class TableInfo:
     schema: pa.Schema
     partition_columns: list[str]
     version: int | None
+    table_id: str | None = None
+    """A Delta table's id from its metadata (None for Parquet): another table created at the
+    same path has another."""
     _widths: dict[str, int] = field(default_factory=dict)
     _nonzeros: dict[str, int] = field(default_factory=dict)
 
@@ -98,15 +101,24 @@ class TableInfo:
         out = []
         for fragment in dataset.get_fragments():
             keys = ds.get_partition_keys(fragment.partition_expression)
+            info = self._listing.get(fragment.path) or fs.get_file_info(fragment.path)
             out.append(
                 (
                     prefix + fragment.path,  # a URI on object stores, an absolute path locally
                     {k: _as_str(v) for k, v in keys.items()},
-                    int(fs.get_file_info(fragment.path).size or 0),
+                    int(info.size or 0),
                     -1,
                 )
             )
         return out
+
+    @cached_property
+    def _listing(self) -> dict[str, pafs.FileInfo]:
+        """Every file under a Parquet table's folder, from one recursive listing (sizes for
+        `files`, modification times for `snapshot_key`)."""
+        fs, base = filesystem(self.path)
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return {i.path: i for i in infos if i.type == pafs.FileType.File}
 
     @cached_property
     def snapshot_key(self) -> str:
@@ -116,14 +128,9 @@ class TableInfo:
         live files. A Parquet folder: every file under it with its size and modification time
         (what make and Spark's own file index trust to tell a changed file)."""
         if self.spec.format == "delta":
-            table = delta_table(self.path)
             files = sorted((path, size, rows) for path, _, size, rows in self.files)
-            return _digest(("delta", self.path, table.metadata().id, self.version, files))
-        fs, base = filesystem(self.path)
-        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
-        listed = sorted(
-            (i.path, i.size or 0, i.mtime_ns or 0) for i in infos if i.type == pafs.FileType.File
-        )
+            return _digest(("delta", self.path, self.table_id, self.version, files))
+        listed = sorted((i.path, i.size or 0, i.mtime_ns or 0) for i in self._listing.values())
         return _digest(("parquet", self.path, listed))
 
     def select_files(
@@ -242,9 +249,10 @@ def _describe_delta(name: str, spec: TableSpec) -> TableInfo:
     except TableNotFoundError:
         raise SpecError(f"Table '{name}': '{spec.path}' is not a Delta table.") from None
     schema = pa.schema(table.schema().to_arrow())
-    parts = list(table.metadata().partition_columns)
+    metadata = table.metadata()
+    parts = list(metadata.partition_columns)
     _check_declared_partitions(name, spec, parts)
-    return TableInfo(name, spec, schema, parts, table.version())
+    return TableInfo(name, spec, schema, parts, table.version(), str(metadata.id))
 
 
 def _describe_parquet(name: str, spec: TableSpec) -> TableInfo:

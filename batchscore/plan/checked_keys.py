@@ -70,6 +70,11 @@ def _prune(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def forget(key: str) -> None:
+    """The next run reading this snapshot checks its keys again."""
+    (checks_dir() / key).unlink(missing_ok=True)
+
+
 def forget_all() -> int:
     """Remove every remembered check; the number of entries removed."""
     folder = checks_dir()
