@@ -226,8 +226,7 @@ def _check_entries(plan: Any) -> list[str]:
     from batchscore.plan import checked_keys
     from batchscore.plan.nodes import Join
 
-    keys = [checked_keys.memo_key(plan, n) for n in plan.nodes() if isinstance(n, Join)]
-    return [k for k in keys if k is not None]
+    return [checked_keys.memo_key(plan, n) for n in plan.nodes() if isinstance(n, Join)]
 
 
 def _forget(keys: list[str], spec: Any) -> Any:

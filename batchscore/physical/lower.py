@@ -96,7 +96,7 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
     left = _node(spark, plan, node.left, check_keys)
     right = _node(spark, plan, node.right, check_keys)
     if check_keys:
-        _check_unique_keys(plan, right, node)
+        _check_unique_keys(spark, plan, node)
     # true where the join found the row: quarantine joins filter on it, and for every join it
     # tells a null prediction from a missing dimension row (physical.null_counts)
     right = right.withColumn(present_flag(node.table), F.lit(True))
@@ -198,12 +198,15 @@ def _walk(node: Node) -> list[Node]:
     return out
 
 
-def _check_unique_keys(plan: LogicalPlan, dimension: DataFrame, join: Join) -> None:
-    """Duplicate dimension keys would multiply fact rows: refuse before scoring anything. A
-    dimension snapshot found unique before is not checked again (plan.checked_keys)."""
+def _check_unique_keys(spark: SparkSession, plan: LogicalPlan, join: Join) -> None:
+    """Duplicate dimension keys would multiply fact rows: refuse before scoring anything. The
+    check reads the dimension's own scan (plan.checked_keys.keyed_scan: what joins and partial
+    scores below it add keeps its rows), and a snapshot found unique before is not checked
+    again."""
     memo = checked_keys.memo_key(plan, join)
-    if memo is not None and checked_keys.already_checked(memo):
+    if checked_keys.already_checked(memo):
         return
+    dimension = _scan(spark, checked_keys.keyed_scan(join))
     keys = [qualified(join.table, r) for _, r in join.on]
     dup = dimension.groupBy(*keys).count().where(F.col("count") > 1).limit(1).collect()
     if dup:
@@ -212,8 +215,7 @@ def _check_unique_keys(plan: LogicalPlan, dimension: DataFrame, join: Join) -> N
             f"Dimension table '{join.table}' has {dup[0]['count']} rows for key {values}; a "
             "join key must be unique or fact rows would be duplicated. Deduplicate the table."
         )
-    if memo is not None:
-        checked_keys.remember(memo)
+    checked_keys.remember(memo)
 
 
 def _dimension_bytes(plan: LogicalPlan, node: Node) -> int:

@@ -8,12 +8,15 @@ Its answer depends only on the rows the dimension's scan reads and on the key co
 a snapshot is found unique it is remembered, and a later run reading the same snapshot skips
 the aggregation.
 
-The memo key hashes the join's table and keys, every scan under the joined subtree as planned
-(table, path, columns, partition filters, predicate, Delta version), and what identifies each
-scanned table's data (`TableInfo.snapshot_key`: a Delta table's id, version and live files, a
-Parquet folder's files with sizes and modification times). A subtree with a partial aggregate
-(factorized scoring) is not remembered: it is checked every run. Only "unique" is remembered;
-a duplicate fails the run and is found again next time.
+The check reads the dimension's own scan (`keyed_scan`): the join keys are its columns, and
+what sits between that scan and the join keeps its rows one for one (a factorized model's
+partial scores score each row; a snowflake's lower dimensions are left-joined on keys their
+own checks found unique, and those checks run first). So neither the models nor the lower
+tables change the answer, and the memo key hashes only the join's table and keys, that scan
+as planned (table, path, columns, partition filters, predicate, Delta version), and what
+identifies the table's data (`TableInfo.snapshot_key`: a Delta table's id, version and live
+files, a Parquet folder's files with sizes and modification times). Only "unique" is
+remembered; a duplicate fails the run and is found again next time.
 
 Entries are empty files in `<cache>/checks/` (the driver's cache folder: BATCHSCORE_CACHE_DIR,
 else $XDG_CACHE_HOME/batchscore, else ~/.cache/batchscore); `batchscore cache clear` removes
@@ -26,10 +29,10 @@ import hashlib
 from pathlib import Path
 
 from batchscore.kernels.trees.compiled.cache import cache_root
-from batchscore.plan.nodes import Join, LogicalPlan, Node, Partial, Scan
+from batchscore.plan.nodes import Join, LogicalPlan, Partial, Scan
 from batchscore.sinks.storage import write_bytes
 
-MEMO_VERSION = "1"
+MEMO_VERSION = "2"
 MAX_ENTRIES = 2_000
 """Past this many entries the oldest half is removed (each is an empty file; a removed entry
 only costs one check)."""
@@ -39,14 +42,22 @@ def checks_dir() -> Path:
     return cache_root() / "checks"
 
 
-def memo_key(plan: LogicalPlan, join: Join) -> str | None:
-    """The key of `join`'s dimension snapshot (None: not remembered, see the module doc)."""
-    scans = _scans(join.right)
-    if scans is None:
-        return None
-    snapshots = [(repr(scan), plan.tables[scan.table].snapshot_key) for scan in scans]
-    text = repr((MEMO_VERSION, join.table, join.on, snapshots))
+def memo_key(plan: LogicalPlan, join: Join) -> str:
+    """The key of `join`'s dimension snapshot (see the module doc)."""
+    scan = keyed_scan(join)
+    text = repr(
+        (MEMO_VERSION, join.table, join.on, repr(scan), plan.tables[scan.table].snapshot_key)
+    )
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def keyed_scan(join: Join) -> Scan:
+    """The scan of the table whose key columns `join` matches: the root table of its right
+    subtree, under any partial scores and lower joins."""
+    node = join.right
+    while not isinstance(node, Scan):
+        node = node.child if isinstance(node, Partial) else node.left
+    return node
 
 
 def already_checked(key: str) -> bool:
@@ -86,13 +97,3 @@ def forget_all() -> int:
         except OSError:
             continue
     return removed
-
-
-def _scans(node: Node) -> list[Scan] | None:
-    if isinstance(node, Scan):
-        return [node]
-    if isinstance(node, Partial):
-        return None
-    assert isinstance(node, Join)
-    left, right = _scans(node.left), _scans(node.right)
-    return None if left is None or right is None else left + right

@@ -24,7 +24,7 @@ from batchscore.errors import DataError
 from batchscore.jobs.run import plan_job
 from batchscore.physical.lower import lower_source
 from batchscore.plan import checked_keys
-from batchscore.plan.nodes import Join, LogicalPlan
+from batchscore.plan.nodes import Join, LogicalPlan, Partial
 from batchscore.spec import load_spec
 from tests.star import build_star
 
@@ -39,14 +39,14 @@ def _plan(spec_path: Path, mode: str = "never") -> LogicalPlan:
     return plan_job(spec)
 
 
-def _check_stages(spark: Any, spec_path: Path) -> int:
+def _check_stages(spark: Any, spec_path: Path, mode: str = "never") -> int:
     """Spark stages that lowering the job's joins ran from physical/lower.py: the key checks
     (Spark's own jobs reading Parquet footers for a schema are not counted)."""
     group = f"key-checks-{uuid.uuid4().hex}"
     context = spark.sparkContext
     context.setJobGroup(group, "dimension key checks")
     try:
-        lower_source(spark, _plan(spec_path))
+        lower_source(spark, _plan(spec_path, mode))
     finally:
         context.setJobGroup("", "")
     tracker = context.statusTracker()
@@ -112,16 +112,43 @@ def test_a_delta_table_created_again_is_another_snapshot(star: Path) -> None:
     assert before is not None and after is not None and before != after
 
 
-def test_a_snowflake_key_covers_every_table_below_the_join(star: Path) -> None:
-    """dim_c hangs below dim_a: a change to dim_c changes the key of the join of dim_a."""
-    before = checked_keys.memo_key(_plan(star), _join(_plan(star), "dim_a"))
+def test_a_snowflake_dimension_key_reads_its_own_table(star: Path) -> None:
+    """dim_c hangs below dim_a: dim_a's rows and keys are its own (dim_c is left-joined on keys
+    its own check found unique), so a change to dim_c changes only dim_c's key."""
+    plan = _plan(star)
+    assert {checked_keys.keyed_scan(j).table for j in plan.nodes() if isinstance(j, Join)} == {
+        j.table for j in plan.nodes() if isinstance(j, Join)
+    }
+    before = {t: checked_keys.memo_key(plan, _join(plan, t)) for t in ("dim_a", "dim_c")}
     folder = star.parent / "dim_c"
     pq.write_table(pa.table({"c_id": [99], "c0": [1.5]}), folder / "part-1.parquet")
-    after = checked_keys.memo_key(_plan(star), _join(_plan(star), "dim_a"))
-    assert before != after
+    plan = _plan(star)
+    after = {t: checked_keys.memo_key(plan, _join(plan, t)) for t in ("dim_a", "dim_c")}
+    assert before["dim_a"] == after["dim_a"] and before["dim_c"] != after["dim_c"]
 
 
-def test_a_factorized_dimension_is_checked_every_run(star: Path) -> None:
+def test_a_duplicate_below_a_snowflake_is_refused_by_its_own_join(spark: Any, star: Path) -> None:
+    assert _check_stages(spark, star) > 0
+    folder = star.parent / "dim_c"
+    first = pq.read_table(folder / "part-0.parquet")
+    pq.write_table(first.slice(0, 1), folder / "part-1.parquet")
+    with pytest.raises(DataError, match="Dimension table 'dim_c' has 2 rows for key c_id=0"):
+        _check_stages(spark, star)
+
+
+def test_a_factorized_dimension_is_checked_on_its_own_rows_and_remembered(
+    spark: Any, star: Path
+) -> None:
+    """Partial scores keep a dimension's rows and keys: the check reads the dimension's scan
+    (no partial scoring in it), and its answer is remembered as for any dimension."""
     plan = _plan(star, mode="always")
-    keys = [checked_keys.memo_key(plan, n) for n in plan.nodes() if isinstance(n, Join)]
-    assert None in keys
+    joins = [n for n in plan.nodes() if isinstance(n, Join)]
+    assert any(isinstance(j.right, Partial) for j in joins)
+    assert all(checked_keys.keyed_scan(j).table == j.table for j in joins)
+    assert _check_stages(spark, star, "always") > 0
+    assert _check_stages(spark, star, "always") == 0
+    table = star.parent / "dim_a"
+    rows = DeltaTable(str(table)).to_pyarrow_table()
+    write_deltalake(str(table), rows.slice(2, 1), mode="append")  # a_id 2 a second time
+    with pytest.raises(DataError, match="Dimension table 'dim_a' has 2 rows for key a_id=2"):
+        _check_stages(spark, star, "always")
