@@ -127,17 +127,15 @@ def replace_rows(table: str, data: pa.Table, predicate: str) -> int:
             write_deltalake(
                 table, data, mode="append", partition_by=["job"], storage_options=options
             )
-        else:
-            write_deltalake(
-                table, data, mode="overwrite", predicate=predicate, storage_options=options
-            )
+        else:  # the opened table itself: delta-rs then neither reopens it nor needs to after
+            write_deltalake(existing, data, mode="overwrite", predicate=predicate)
     except Exception as exc:  # delta-rs errors: one line for the user
         raise SinkError(
             f"Monitoring table {table} refused the rows: {first_line(exc)[:300]}. The "
             "predictions are committed; fix the table (or point monitoring.table elsewhere) "
             "and rerun with --force to record the metrics."
         ) from None
-    return int(delta_table(table).version())
+    return int((existing or delta_table(table)).version())
 
 
 def this_run(job: str, run_date: str | None) -> str:

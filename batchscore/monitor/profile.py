@@ -159,11 +159,15 @@ class FeatureProfile:
         }
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> FeatureProfile:
-        """Parse `to_json`'s dict; DataError naming the feature and what is wrong."""
+    def from_json(
+        cls, data: Mapping[str, Any], *, edges: tuple[float, ...] | None = None
+    ) -> FeatureProfile:
+        """Parse `to_json`'s dict; DataError naming the feature and what is wrong. `edges`: the
+        bin edges when `data` leaves them out (a scoring task's file: the driver holds the
+        training edges it gave the task, checked when their profile was read)."""
         name = data.get("feature", "?") if isinstance(data, Mapping) else "?"
         try:
-            return _parse_feature(data)
+            return _parse_feature(data, edges)
         except (KeyError, TypeError, ValueError, AttributeError, binascii.Error) as exc:
             raise DataError(
                 f"Feature profile '{name}' is not a batchscore feature profile ({_why(exc)}); "
@@ -171,16 +175,21 @@ class FeatureProfile:
             ) from None
 
 
-def _parse_feature(data: Mapping[str, Any]) -> FeatureProfile:
+def _parse_feature(
+    data: Mapping[str, Any], known: tuple[float, ...] | None = None
+) -> FeatureProfile:
     kind = next((k for k in KINDS if k == data["kind"]), None)
     if kind is None:
         raise ValueError(f"kind {data['kind']!r} is not one of {', '.join(KINDS)}")
-    edges = tuple(float(e) for e in data.get("edges", ()))
-    counts = tuple(float(c) for c in data.get("counts", ()))
+    if known is not None and "edges" not in data:
+        edges = known
+    else:
+        edges = tuple(map(float, data.get("edges", ())))
+        if any(b <= a for a, b in itertools.pairwise(edges)):
+            raise ValueError("edges are not strictly increasing")
+    counts = tuple(map(float, data.get("counts", ())))
     if edges and len(counts) != len(edges) + 1:
         raise ValueError(f"{len(edges)} edges need {len(edges) + 1} counts, not {len(counts)}")
-    if any(b <= a for a, b in itertools.pairwise(edges)):
-        raise ValueError("edges are not strictly increasing")
     return FeatureProfile(
         feature=str(data["feature"]),
         kind=kind,

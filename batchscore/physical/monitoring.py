@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -206,9 +206,7 @@ def _slim(acc: FeatureAccumulator) -> dict[str, Any]:
 
 def _parsed(value: dict[str, Any], edges: tuple[float, ...] | None) -> FeatureProfile:
     """A task's feature profile; `edges` restores those `_slim` left out."""
-    if "edges" in value or edges is None:
-        return FeatureProfile.from_json(value)
-    return replace(FeatureProfile.from_json({**value, "edges": ()}), edges=edges)
+    return FeatureProfile.from_json(value, edges=edges)
 
 
 def _nulls(array: pa.Array | pa.ChunkedArray) -> np.ndarray | None:

@@ -308,6 +308,19 @@ def test_json_round_trip_keeps_every_field(tmp_path: Path) -> None:
     assert kll is not None and kll.n == 1000
 
 
+def test_a_feature_without_its_edges_parses_with_the_edges_given() -> None:
+    """A scoring task's file leaves out the training edges the driver gave it; the driver puts
+    them back when it parses the file, and still refuses counts that do not fit them."""
+    edges = (-1.0, 0.0, 1.0)
+    feature = numeric(RNG.normal(size=1000), edges=edges)
+    data = json.loads(json.dumps(feature.to_json()))
+    slim = {k: v for k, v in data.items() if k != "edges"}
+    assert FeatureProfile.from_json(slim, edges=edges) == feature
+    assert FeatureProfile.from_json(data, edges=(5.0,)) == feature  # its own edges win
+    with pytest.raises(DataError, match="3 edges need 4 counts, not 3"):
+        FeatureProfile.from_json({**slim, "counts": data["counts"][:3]}, edges=edges)
+
+
 def test_missing_and_garbage_profiles_are_one_line_errors(tmp_path: Path) -> None:
     def error(directory: Path) -> str:
         with pytest.raises(DataError) as caught:
