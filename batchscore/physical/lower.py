@@ -23,6 +23,7 @@ from batchscore.errors import DataError
 from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
 from batchscore.physical.connect import default_parallelism, partition_count
+from batchscore.physical.frames import project, renamed
 from batchscore.physical.native_scan import read_delta_native, spark_can_open
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
@@ -142,14 +143,14 @@ def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
     elif spark_can_open(spark, scan.path):
         df = spark.read.parquet(scan.path)
         if scan.columns is not None:
-            df = df.select(*scan.columns)
+            df = project(df, scan.columns)
     else:  # an object store without a Hadoop filesystem: the project's reader
         df = read_parquet_folder(spark, scan.path)
         if scan.columns is not None:
-            df = df.select(*scan.columns)
+            df = project(df, scan.columns)
     if scan.predicate:
         df = df.filter(scan.predicate)
-    return df.select(*(F.col(f"`{c}`").alias(qualified(scan.table, c)) for c in df.columns))
+    return renamed(df, (qualified(scan.table, c) for c in df.columns))
 
 
 def _partial(plan: LogicalPlan, node: Partial, child: DataFrame) -> DataFrame:
@@ -348,7 +349,10 @@ def scoring_input(
     extra = user_rule_columns(counted, list(plan.spec.tables))
     if has_canaries(plan.spec):
         extra.append(bucket_column(plan.spec.name, [c.ref for c in plan.id_columns]))
-    return joined.select(*(F.col(f"`{c}`") for c in dict.fromkeys(inputs)), *extra)
+    if extra:  # a few computed columns, then every column wanted by name in one projection
+        joined = joined.select("*", *extra)
+        inputs += joined.columns[-len(extra) :]
+    return project(joined, dict.fromkeys(inputs))
 
 
 def _refused(plan: LogicalPlan, rules: Sequence[Rule]) -> Any:

@@ -37,6 +37,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_type
 from pyspark.sql.types import StructField, StructType
 
+from batchscore.physical.frames import project
 from batchscore.sinks.snapshot import Snapshot, load_snapshot
 from batchscore.sinks.storage import is_object_store, normalize_path, scheme
 
@@ -85,7 +86,7 @@ def read_delta_native(
     for values, files in groups.items():
         df = spark.read.schema(schema).parquet(*(_file_uri(table_path, f) for f in files))
         typed = {c: _literal(v, part_types[c], c) for c, v in zip(parts, values, strict=True)}
-        frames.append(df.select(*(typed[c] if c in typed else F.col(f"`{c}`") for c in wanted)))
+        frames.append(project(df.withColumns(typed) if typed else df, wanted))
     return functools.reduce(DataFrame.unionByName, frames)
 
 
