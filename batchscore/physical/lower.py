@@ -97,7 +97,7 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
     left = _node(spark, plan, node.left, check_keys)
     right = _node(spark, plan, node.right, check_keys)
     if check_keys:
-        _check_unique_keys(spark, plan, node)
+        _check_unique_keys(spark, plan, node, right)
     # true where the join found the row: quarantine joins filter on it, and for every join it
     # tells a null prediction from a missing dimension row (physical.null_counts)
     right = right.withColumn(present_flag(node.table), F.lit(True))
@@ -199,15 +199,18 @@ def _walk(node: Node) -> list[Node]:
     return out
 
 
-def _check_unique_keys(spark: SparkSession, plan: LogicalPlan, join: Join) -> None:
+def _check_unique_keys(
+    spark: SparkSession, plan: LogicalPlan, join: Join, right: DataFrame
+) -> None:
     """Duplicate dimension keys would multiply fact rows: refuse before scoring anything. The
     check reads the dimension's own scan (plan.checked_keys.keyed_scan: what joins and partial
-    scores below it add keeps its rows), and a snapshot found unique before is not checked
-    again."""
+    scores below it add keeps its rows; `right`, the lowered right side, is that scan when the
+    join reads the table alone), and a snapshot found unique before is not checked again."""
     memo = checked_keys.memo_key(plan, join)
     if checked_keys.already_checked(memo):
         return
-    dimension = _scan(spark, checked_keys.keyed_scan(join))
+    scan = checked_keys.keyed_scan(join)
+    dimension = right if join.right is scan else _scan(spark, scan)
     keys = [qualified(join.table, r) for _, r in join.on]
     dup = dimension.groupBy(*keys).count().where(F.col("count") > 1).limit(1).collect()
     if dup:
