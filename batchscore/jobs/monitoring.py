@@ -10,9 +10,11 @@ few hundred rows). A rerun of a (job, run date) replaces that run's rows in one 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -75,6 +77,18 @@ def previous_profiles(table: str, key: RunKey) -> dict[str, Profile]:
     return {m: Profile.from_json(p) for m, p in (body.get("profiles") or {}).items()}
 
 
+Previous = Future[dict[str, Profile]] | None
+
+
+def prefetch_previous(table: str | None, key: RunKey) -> Previous:
+    """`previous_profiles`, read in a thread while the scoring job runs (the driver only waits
+    on Spark then; its `result()` raises what the read raised); None without a table."""
+    return None if table is None else _READER.submit(previous_profiles, table, key)
+
+
+_READER = ThreadPoolExecutor(1, thread_name_prefix="batchscore-previous-run")
+
+
 def _run_dates(table: str, job: str) -> list[str]:
     from deltalake.exceptions import TableNotFoundError
 
@@ -104,8 +118,11 @@ def record_run(
     (`pairs`: (challenger, champion) score distributions too). Returns the table version."""
     kinds = ", ".join(f"'{k}'" for k in RUN_KINDS)
     predicate = f"{this_run(key.job, key.run_date)} AND kind IN ({kinds})"
-    version = replace_rows(table, _arrow(key, rows, computed_at), predicate)
-    _store_side_files(table, key, profiles, trainings, pairs)
+    with ThreadPoolExecutor(1, thread_name_prefix="batchscore-side-files") as side:
+        # the files' JSON is encoded while delta-rs commits the rows (it releases the GIL)
+        stored = side.submit(_store_side_files, table, key, profiles, trainings, pairs)
+        version = replace_rows(table, _arrow(key, rows, computed_at), predicate)
+        stored.result()
     return version
 
 
@@ -136,6 +153,29 @@ def replace_rows(table: str, data: pa.Table, predicate: str) -> int:
             "and rerun with --force to record the metrics."
         ) from None
     return int((existing or delta_table(table)).version())
+
+
+def run_summary(
+    table: str, version: int, rows: int, on_alert: str, alerts: Sequence[MetricRow]
+) -> dict[str, Any]:
+    """The run summary's `monitoring` entry (RunResult.monitoring, --summary-json)."""
+    return {
+        "table": table,
+        "version": version,
+        "rows": rows,
+        "on_alert": on_alert,
+        "alerts": [
+            {
+                "model": r.model,
+                "feature": r.feature,
+                "metric": r.metric,
+                "value": r.value,
+                "threshold": r.threshold,
+                "baseline": r.baseline,
+            }
+            for r in alerts
+        ],
+    }
 
 
 def this_run(job: str, run_date: str | None) -> str:

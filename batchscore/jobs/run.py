@@ -32,7 +32,14 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
 from batchscore._version import __version__
-from batchscore.jobs.monitoring import RunKey, previous_profiles, record_run
+from batchscore.jobs.monitoring import (
+    Previous,
+    RunKey,
+    prefetch_previous,
+    previous_profiles,
+    record_run,
+    run_summary,
+)
 from batchscore.monitor.health import HealthPlan, health_plan
 from batchscore.monitor.metrics import (
     MetricRow,
@@ -112,6 +119,11 @@ def run_job(
     if done is not None:
         return done
     session = spark or get_spark(master, remote=remote)  # remote: Spark Connect URL
+    monitoring = job.plan.spec.monitoring
+    previous = prefetch_previous(
+        None if monitoring is None else monitoring.table,
+        RunKey(job.spec.name, job.spec.run_date, job.run_id),
+    )
     with RunJobs(session, job.run_id) as jobs:  # counts the failed task attempts
         write = prepare(session, job, profile=profile, own_session=spark is None)
         validate(session, job)
@@ -120,7 +132,7 @@ def run_job(
         commit, nulls = score_and_commit(job, write)
         job.lap("Spark job (scan, join, score, write) + commit")
     if commit.reason != "already_committed":
-        record_monitoring(job, write, held=held)
+        record_monitoring(job, write, held=held, previous=previous)
         job.lap("monitoring table")
     run_profile = collect(profile_dir(job.out, job.run_id), job.phases) if profile else None
     result = _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
@@ -412,8 +424,9 @@ def score_and_commit(job: Job, write: Write) -> tuple[CommitResult, NullCounts]:
     return commit, collect_nulls(nulls_at)
 
 
-def record_monitoring(job: Job, write: Write, *, held: int) -> None:
-    """The run's metrics to the monitoring table, after the predictions commit."""
+def record_monitoring(job: Job, write: Write, *, held: int, previous: Previous) -> None:
+    """The run's metrics to the monitoring table, after the predictions commit. `previous`:
+    the previous run's profiles, read while the run scored (None: read them now)."""
     monitor = write.task.monitor
     spec = job.plan.spec.monitoring
     if monitor is None:
@@ -425,11 +438,11 @@ def record_monitoring(job: Job, write: Write, *, held: int) -> None:
     table = spec.table if spec is not None else comparison_table(job.plan)
     rows = comparison_rows(job.health, compared, profiles)
     if spec is not None:
-        previous = previous_profiles(table, key)
+        earlier = previous_profiles(table, key) if previous is None else previous.result()
         rows = [
             row
             for m in job.health.models
-            for row in model_rows(m, profiles[m.name], previous.get(m.name), quarantined=held)
+            for row in model_rows(m, profiles[m.name], earlier.get(m.name), quarantined=held)
         ] + rows
     trainings = {m.name: m.profile for m in job.health.models}
     pairs = [(m.name, m.champion) for m in job.plan.spec.models if m.role != "champion"]
@@ -437,23 +450,8 @@ def record_monitoring(job: Job, write: Write, *, held: int) -> None:
         table, key, rows, profiles, trainings, computed_at=job.scored_at, pairs=pairs
     )
     job.alerts = alerts(rows)
-    job.monitoring = {
-        "table": table,
-        "version": version,
-        "rows": len(rows),
-        "on_alert": spec.on_alert if spec is not None else "warn",
-        "alerts": [
-            {
-                "model": r.model,
-                "feature": r.feature,
-                "metric": r.metric,
-                "value": r.value,
-                "threshold": r.threshold,
-                "baseline": r.baseline,
-            }
-            for r in job.alerts
-        ],
-    }
+    on_alert = spec.on_alert if spec is not None else "warn"
+    job.monitoring = run_summary(table, version, len(rows), on_alert, job.alerts)
 
 
 def _write_predictions(job: Job, write: Write) -> CommitResult:

@@ -4,9 +4,9 @@ This runs inside Spark tasks on every batch of every monitored run, so each `add
 vectorized numpy / pyarrow passes and never loops over rows in Python. Measured costs and the
 choices they drove:
 
-- exact drift counts at fixed edges: sort the finite values, then `searchsorted(sorted, edges)`;
-  numpy 2 sorts 1M doubles in 7-11 ms, while `searchsorted(edges, values)` over unsorted data is
-  ~6x slower;
+- exact drift counts at fixed edges: an `EdgeIndex` (monitor.bins) where that beats sorting
+  on this CPU, else sort the finite values and `searchsorted(sorted, edges)` (numpy sorts 1M
+  doubles in 7-11 ms with a SIMD sort for the CPU, ~55 ms without);
 - quantiles: a KLL sketch (`profile.KLL_K`), updated with the whole batch array at once;
 - categories: `pyarrow.compute.value_counts`, then Python only per distinct value.
 
@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchscore.errors import DataError, did_you_mean
+from batchscore.monitor.bins import index_of, sorting_is_faster
 from batchscore.monitor.profile import (
     CPC_LG_K,
     INT_CATEGORIES,
@@ -95,7 +96,13 @@ class FeatureAccumulator:
         self.min: float | None = None
         self.max: float | None = None
         self.below = np.zeros(0 if self.edges is None else len(self.edges), dtype=np.int64)
-        """Finite values at or below each edge: one `searchsorted` adds a batch (`bins`)."""
+        """Finite values at or below each edge (`bins`): a batch adds a `searchsorted` of
+        its sorted values, or its counts through `index` where counting beats sorting."""
+        self.index = (
+            index_of(self.edges)
+            if self.edges is not None and kind == "numeric" and not sorting_is_faster()
+            else None
+        )
         self.binned = 0
         self.kll: Any = new_kll() if sketch and kind == "numeric" else None
         self.ints: dict[float, int] | None = (
@@ -135,12 +142,18 @@ class FeatureAccumulator:
         if n_finite:
             self._add_finite(x if n_finite == n else x[finite])
 
+    @property
+    def counts_unsorted(self) -> bool:
+        """Batches need no sort: binned through `index`, no sketch, no value counts (the
+        common case of every monitored input of every batch, where counting is cheaper)."""
+        return self.index is not None and self.kll is None and self.ints is None
+
     def add_ordered(self, ordered: Floats, scratch: Floats | None = None) -> None:
         """`add_numeric` of a batch the caller has already sorted and knows to hold no null,
         NaN or infinity (the monitoring pass shares one sorted copy per input and batch with
-        validation, physical.input_stack). A binned input without sketch or value counts, the
-        common case of every monitored input of every batch, takes the fewest numpy calls;
-        `scratch` (at least as long, overwritten) spares it a temporary array."""
+        validation, physical.input_stack). A binned input without sketch or value counts
+        takes the fewest numpy calls; `scratch` (at least as long, overwritten) spares it a
+        temporary array."""
         n = len(ordered)
         self.rows += n
         if not n:
@@ -148,13 +161,35 @@ class FeatureAccumulator:
         if self.edges is None or self.kll is not None or self.ints is not None:
             self._add_finite(ordered, ordered)
             return
-        mean = float(ordered.sum()) / n
-        dev = np.subtract(ordered, mean, out=None if scratch is None else scratch[:n])
+        self._add_moments(ordered, scratch)
+        self._add_bins(ordered)
+        self._add_range(float(ordered[0]), float(ordered[-1]))
+
+    def add_clean(
+        self, values: Floats, low: float, high: float, scratch: Floats | None = None
+    ) -> None:
+        """`add_ordered` without the sort, for an accumulator that `counts_unsorted`: `values`
+        hold no null, NaN or infinity, and `low` and `high` are their smallest and largest
+        (shared with validation's range rules, physical.input_stack)."""
+        n = len(values)
+        self.rows += n
+        if not n:
+            return
+        assert self.index is not None
+        self._add_moments(values, scratch)
+        self.below += self.index.below(values)
+        self.binned += n
+        self._add_range(low, high)
+
+    def _add_moments(self, x: Floats, scratch: Floats | None) -> None:
+        n = len(x)
+        mean = float(x.sum()) / n  # cheaper than x.mean() on a scoring task's hot path
+        dev = np.subtract(x, mean, out=None if scratch is None else scratch[:n])
         self.count, self.mean, self.m2 = chan(
             self.count, self.mean, self.m2, n, mean, float(dev @ dev)
         )
-        self._add_bins(ordered)
-        low, high = float(ordered[0]), float(ordered[-1])
+
+    def _add_range(self, low: float, high: float) -> None:
         self.min = low if self.min is None or low < self.min else self.min
         self.max = high if self.max is None or high > self.max else self.max
 
@@ -173,12 +208,12 @@ class FeatureAccumulator:
 
     def _add_finite(self, x: Floats, ordered: Floats | None = None) -> None:
         """Add finite values; `ordered`: the same values sorted, when the caller has them."""
-        mean = float(x.sum()) / len(x)  # cheaper than x.mean() on a scoring task's hot path
-        dev = x - mean
-        self.count, self.mean, self.m2 = chan(
-            self.count, self.mean, self.m2, len(x), mean, float(dev @ dev)
-        )
-        if self.edges is not None or self.ints is not None:
+        self._add_moments(x, None)
+        if ordered is None and self.ints is None and self.index is not None:
+            self.below += self.index.below(x)
+            self.binned += len(x)
+            low, high = float(x.min()), float(x.max())
+        elif self.edges is not None or self.ints is not None:
             ordered = np.sort(x) if ordered is None else ordered
             low, high = float(ordered[0]), float(ordered[-1])
             if self.edges is not None:
@@ -187,8 +222,7 @@ class FeatureAccumulator:
                 self._add_int_values(ordered)
         else:
             low, high = float(x.min()), float(x.max())
-        self.min = low if self.min is None else min(self.min, low)
-        self.max = high if self.max is None else max(self.max, high)
+        self._add_range(low, high)
         if self.kll is not None:  # the binding refuses read-only arrays (Arrow's zero-copy)
             self.kll.update(x if x.flags.writeable else x.copy())
 

@@ -13,17 +13,19 @@ its predecessor's file; the driver merges them into one profile per model after 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
+from batchscore.errors import DataError
 from batchscore.kernels.base import ScoreOutput
 from batchscore.monitor.accumulate import FeatureAccumulator, merge_features
 from batchscore.monitor.profile import FeatureProfile, Profile
@@ -58,7 +60,8 @@ class MonitoredInput:
     @cached_property
     def key(self) -> str:
         """Models that read the same input with the same bins share one accumulator."""
-        bins = hashlib.sha1(repr(self.edges).encode()).hexdigest()[:12]  # stable across processes
+        edges = b"none" if self.edges is None else np.asarray(self.edges, np.float64).tobytes()
+        bins = hashlib.sha1(edges).hexdigest()[:12]  # stable across processes
         return f"{self.feature.name}|{bins}"
 
 
@@ -176,8 +179,10 @@ def _accumulator(
 def _add_input(
     acc: FeatureAccumulator, stack: InputStack, feature: FeatureInput, scratch: np.ndarray
 ) -> None:
-    """A binned input without nulls, NaN or inf (the usual case) goes in sorted: the sort its
-    exact bin counts need is shared with validation's range rules (physical.input_stack)."""
+    """A binned input without nulls, NaN or inf (the usual case) is counted through its
+    accumulator's index where that beats sorting (monitor.bins), its bounds shared with
+    validation's range rules; else it goes in sorted, the sort shared with them
+    (physical.input_stack)."""
     if feature.kind == "sparse":
         column = Column(feature.ref, feature.label, assembly_kind(feature), feature.width)
         block = assemble(stack.batch, (column,), stack.cache)
@@ -186,6 +191,9 @@ def _add_input(
         return
     values = stack.column(feature)
     binned = acc.edges is not None or acc.ints is not None
+    if acc.counts_unsorted and values.clean():
+        acc.add_clean(values.values, *values.bounds(), scratch[1])
+        return
     if binned and not values.null_count:
         ordered = values.ordered(scratch[0])  # sorted first: clean() then reads its two ends
         if values.clean():
@@ -197,15 +205,37 @@ def _add_input(
 def _slim(acc: FeatureAccumulator) -> dict[str, Any]:
     """The accumulator's profile without the bin edges it was given: the driver's RunMonitor
     holds them (`known_edges`), and a training profile's few hundred edges per input, written
-    by every task and parsed back, were most of the files' bytes and of the merge's time."""
+    by every task and parsed back, were most of the files' bytes and of the merge's time. Its
+    exact counts go packed (`_packed`): as JSON numbers they were most of the rest."""
     data = acc.result().to_json()
     if acc.edges is not None:
         del data["edges"]
+        data["counts"] = _packed(acc.bins)
     return data
+
+
+PACKED: dict[str, np.dtype[Any]] = {"i4": np.dtype("<i4"), "i8": np.dtype("<i8")}
+
+
+def _packed(counts: np.ndarray) -> str:
+    """Integer counts as `<dtype>:<base64 of little-endian integers>`: the driver decodes a
+    task's 200 inputs x 200 bins in well under a millisecond, against ~10 ms as JSON numbers."""
+    code = "i4" if not len(counts) or int(counts.max()) < 2**31 else "i8"
+    return f"{code}:" + base64.b64encode(counts.astype(PACKED[code]).tobytes()).decode("ascii")
+
+
+def _unpacked(text: str) -> list[float]:
+    code, _, data = text.partition(":")
+    if code not in PACKED:
+        raise DataError(f"Monitoring task file holds counts packed as '{code}'; rerun the job.")
+    counts = np.frombuffer(base64.b64decode(data), dtype=PACKED[code])
+    return cast(list[float], counts.astype(np.float64).tolist())
 
 
 def _parsed(value: dict[str, Any], edges: tuple[float, ...] | None) -> FeatureProfile:
     """A task's feature profile; `edges` restores those `_slim` left out."""
+    if isinstance(value.get("counts"), str):
+        value = {**value, "counts": _unpacked(value["counts"])}
     return FeatureProfile.from_json(value, edges=edges)
 
 
