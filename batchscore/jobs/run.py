@@ -48,6 +48,7 @@ from batchscore.monitor.metrics import (
     comparison_rows,
     model_rows,
 )
+from batchscore.monitor.native_bins import native_bins
 from batchscore.physical.comparison import Pairing
 from batchscore.physical.input_checks import check_parquet_inputs
 from batchscore.physical.lower import lower_for_write, lower_source, quarantined_rows
@@ -361,7 +362,8 @@ def run_monitor(job: Job) -> RunMonitor | None:
             tuple((m.name, m.champion) for m in spec.models if m.role != "champion"),
             tuple(ranges.items()),
         )
-    return RunMonitor(models, monitor_dir(job.out, job.run_id), pairing=pairing)
+    folder = monitor_dir(job.out, job.run_id)
+    return RunMonitor(models, folder, pairing=pairing, native=native_bins())
 
 
 # ---------------------------------------------------------------- 3. validation and commits

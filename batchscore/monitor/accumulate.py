@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from batchscore.errors import DataError, did_you_mean
-from batchscore.monitor.bins import index_of, sorting_is_faster
+from batchscore.monitor.bins import EdgeIndex
+from batchscore.monitor.native_bins import NativeBins, counting
 from batchscore.monitor.profile import (
     CPC_LG_K,
     INT_CATEGORIES,
@@ -70,7 +71,8 @@ def is_integer_dtype(dtype: str) -> bool:
 class FeatureAccumulator:
     """The running statistics of one feature; `result()` is its FeatureProfile.
 
-    `edges`: count finite values exactly per bin at these (a run counts at its baseline's edges).
+    `edges`: count finite values exactly per bin at these (a run counts at its baseline's edges),
+    with `native` (monitor.native_bins) where given and cheaper than sorting.
     `sketch`: also keep a KLL sketch; without `edges`, `result()` derives edges and counts from it
     (a training profile). `width`: the vector width of a sparse feature.
     """
@@ -84,6 +86,7 @@ class FeatureAccumulator:
         edges: Sequence[float] | None = None,
         sketch: bool = False,
         width: int = 0,
+        native: NativeBins | None = None,
     ) -> None:
         if kind not in KINDS:
             raise DataError(
@@ -98,11 +101,10 @@ class FeatureAccumulator:
         self.below = np.zeros(0 if self.edges is None else len(self.edges), dtype=np.int64)
         """Finite values at or below each edge (`bins`): a batch adds a `searchsorted` of
         its sorted values, or its counts through `index` where counting beats sorting."""
-        self.index = (
-            index_of(self.edges)
-            if self.edges is not None and kind == "numeric" and not sorting_is_faster()
-            else None
-        )
+        self.index: EdgeIndex | None = None
+        self.native: NativeBins | None = None
+        if self.edges is not None and kind == "numeric":
+            self.index, self.native = counting(self.edges, native)
         self.binned = 0
         self.kll: Any = new_kll() if sketch and kind == "numeric" else None
         self.ints: dict[float, int] | None = (
@@ -142,6 +144,9 @@ class FeatureAccumulator:
         if n_finite:
             self._add_finite(x if n_finite == n else x[finite])
 
+    def _count(self, index: EdgeIndex, x: Floats) -> npt.NDArray[np.int64]:
+        return index.below(x) if self.native is None else self.native.below(index, x)
+
     @property
     def counts_unsorted(self) -> bool:
         """Batches need no sort: binned through `index`, no sketch, no value counts (the
@@ -177,7 +182,7 @@ class FeatureAccumulator:
             return
         assert self.index is not None
         self._add_moments(values, scratch)
-        self.below += self.index.below(values)
+        self.below += self._count(self.index, values)
         self.binned += n
         self._add_range(low, high)
 
@@ -210,7 +215,7 @@ class FeatureAccumulator:
         """Add finite values; `ordered`: the same values sorted, when the caller has them."""
         self._add_moments(x, None)
         if ordered is None and self.ints is None and self.index is not None:
-            self.below += self.index.below(x)
+            self.below += self._count(self.index, x)
             self.binned += len(x)
             low, high = float(x.min()), float(x.max())
         elif self.edges is not None or self.ints is not None:
@@ -379,7 +384,7 @@ class FeatureAccumulator:
         sketch = None if self.kll is None else bytes(self.kll.serialize())
         if self.edges is not None:
             edges = tuple(self.edges.tolist())
-            counts: tuple[float, ...] = tuple(float(c) for c in self.bins.tolist())
+            counts: tuple[float, ...] = tuple(self.bins.astype(np.float64).tolist())
             exact = True
         elif self.kll is not None:
             edges, counts = sketch_bins(self.kll)

@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from batchscore.errors import DataError
 from batchscore.kernels.base import ScoreOutput
 from batchscore.monitor.accumulate import FeatureAccumulator, merge_features
+from batchscore.monitor.native_bins import NativeBins
 from batchscore.monitor.profile import FeatureProfile, Profile
 from batchscore.monitor.rules import FeatureInput
 from batchscore.physical.assemble import Column, assemble
@@ -83,6 +84,8 @@ class RunMonitor:
     """Keep a quantile sketch of every input too (training profiles: their bins come from it)."""
     pairing: Pairing | None = None
     """Challengers to compare with their champions (physical.comparison)."""
+    native: NativeBins | None = None
+    """The driver's compiled bin counting (monitor.native_bins; None: numpy)."""
 
     def start(self) -> MonitorTally:
         compare = ComparisonTally(self.pairing) if self.pairing is not None else None
@@ -114,7 +117,7 @@ class MonitorTally:
                 done.add(monitored.key)
                 if monitored.key not in self.features:
                     self.features[monitored.key] = _accumulator(
-                        batch, monitored, sketch=self.monitor.sketch
+                        batch, monitored, sketch=self.monitor.sketch, native=self.monitor.native
                     )
                 _add_input(self.features[monitored.key], stack, monitored.feature, scratch)
         for model in self.monitor.models:
@@ -161,7 +164,7 @@ class MonitorTally:
 
 
 def _accumulator(
-    batch: pa.RecordBatch, monitored: MonitoredInput, *, sketch: bool
+    batch: pa.RecordBatch, monitored: MonitoredInput, *, sketch: bool, native: NativeBins | None
 ) -> FeatureAccumulator:
     feature = monitored.feature
     kind = batch.schema.field(feature.ref).type
@@ -172,7 +175,7 @@ def _accumulator(
     if feature.kind == "sparse":
         return FeatureAccumulator(feature.name, "sparse", str(kind), width=feature.width)
     return FeatureAccumulator(
-        feature.name, "numeric", str(kind), edges=monitored.edges, sketch=sketch
+        feature.name, "numeric", str(kind), edges=monitored.edges, sketch=sketch, native=native
     )
 
 

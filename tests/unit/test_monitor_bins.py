@@ -1,5 +1,6 @@
-"""Bin counts without sorting (monitor.bins): the same counts as sorting, on any edges it
-accepts, and accumulators that count either way agree to the bit."""
+"""Bin counts without sorting (monitor.bins, monitor.native_bins): the same counts as sorting,
+on any edges an index accepts, with numpy or the compiled loop, and accumulators that count
+any way agree to the bit."""
 
 from __future__ import annotations
 
@@ -8,9 +9,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchscore.monitor import accumulate
+from batchscore.monitor import bins, native_bins
 from batchscore.monitor.accumulate import FeatureAccumulator
 from batchscore.monitor.bins import EdgeIndex, sorting_is_faster
+from batchscore.monitor.native_bins import NativeBins, NativeLoadError, counting
+
+NATIVE = native_bins.native_bins()
+WAYS = [None] if NATIVE is None else [None, NATIVE]
+
+
+def below(index: EdgeIndex, values: np.ndarray, native: NativeBins | None) -> np.ndarray:
+    return index.below(values) if native is None else native.below(index, values)
+
 
 RNG = np.random.default_rng(11)
 
@@ -23,7 +33,18 @@ def quantile_edges(values: np.ndarray, grid: int = 200) -> np.ndarray:
     return np.unique(np.quantile(values, np.arange(1, grid) / grid))
 
 
-def test_counts_equal_sorting_on_values_at_between_and_beyond_the_edges() -> None:
+def test_the_compiled_loop_is_built_where_the_driver_has_a_compiler() -> None:
+    """CI has gcc: the native counting is exercised, not silently skipped."""
+    if NATIVE is None:
+        assert native_bins.toolchain.find_compiler() is None
+    else:
+        assert NATIVE.handle().bs_bins_abi() == 1
+
+
+@pytest.mark.parametrize("native", WAYS)
+def test_counts_equal_sorting_on_values_at_between_and_beyond_the_edges(
+    native: NativeBins | None,
+) -> None:
     cases = {
         "normal": RNG.normal(size=50_000),
         "large offset": 1e9 + RNG.normal(size=50_000),
@@ -44,7 +65,7 @@ def test_counts_equal_sorting_on_values_at_between_and_beyond_the_edges() -> Non
                 [edges[0] - 1e6, edges[-1] + 1e6, -1e308, 1e308, 0.0, -0.0],
             ]
         )
-        assert np.array_equal(index.below(values), sorted_below(values, edges)), name
+        assert np.array_equal(below(index, values, native), sorted_below(values, edges)), name
 
 
 def test_edges_that_do_not_suit_an_index_get_none() -> None:
@@ -71,20 +92,23 @@ def test_any_index_built_counts_exactly(edges: list[float], values: list[float])
     if index is None:
         return
     x = np.concatenate([np.asarray(values), unique])
-    assert np.array_equal(index.below(x), sorted_below(x, unique))
+    for native in WAYS:
+        assert np.array_equal(below(index, x, native), sorted_below(x, unique))
 
 
 @pytest.mark.parametrize("sorting", [True, False])
+@pytest.mark.parametrize("native", WAYS)
 def test_accumulators_count_alike_whichever_way_is_faster(
-    sorting: bool, monkeypatch: pytest.MonkeyPatch
+    sorting: bool, native: NativeBins | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An accumulator counts through the index only where timing says so; both ways, with
-    clean batches, sorted batches and batches with nulls, NaN and infinities, give one profile."""
+    """An accumulator counts through the index only where timing says so; every way, with
+    clean batches, sorted batches and batches with nulls, NaN and infinities, gives one profile."""
     sample = RNG.normal(size=30_000)
     edges = tuple(quantile_edges(sample[:3_000]).tolist())
-    monkeypatch.setattr(accumulate, "sorting_is_faster", lambda: sorting)
-    acc = FeatureAccumulator("x", "numeric", "double", edges=edges)
+    monkeypatch.setattr(native_bins, "sorting_is_faster", lambda *_: sorting)
+    acc = FeatureAccumulator("x", "numeric", "double", edges=edges, native=native)
     assert acc.counts_unsorted is not sorting
+    assert acc.native is (None if sorting else native)
     reference = FeatureAccumulator("x", "numeric", "double", edges=edges)
     reference.index = None  # counts by sorting, as before the index existed
     parts = np.array_split(sample, 3)
@@ -114,7 +138,49 @@ def test_accumulators_count_alike_whichever_way_is_faster(
     assert x.m2 == pytest.approx(y.m2, rel=1e-9)
 
 
-def test_the_timing_is_taken_once_per_process() -> None:
+def test_the_timing_is_taken_once_per_process_and_counter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bins, "_FASTER", {})
+    timed: list[str] = []
+    real = bins._time_sorting
+
+    def counted(counter: bins.Counter) -> bool:
+        timed.append("once")
+        return real(counter)
+
+    monkeypatch.setattr(bins, "_time_sorting", counted)
     first = sorting_is_faster()
-    assert sorting_is_faster() is first
-    assert sorting_is_faster.cache_info().misses == 1
+    assert sorting_is_faster() is first and len(timed) == 1
+    if NATIVE is not None:
+        sorting_is_faster(NATIVE.below, NATIVE.sha256)
+        sorting_is_faster(NATIVE.below, NATIVE.sha256)
+        assert len(timed) == 2
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler on this machine")
+def test_a_damaged_library_is_refused_and_counting_falls_back_to_numpy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert NATIVE is not None
+    data = bytearray(NATIVE.data)
+    data[len(data) // 2] ^= 0xFF
+    damaged = NativeBins(bytes(data), NATIVE.sha256, NATIVE.platform)
+    monkeypatch.setattr(native_bins, "_HANDLES", {})  # as in an executor that loads it first
+    index = EdgeIndex.build(np.linspace(-1, 1, 9))
+    assert index is not None
+    with pytest.raises(NativeLoadError, match="sha256"):
+        damaged.below(index, np.zeros(3))
+    elsewhere = NativeBins(NATIVE.data, NATIVE.sha256, "other-os-arch")
+    with pytest.raises(NativeLoadError, match="compiled on other-os-arch"):
+        elsewhere.handle()
+    monkeypatch.setattr(native_bins, "sorting_is_faster", lambda *_: False)
+    assert counting(np.linspace(-1, 1, 9), damaged)[1] is None  # numpy, not the damaged bytes
+    acc = FeatureAccumulator("x", "numeric", "double", edges=(-1.0, 0.0, 1.0), native=damaged)
+    acc.add_numeric(np.array([-2.0, 0.0, 0.5, 3.0]))
+    assert acc.native is None and acc.result().counts == (1.0, 1.0, 1.0, 1.0)
+
+
+def test_no_compiler_means_numpy_counting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHSCORE_CC", "none")
+    assert native_bins.native_bins() is None

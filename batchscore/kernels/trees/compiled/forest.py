@@ -14,12 +14,7 @@ spark.task.cpus); ctypes releases the GIL during each call.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import itertools
-import os
-import platform
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +29,7 @@ from batchscore.kernels.lightgbm_native import scoring_threads
 from batchscore.kernels.trees.compiled import cache, codegen, toolchain
 from batchscore.kernels.trees.ir import TreeEnsemble
 
-PLATFORM = f"{sys.platform}-{platform.machine()}"
+PLATFORM = toolchain.PLATFORM
 MIN_ROWS_PER_THREAD = 2 * codegen.BLOCK_ROWS
 DENSE_CHUNK_BYTES = 32 << 20
 """Sparse input is densified (only the columns the trees read) this many bytes at a time."""
@@ -43,7 +38,7 @@ _HANDLES: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 
-class ForestLoadError(RuntimeError):
+class ForestLoadError(toolchain.LibraryLoadError):
     """The shared object cannot be used in this process (platform, ABI, damaged bytes)."""
 
 
@@ -156,23 +151,9 @@ def _call(fn: Any, X: np.ndarray, cols: np.ndarray | None, out: np.ndarray) -> N
 
 
 def _load(forest: CompiledForest) -> Any:
-    if forest.platform != PLATFORM:
-        raise ForestLoadError(f"compiled on {forest.platform}, this process runs on {PLATFORM}")
-    if hashlib.sha256(forest.data).hexdigest() != forest.sha256:
-        raise ForestLoadError("the library's bytes do not match their sha256")
-    fd, path = tempfile.mkstemp(prefix="batchscore-forest-", suffix=".so")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(forest.data)
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError as exc:
-            raise ForestLoadError(f"dlopen failed: {exc}") from exc
-    finally:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    lib = toolchain.load_verified(
+        forest.data, forest.sha256, forest.platform, "batchscore-forest-", ForestLoadError
+    )
     lib.bs_abi.restype = ctypes.c_int64
     if lib.bs_abi() != codegen.ABI_VERSION:
         raise ForestLoadError(f"library ABI {lib.bs_abi()} != {codegen.ABI_VERSION}")

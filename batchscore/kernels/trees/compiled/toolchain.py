@@ -8,10 +8,14 @@ library's own predictor, as before compiled trees existed).
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import os
+import platform
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,10 +31,17 @@ FLAGS = ("-O2", "-fPIC", "-fno-plt", "-fvisibility=hidden")
 -march=native: executors may run on other CPUs than the driver."""
 
 COMPILE_TIMEOUT_S = 600
+PLATFORM = f"{sys.platform}-{platform.machine()}"
+"""Where a library was built; a process on another platform does not try to load it."""
 
 
 class CompileError(RuntimeError):
     """The C compiler is missing, failed, or compilation was asked for on an executor."""
+
+
+class LibraryLoadError(RuntimeError):
+    """A compiled library cannot be used in this process (platform, damaged bytes, dlopen,
+    ABI); its caller scores or counts with numpy instead."""
 
 
 @dataclass(frozen=True)
@@ -118,3 +129,37 @@ def _run(cmd: list[str]) -> None:
     if done.returncode != 0:
         first = (done.stderr or done.stdout or "").strip().splitlines()
         raise CompileError(f"{cmd[0]} failed: {first[0] if first else f'exit {done.returncode}'}")
+
+
+def load_verified(
+    data: bytes,
+    sha256: str,
+    built_on: str,
+    prefix: str,
+    error: type[LibraryLoadError] = LibraryLoadError,
+) -> ctypes.CDLL:
+    """`load_library` after the checks every shipped library needs: built on this platform,
+    bytes that hash to the sha256 recorded when they were built. `error` otherwise."""
+    if built_on != PLATFORM:
+        raise error(f"compiled on {built_on}, this process runs on {PLATFORM}")
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise error("the library's bytes do not match their sha256")
+    try:
+        return load_library(data, prefix)
+    except OSError as exc:
+        raise error(f"dlopen failed: {exc}") from exc
+
+
+def load_library(data: bytes, prefix: str) -> ctypes.CDLL:
+    """`dlopen` a shared object from its bytes: written to a private temporary file, loaded,
+    and unlinked (Linux keeps the mapping). OSError when the bytes cannot be loaded here."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        return ctypes.CDLL(path)
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
