@@ -27,7 +27,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from batchscore.errors import DataError, SpecError, did_you_mean
-from batchscore.monitor.accumulate import profile_batches
+from batchscore.monitor.flat_tables import profile_batches
 from batchscore.monitor.health import model_inputs
 from batchscore.monitor.profile import Profile
 from batchscore.physical.lower import scoring_input, scoring_task

@@ -316,7 +316,7 @@ def profile_table(location: str) -> dict[str, Any]:
     """The training profile (monitor.profile's JSON) of a Parquet file/folder or a Delta table:
     what drift and validation compare a run's inputs with."""
     # Imported here: listing or resolving versions never needs pyarrow or the sketches.
-    from batchscore.monitor.accumulate import profile_arrow_table
+    from batchscore.monitor.flat_tables import profile_arrow_table
 
     return profile_arrow_table(_read_table(location), source=str(location)).to_json()
 

@@ -68,6 +68,15 @@ class InputColumn:
             self._ends = (float(target[0]), float(target[-1]))
         return target
 
+    def may_be_clean(self) -> bool:
+        """Not yet shown to hold a null, NaN or infinity."""
+        return not self.null_count and self._clean is not False
+
+    def known_clean(self, low: float, high: float) -> None:
+        """Record what a caller proved (monitoring's native summary): no null, NaN or
+        infinity, and these bounds, so validation does not look again."""
+        self._clean, self._bounds = True, (low, high)
+
     def clean(self) -> bool:
         """No null, NaN or infinity. From the sorted ends when sorted (NaN sort last,
         infinities to the ends); else a finite sum proves it (NaN or inf anywhere makes the

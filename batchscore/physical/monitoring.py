@@ -28,13 +28,14 @@ import scipy.sparse as sp
 from batchscore.errors import DataError
 from batchscore.kernels.base import ScoreOutput
 from batchscore.monitor.accumulate import FeatureAccumulator, merge_features
-from batchscore.monitor.native_bins import NativeBins
+from batchscore.monitor.bins import EdgeIndex
+from batchscore.monitor.native_bins import InputSet, NativeBins
 from batchscore.monitor.profile import FeatureProfile, Profile
 from batchscore.monitor.rules import FeatureInput
 from batchscore.physical.assemble import Column, assemble
 from batchscore.physical.columns import labels
 from batchscore.physical.comparison import ComparisonTally, Pairing, merge_comparisons
-from batchscore.physical.input_stack import InputStack, assembly_kind
+from batchscore.physical.input_stack import InputColumn, InputStack, assembly_kind
 from batchscore.physical.task_files import (
     read_task_files,
     remove_task_files,
@@ -101,6 +102,8 @@ class MonitorTally:
     outputs: dict[str, dict[str, FeatureAccumulator]] = field(default_factory=dict)
     compare: ComparisonTally | None = None
     buffers: np.ndarray = field(default_factory=lambda: np.empty((2, 0)))
+    inputs: dict[tuple[int, ...], InputSet] = field(default_factory=dict)
+    """The native summary's fixed arguments per set of accumulators (the same every batch)."""
 
     def observe(
         self, stack: InputStack, names: Sequence[str], outputs: Sequence[ScoreOutput]
@@ -110,6 +113,7 @@ class MonitorTally:
         by_name = dict(zip(names, outputs, strict=True))
         scratch = self._scratch(batch.num_rows)
         done: set[str] = set()  # models sharing an input and its bins share its accumulator
+        native: list[tuple[FeatureAccumulator, InputColumn, FeatureInput]] = []
         for model in self.monitor.models:
             for monitored in model.inputs:
                 if monitored.key in done:
@@ -119,13 +123,44 @@ class MonitorTally:
                     self.features[monitored.key] = _accumulator(
                         batch, monitored, sketch=self.monitor.sketch, native=self.monitor.native
                     )
-                _add_input(self.features[monitored.key], stack, monitored.feature, scratch)
+                acc = self.features[monitored.key]
+                if acc.summarized_natively and monitored.feature.kind != "sparse":
+                    values = stack.column(monitored.feature)
+                    if values.may_be_clean():
+                        native.append((acc, values, monitored.feature))
+                        continue
+                _add_input(acc, stack, monitored.feature, scratch)
+        if native:
+            self._summarize(native, stack, scratch)
         for model in self.monitor.models:
             out = by_name.get(model.name)
             if out is not None:
                 self._add_output(model, out, batch.num_rows)
         if self.compare is not None:
             self.compare.observe(batch, by_name)
+
+    def _summarize(
+        self,
+        native: list[tuple[FeatureAccumulator, InputColumn, FeatureInput]],
+        stack: InputStack,
+        scratch: np.ndarray,
+    ) -> None:
+        """The usual case, every clean binned input of the batch in one native call (the
+        per-input Python and numpy calls were most of what monitoring cost); an input that
+        turns out to hold NaN or infinity takes the exact path alone."""
+        assert self.monitor.native is not None
+        key = tuple(id(acc) for acc, _, _ in native)
+        inputs = self.inputs.get(key)
+        if inputs is None:
+            inputs = self.inputs[key] = InputSet([cast(EdgeIndex, a.index) for a, _, _ in native])
+        n = stack.batch.num_rows
+        got = self.monitor.native.summaries(inputs, [values.values for _, values, _ in native])
+        for (acc, values, feature), summary in zip(native, got, strict=True):
+            if summary is None:
+                _add_input(acc, stack, feature, scratch)
+            else:
+                acc.add_summary(summary, n)
+                values.known_clean(summary.low, summary.high)
 
     def _scratch(self, rows: int) -> np.ndarray:
         """Two reused buffers of `rows` (the sort's and the deviations'), grown as needed."""

@@ -13,6 +13,7 @@ import pytest
 from batchscore.datasets._write import VECTOR_STRUCT
 from batchscore.errors import SpecError
 from batchscore.kernels.base import ScoreOutput
+from batchscore.monitor import native_bins
 from batchscore.monitor.accumulate import FeatureAccumulator
 from batchscore.monitor.health import ModelHealth
 from batchscore.monitor.metrics import alert_line, model_rows
@@ -199,16 +200,29 @@ def test_input_rules_count_like_a_row_by_row_comparison() -> None:
     assert sum(tally.counts[i] for i, r in enumerate(rules) if r.feature.ref == "a") == 0
 
 
-def test_monitoring_then_rules_on_one_batch_match_whole_column_answers() -> None:
-    """The scoring task monitors a batch, then checks its rules on the same inputs. Every
-    input is sorted into one buffer the task reuses, and only its two ends are kept for the
-    rules. Over batches of changing size, and inputs with NaN, infinities and nulls, each
-    input's profile must equal one accumulator over all its rows, and each range rule must
-    count as a row-by-row comparison does."""
+NATIVE = native_bins.native_bins()
+
+
+@pytest.mark.parametrize(
+    "counting", ["sort", "numpy index", *(["native summary"] if NATIVE is not None else [])]
+)
+def test_monitoring_then_rules_on_one_batch_match_whole_column_answers(
+    counting: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scoring task monitors a batch, then checks its rules on the same inputs: every
+    input sorted into one buffer the task reuses (only its two ends kept for the rules),
+    counted through an index, or, natively, every clean input of the batch summarized in one
+    call (an input with NaN, infinity or an overflowing sum going the exact way alone). Over
+    batches of changing size (within one native block and across several), and inputs with
+    NaN, infinities, nulls, huge values and a constant, each input's profile must equal one
+    accumulator over all its rows, and each range rule must count as a row-by-row comparison
+    does."""
+    monkeypatch.setattr(native_bins, "sorting_is_faster", lambda *_: counting == "sort")
     edges = tuple(np.linspace(-3, 3, 25).tolist())
-    names = ("a", "b", "c", "d", "e")
+    names = ("a", "b", "c", "d", "e", "f", "g")
     inputs = tuple(MonitoredInput(FeatureInput(n, f"t.{n}"), edges) for n in names)
-    monitor = RunMonitor((MonitoredModel("m", inputs),), folder="")
+    native = NATIVE if counting == "native summary" else None
+    monitor = RunMonitor((MonitoredModel("m", inputs),), folder="", native=native)
     rules = tuple(
         Rule(f"range {n}", "range", "warn", feature=FeatureInput(n, f"t.{n}"), low=-2, high=2)
         for n in names
@@ -216,7 +230,7 @@ def test_monitoring_then_rules_on_one_batch_match_whole_column_answers() -> None
     watch, checks = monitor.start(), RuleTally(rules)
     seen: dict[str, list[np.ndarray]] = {n: [] for n in names}
     nulls: list[np.ndarray] = []
-    for size in (300, 1_000, 500):  # the task's buffers grow, then serve a smaller batch
+    for size in (300, 1_000, 3, 500, 1_027):  # the buffers grow, then serve smaller batches
         clean = RNG.normal(size=size)
         null = RNG.random(size) < 0.05
         columns = {
@@ -225,6 +239,8 @@ def test_monitoring_then_rules_on_one_batch_match_whole_column_answers() -> None
             "c": np.where(RNG.random(size) < 0.02, np.nan, clean),
             "d": np.where(RNG.random(size) < 0.02, np.inf, clean),
             "e": np.where(null, np.nan, clean * 3),
+            "f": clean * 1e306,  # finite, but a sum can overflow
+            "g": np.full(size, 0.75),
         }
         arrays = {k: pa.array(v) for k, v in columns.items()}
         arrays["e"] = pa.array(clean * 3, mask=null)
@@ -252,6 +268,7 @@ def test_monitoring_then_rules_on_one_batch_match_whole_column_answers() -> None
         with np.errstate(invalid="ignore"):
             broken = int(((values < -2) | (values > 2)).sum())
         assert checks.counts[i] == broken, name
+    assert bool(watch.inputs) == (counting == "native summary")  # the way asked was taken
 
 
 def test_monitoring_rows_flag_only_the_shifted_feature() -> None:

@@ -38,7 +38,7 @@ def test_the_compiled_loop_is_built_where_the_driver_has_a_compiler() -> None:
     if NATIVE is None:
         assert native_bins.toolchain.find_compiler() is None
     else:
-        assert NATIVE.handle().bs_bins_abi() == 1
+        assert NATIVE.handle().bs_bins_abi() == 2
 
 
 @pytest.mark.parametrize("native", WAYS)
@@ -184,3 +184,45 @@ def test_a_damaged_library_is_refused_and_counting_falls_back_to_numpy(
 def test_no_compiler_means_numpy_counting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHSCORE_CC", "none")
     assert native_bins.native_bins() is None
+
+
+@pytest.mark.skipif(NATIVE is None, reason="no C compiler on this machine")
+@pytest.mark.parametrize("n", [1, 3, 4, 511, 512, 513, 5_000])
+def test_the_native_summary_of_many_inputs_is_exact_and_refuses_what_it_cannot_sum(
+    n: int,
+) -> None:
+    """One call summarizes every input of a batch, each against its own edges: counts equal
+    sorting's, bounds equal numpy's, sum and squared deviations agree; an input with NaN, an
+    infinity, or values whose sums or squares overflow gets None (nothing counted) and the
+    others are unaffected."""
+    assert NATIVE is not None
+    base = RNG.normal(size=n)
+    columns = {
+        "normal": base,
+        "shifted": base * 1e3 + 1e6,
+        "at edges": np.round(base * 4) / 4,
+        "constant": np.full(n, 0.25),
+        "nan": np.where(np.arange(n) == n // 2, np.nan, base),
+        "inf": np.where(np.arange(n) == n - 1, -np.inf, base),
+        "huge": base * 1e300 + 1e307,
+    }
+    edges = {
+        "normal": quantile_edges(RNG.normal(size=20_000)),
+        "shifted": quantile_edges(RNG.normal(size=20_000) * 1e3 + 1e6, grid=50),
+        "at edges": np.arange(-2.0, 2.01, 0.25),
+    }
+    indexes = [EdgeIndex.build(edges.get(k, edges["normal"])) for k in columns]
+    assert all(i is not None for i in indexes)
+    inputs = native_bins.InputSet([i for i in indexes if i is not None])
+    got = NATIVE.summaries(inputs, [np.ascontiguousarray(v) for v in columns.values()])
+    for (name, x), index, summary in zip(columns.items(), indexes, got, strict=True):
+        assert index is not None
+        if name in ("nan", "inf") or (name == "huge" and n > 1):  # (1e300)^2 overflows
+            assert summary is None, name
+            continue
+        assert summary is not None, name
+        assert np.array_equal(summary.below, sorted_below(x, index.padded[:-1])), name
+        assert (summary.low, summary.high) == (x.min(), x.max()), name
+        assert summary.total == pytest.approx(x.sum(), rel=1e-12, abs=1e-12), name
+        m2 = float(((x - x.mean()) ** 2).sum())
+        assert summary.m2 == pytest.approx(m2, rel=1e-9, abs=1e-12), name

@@ -16,11 +16,8 @@ import scipy.sparse as sp
 
 from batchscore.errors import DataError
 from batchscore.monitor import accumulate
-from batchscore.monitor.accumulate import (
-    FeatureAccumulator,
-    merge_features,
-    profile_arrow_table,
-)
+from batchscore.monitor.accumulate import FeatureAccumulator, merge_features
+from batchscore.monitor.flat_tables import profile_arrow_table
 from batchscore.monitor.profile import GRID, KLL_K, TOP, FeatureProfile, Profile, new_kll
 
 RNG = np.random.default_rng(7)
