@@ -1,9 +1,13 @@
-"""`EdgeIndex.below` in native code: one C loop per input instead of a dozen numpy passes.
+"""`EdgeIndex.below` in native code, and everything monitoring asks of a clean input, for every
+input of a batch in one call.
 
 With numpy, counting one input of one batch in its training bins is about a dozen passes over
 the batch (the cell, its lower bound, the walk up the edges, `bincount`, `cumsum`), and that
 was most of what monitoring 200 inputs cost. The C loop makes the same walk per value in one
 pass, with four histograms so that runs of equal bins do not serialize on one counter.
+`summaries` adds the bounds, sum and squared deviations in the same pass over memory, and
+takes a batch's inputs together: per input, the Python and numpy calls around the loop had
+come to cost more than the loop (measured: 200 inputs x 10k rows, 19 -> 11 ms a batch).
 
 Built like the compiled forests (kernels.trees.compiled): only the driver compiles, once per
 compiler (the on-disk cache, keyed by this source and the compiler's identity; `batchscore
@@ -192,8 +196,8 @@ class NativeBins:
         None (nothing counted) where a value is NaN or infinite, or the column is too short."""
         k = len(columns)
         n = len(columns[0]) if k else 0
-        if k != len(inputs.indexes) or any(len(x) != n for x in columns):
-            raise ValueError("summaries: one column per input, all of one length")
+        if k != len(inputs.indexes) or not all(_readable(x, n) for x in columns):
+            raise ValueError("summaries: one contiguous float64 column per input, one length")
         xs = np.fromiter((x.ctypes.data for x in columns), dtype=np.uintp, count=k)
         scratch = np.empty(LANES * inputs.width, dtype=np.int64)
         below = np.empty((k, inputs.width), dtype=np.int64)
@@ -215,6 +219,11 @@ class NativeBins:
                 lib = _HANDLES.get(self.sha256) or _load(self)
                 _HANDLES[self.sha256] = lib
         return lib
+
+
+def _readable(x: Floats, n: int) -> bool:
+    """What the C loop may read as `n` doubles."""
+    return len(x) == n and x.dtype == np.float64 and bool(x.flags.c_contiguous)
 
 
 @dataclass(frozen=True)
