@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -213,11 +214,22 @@ class NativeBins:
         ]
 
     def handle(self) -> Any:
+        """The loaded library; NativeLoadError where it cannot load here, tried once per copy
+        of the bytes (a task's accumulators share one copy: a refusal is not retried for
+        each of its inputs)."""
         lib = _HANDLES.get(self.sha256)
         if lib is None:
             with _LOCK:
-                lib = _HANDLES.get(self.sha256) or _load(self)
-                _HANDLES[self.sha256] = lib
+                if self in _REFUSED:
+                    raise NativeLoadError(_REFUSED[self])
+                lib = _HANDLES.get(self.sha256)
+                if lib is None:
+                    try:
+                        lib = _load(self)
+                    except NativeLoadError as exc:
+                        _REFUSED[self] = str(exc)
+                        raise
+                    _HANDLES[self.sha256] = lib
         return lib
 
 
@@ -269,6 +281,7 @@ class InputSet:
 
 
 _HANDLES: dict[str, Any] = {}
+_REFUSED: weakref.WeakKeyDictionary[NativeBins, str] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 

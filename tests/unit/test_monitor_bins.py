@@ -169,8 +169,18 @@ def test_a_damaged_library_is_refused_and_counting_falls_back_to_numpy(
     monkeypatch.setattr(native_bins, "_HANDLES", {})  # as in an executor that loads it first
     index = EdgeIndex.build(np.linspace(-1, 1, 9))
     assert index is not None
-    with pytest.raises(NativeLoadError, match="sha256"):
-        damaged.below(index, np.zeros(3))
+    loads: list[NativeBins] = []
+    real_load = native_bins._load
+
+    def load(native: NativeBins) -> object:
+        loads.append(native)
+        return real_load(native)
+
+    monkeypatch.setattr(native_bins, "_load", load)
+    for _ in range(3):  # refused once, then from memory (a task's inputs share one copy)
+        with pytest.raises(NativeLoadError, match="sha256"):
+            damaged.below(index, np.zeros(3))
+    assert loads == [damaged]
     elsewhere = NativeBins(NATIVE.data, NATIVE.sha256, "other-os-arch")
     with pytest.raises(NativeLoadError, match="compiled on other-os-arch"):
         elsewhere.handle()
