@@ -176,14 +176,11 @@ class FeatureAccumulator:
         hold no null, NaN or infinity, and `low` and `high` are their smallest and largest
         (shared with validation's range rules, physical.input_stack)."""
         n = len(values)
-        self.rows += n
         if not n:
             return
         assert self.index is not None
-        self._add_moments(values, scratch)
-        self.below += self._count(self.index, values)
-        self.binned += n
-        self._add_range(low, high)
+        mean, m2 = _moments(values, scratch)
+        self._add_counted(n, mean, m2, self._count(self.index, values), low, high)
 
     @property
     def summarized_natively(self) -> bool:
@@ -192,23 +189,23 @@ class FeatureAccumulator:
 
     def add_summary(self, summary: Summary, n: int) -> None:
         """`add_clean` of a batch of `n` values the native summary found clean."""
+        mean = summary.total / n
+        self._add_counted(n, mean, summary.m2, summary.below, summary.low, summary.high)
+
+    def _add_counted(
+        self, n: int, mean: float, m2: float, below: npt.NDArray[np.int64], low: float, high: float
+    ) -> None:
+        """A clean batch of `n` values, counted through the index: its moments, counts at or
+        below each edge, and bounds."""
         self.rows += n
-        self.count, self.mean, self.m2 = chan(
-            self.count, self.mean, self.m2, n, summary.total / n, summary.m2
-        )
-        self.below += summary.below
+        self.count, self.mean, self.m2 = chan(self.count, self.mean, self.m2, n, mean, m2)
+        self.below += below
         self.binned += n
-        self._add_range(summary.low, summary.high)
+        self._add_range(low, high)
 
     def _add_moments(self, x: Floats, scratch: Floats | None) -> None:
-        n = len(x)
-        mean = float(x.sum()) / n  # cheaper than x.mean() on a scoring task's hot path
-        if not math.isfinite(mean):  # finite values whose sum overflows (beyond ~1e305)
-            scale = float(np.abs(x).max())
-            mean = float((x / scale).sum()) / n * scale
-        dev = np.subtract(x, mean, out=None if scratch is None else scratch[:n])
         self.count, self.mean, self.m2 = chan(
-            self.count, self.mean, self.m2, n, mean, float(dev @ dev)
+            self.count, self.mean, self.m2, len(x), *_moments(x, scratch)
         )
 
     def _add_range(self, low: float, high: float) -> None:
@@ -445,6 +442,18 @@ class FeatureAccumulator:
         self.__dict__.update(state)
         self.kll = None if kll is None else datasketches.kll_doubles_sketch.deserialize(kll)
         self.cpc = None if cpc is None else datasketches.cpc_sketch.deserialize(cpc)
+
+
+def _moments(x: Floats, scratch: Floats | None) -> tuple[float, float]:
+    """Mean and sum of squared deviations of a non-empty batch of finite values (`scratch`,
+    when given, spares the deviations a temporary array)."""
+    n = len(x)
+    mean = float(x.sum()) / n  # cheaper than x.mean() on a scoring task's hot path
+    if not math.isfinite(mean):  # finite values whose sum overflows (beyond ~1e305)
+        scale = float(np.abs(x).max())
+        mean = float((x / scale).sum()) / n * scale
+    dev = np.subtract(x, mean, out=None if scratch is None else scratch[:n])
+    return mean, float(dev @ dev)
 
 
 def _checked_edges(feature: str, edges: Sequence[float]) -> Floats:

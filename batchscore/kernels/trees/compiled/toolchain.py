@@ -8,6 +8,7 @@ library's own predictor, as before compiled trees existed).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -159,7 +160,5 @@ def load_library(data: bytes, prefix: str) -> ctypes.CDLL:
             fh.write(data)
         return ctypes.CDLL(path)
     finally:
-        try:
+        with contextlib.suppress(OSError):  # already gone: nothing left to clean up
             os.unlink(path)
-        except OSError:
-            pass
