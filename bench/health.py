@@ -27,7 +27,7 @@ from bench.harness import Context, Row, peak_rss_mb, standalone, timed
 
 FEATURES = 200
 ROWS, QUICK_ROWS = 400_000, 50_000
-PROFILE_ROWS, QUICK_PROFILE_ROWS = 2_000_000, 200_000
+PROFILE_ROWS, QUICK_PROFILE_ROWS = 1_000_000, 200_000
 REFERENCE, DAY = "2026-11-01", "2026-11-02"
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -39,14 +38,12 @@ from pyspark.sql.types import StructField, StructType
 
 from batchscore.physical.frames import project
 from batchscore.sinks.snapshot import Snapshot, load_snapshot
-from batchscore.sinks.storage import is_object_store, normalize_path, scheme
+from batchscore.sinks.storage import PLAIN_PATH, is_object_store, normalize_path, scheme
 
 ENV = "BATCHSCORE_NATIVE_SCAN"
 MAX_GROUPS = 64
 _HADOOP_SCHEMES: dict[tuple[int, str], bool] = {}
 """(id of the JVM's SparkContext, scheme) -> whether Hadoop has a filesystem for it."""
-_PLAIN_PATH = re.compile(r"^[A-Za-z0-9_./=+-]+$")
-"""File paths Hadoop's Path parses as written (no %, :, spaces); others keep the Python reader."""
 _NEVER = "\x00batchscore: never a partition value"
 
 
@@ -75,7 +72,7 @@ def read_delta_native(
     parts = [c for c in wanted if c in snap.partition_columns]
     data = [c for c in wanted if c not in snap.partition_columns]
     groups = _groups(snap, parts)
-    if len(groups) > MAX_GROUPS or not all(_PLAIN_PATH.match(f.path) for f in snap.files):
+    if len(groups) > MAX_GROUPS or not all(PLAIN_PATH.match(f.path) for f in snap.files):
         return None
     try:
         schema = _spark_schema(snap.schema, data)

@@ -72,14 +72,18 @@ class FileAdd:
         )
 
 
-def commit_files(plan: WritePlan, files: Sequence[FileAdd], *, max_retries: int = 8) -> int | None:
+def commit_files(
+    plan: WritePlan, files: Sequence[FileAdd], *, max_retries: int = 8, writer: str = "python"
+) -> int | None:
     """Make ONE Delta commit adding `files` (already on disk under the plan's table) as `plan`
     says; returns its version.
 
     Returns None without committing when there are no files, or when the plan's app id already
     committed its version or a later one (then the files are deleted). On failure the files are
     deleted and a SinkError (CommitConflictError for a lost race) is raised. The write's read
-    version is the request's, else the version when the commit starts.
+    version is the request's, else the version when the commit starts. `writer` goes into the
+    commit info (`batchscore.writer`): "python" for the data source's tasks, "spark-parquet"
+    for Spark's own writer (sinks/spark_writer.py).
     """
     if not files:
         return None
@@ -94,6 +98,7 @@ def commit_files(plan: WritePlan, files: Sequence[FileAdd], *, max_retries: int 
         "files": len(files),
         "rows": sum(f.rows for f in files),
         "read_version": read_version,
+        "writer": writer,
     }
     return _commit_with_retries(_Commit(plan, list(files), custom, read_version), max_retries)
 

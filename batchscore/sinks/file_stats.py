@@ -130,7 +130,9 @@ class FileStats:
                 count = (count or 0) + stats.null_count
                 if kind == "count" or name in no_bounds:
                     continue
-                if stats.has_min_max:
+                if stats.has_min_max and kind == "float" and _nan_bound(stats):
+                    no_bounds.add(name)  # Spark's writer (parquet-java) records a NaN so
+                elif stats.has_min_max:
                     _merge(mins, name, stats.min, min)
                     _merge(maxs, name, stats.max, max)
                 elif stats.null_count < footer.row_group(group).num_rows:
@@ -156,6 +158,10 @@ class FileStats:
             },
             allow_nan=False,
         )
+
+
+def _nan_bound(stats: pq.Statistics) -> bool:
+    return bool(math.isnan(stats.min) or math.isnan(stats.max))
 
 
 def _column_index(footer: pq.FileMetaData) -> dict[str, int]:

@@ -8,6 +8,8 @@ All of it runs in the driver process through delta-rs, without Spark.
   (files of runs that died before committing) or, written before the markers existed, with the
   old writer's name in a partition folder of the table. Any other unreferenced file is foreign:
   reported, never deleted (a full delta-rs vacuum would delete a `keep.csv` a user left there).
+  Staging folders of Spark-written writes whose driver died mid-write go too, past the
+  retention.
 - `optimize` compacts small files with delta-rs `optimize.compact`: one commit that removes the
   small files and adds bigger ones with the same rows (a data-change-free rewrite, so app
   transactions, i.e. the idempotency of committed runs, are kept).
@@ -32,6 +34,7 @@ from deltalake.transaction import CommitProperties
 
 from batchscore.errors import SinkError, first_line
 from batchscore.sinks.ownership import (
+    STAGING_DIR,
     delete_files,
     describe,
     list_markers,
@@ -192,6 +195,7 @@ def vacuum(
         delete_files(table_path, ours)
         files |= set(ours)
         _remove_stale_markers(table_path, markers, on_disk.keys() - files, cutoff_ns)
+    files |= set(_stale_staging(table_path, cutoff_ns, dry_run=dry_run))
     version = int(delta_table(table_path).version())
     return VacuumResult(
         table_path, tuple(sorted(files)), dry_run, int(retain_hours), version, tuple(foreign)
@@ -228,6 +232,26 @@ def _delta_vacuum(
         raise SinkError(f"Delta table {path}: vacuum failed ({text}).{hint}") from None
     base_prefix = path.rstrip("/") + "/"
     return [urllib.parse.unquote(f).removeprefix(base_prefix) for f in deleted]
+
+
+def _stale_staging(path: str, cutoff_ns: int, *, dry_run: bool) -> list[str]:
+    """The files of staging folders (sinks/spark_writer.py) older than the retention: a write
+    removes its own when it ends, so these are of drivers that died mid-write. Deleted unless
+    `dry_run`."""
+    fs, base = filesystem(path)
+    selector = pafs.FileSelector(f"{base}/{STAGING_DIR}", allow_not_found=True)
+    stale: list[str] = []
+    for folder in fs.get_file_info(selector):
+        if folder.type != pafs.FileType.Directory or (folder.mtime_ns or 0) > cutoff_ns:
+            continue
+        inside = pafs.FileSelector(folder.path, recursive=True)
+        files = [i for i in fs.get_file_info(inside) if i.type == pafs.FileType.File]
+        if any((i.mtime_ns or 0) > cutoff_ns for i in files):
+            continue  # a write still adding files
+        stale += [i.path[len(base) :].lstrip("/") for i in files]
+        if not dry_run:
+            fs.delete_dir(folder.path)
+    return stale
 
 
 def _remove_stale_markers(

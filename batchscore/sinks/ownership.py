@@ -44,6 +44,9 @@ from batchscore.sinks.transform import TASKS_DIR
 
 PROJECT_DIR = "_batchscore"
 MARKERS_DIR = f"{PROJECT_DIR}/written"
+STAGING_DIR = f"{PROJECT_DIR}/staging"
+"""Where Spark's own Parquet writer puts a write's files before they move into the table
+(sinks/spark_writer.py): `<STAGING_DIR>/<write id>/...`, removed when the write ends."""
 MARKER_SUFFIX = ".written"
 SHOWN = 3
 """How many foreign files an error or warning names."""
@@ -57,6 +60,8 @@ _TASK_FILE = re.compile(rf"^{re.escape(TASKS_DIR)}/[A-Za-z0-9_-]+\.pkl$")
 _PENDING_COMMIT = re.compile(r"^_delta_log/_commit_[0-9A-Za-z-]+\.json\.tmp$")
 _PROFILE_FILE = re.compile(rf"^{PROJECT_DIR}/profile/[0-9A-Za-z_-]+/[0-9a-f]{{32}}\.json$")
 """A task's stage times of a `--profile` run (physical.profile) that died before collecting."""
+_STAGED_FILE = re.compile(rf"^{re.escape(STAGING_DIR)}/[A-Za-z0-9_-]+/.+$")
+"""Anything Spark's writer left in a staging folder of a driver that died mid-write."""
 _NULLS_FILE = re.compile(
     rf"^{PROJECT_DIR}/(nulls|monitor|rules)/[0-9A-Za-z_-]+/(part-[0-9]+|[0-9a-f]{{32}})\.json$"
 )
@@ -171,11 +176,12 @@ def table_files(path: str, partition_columns: Sequence[str]) -> dict[str, int]:
 
 def project_file(rel: str, *, exists: bool) -> bool:
     """Whether a file in a folder WITHOUT a Delta table is one batchscore leaves there: a task
-    file or marker under `_batchscore/`, a data file whose marker `exists`, or a
+    file, staged file or marker under `_batchscore/`, a data file whose marker `exists`, or a
     Delta commit still being written (a `_delta_log/_commit_*.json.tmp`)."""
     if rel.startswith(f"{MARKERS_DIR}/") and rel.endswith(MARKER_SUFFIX):
         return True
-    if any(p.match(rel) for p in (_TASK_FILE, _PENDING_COMMIT, _PROFILE_FILE, _NULLS_FILE)):
+    left = (_TASK_FILE, _PENDING_COMMIT, _PROFILE_FILE, _NULLS_FILE, _STAGED_FILE)
+    if any(p.match(rel) for p in left):
         return True
     return bool(DATA_FILE.match(rel.rsplit("/", 1)[-1])) and exists
 

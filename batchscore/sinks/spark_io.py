@@ -133,12 +133,7 @@ def write_delta(
     options.update(encode_shipped(storage_options(path) or {}))
     try:
         with unwrapped():
-            (
-                df.write.format(SOURCE_NAME)
-                .mode("overwrite" if request.mode == "overwrite" else "append")
-                .options(**options)
-                .save()
-            )
+            _write(df, request, options)
     finally:
         if stored is not None:
             remove_transform(path, stored)
@@ -162,6 +157,20 @@ def write_delta(
         mode=request.mode,
         metadata=dict(request.metadata or {}),
     )
+
+
+def _write(df: DataFrame, request: WriteRequest, options: dict[str, str]) -> None:
+    """Spark's own Parquet writer where it writes the same table (sinks/spark_writer.py), else
+    the batchscore_delta data source; either makes one commit."""
+    from batchscore.sinks.spark_writer import why_not_native, write_with_spark
+    from batchscore.sinks.writer import plan_write
+
+    overwrite = request.mode == "overwrite"
+    if why_not_native(df, request) is None:
+        write_with_spark(df, plan_write(options, df.schema, overwrite))
+        return
+    mode = "overwrite" if overwrite else "append"
+    df.write.format(SOURCE_NAME).mode(mode).options(**options).save()
 
 
 def _with_null_columns(df: DataFrame, path: str, names: Sequence[str]) -> DataFrame:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import tempfile
 import urllib.parse
 from collections.abc import Iterable
@@ -29,6 +30,9 @@ from batchscore.errors import SinkError, first_line
 from batchscore.sinks.storage_config import configured, environment_options, merged
 
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+PLAIN_PATH = re.compile(r"^[A-Za-z0-9_./=+-]+$")
+"""Paths Hadoop's Path parses as written (no %, :, spaces): where Spark's own readers and
+writers are handed local files."""
 """The folder name (and log label) of a null partition value."""
 # Characters Spark/Hive escape in partition folder names (ExternalCatalogUtils.escapePathName).
 _ESCAPED = frozenset("\"#%'*/:=?\\\x7f{[]^") | frozenset(chr(c) for c in range(0x20))

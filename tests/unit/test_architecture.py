@@ -20,6 +20,7 @@ SPARK_MODULES = frozenset(
         "batchscore.datasets._write",
         "batchscore.sinks.source",
         "batchscore.sinks.spark_io",
+        "batchscore.sinks.spark_writer",
         "batchscore.sinks.sql_server",
         "batchscore.sinks.transform",
         "batchscore.sinks.writer",

@@ -127,6 +127,7 @@ def test_files_and_commit_work_from_a_plan_without_spark(tmp_path: Path) -> None
         "files": 3,
         "rows": 4,
         "read_version": -1,
+        "writer": "python",
     }
     again = dataclasses.replace(plan, request=dataclasses.replace(request, write_id="w2"))
     task = TaskWriter(again)
