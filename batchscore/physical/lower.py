@@ -17,13 +17,14 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.pandas.types import to_arrow_schema, to_arrow_type
 
 from batchscore.errors import DataError
 from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
 from batchscore.physical.connect import default_parallelism, partition_count
 from batchscore.physical.frames import project, renamed
+from batchscore.physical.lookups import Deferred, LookupJoin
 from batchscore.physical.native_scan import read_delta_native, spark_can_open
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
@@ -43,6 +44,7 @@ from batchscore.physical.validation import (
     user_rule_columns,
 )
 from batchscore.plan import checked_keys
+from batchscore.plan.lookups import may_look_up
 from batchscore.plan.nodes import (
     Join,
     LogicalPlan,
@@ -76,17 +78,33 @@ def lower(
     A job that only writes them uses `lower_for_write`: scoring inside the writer saves the
     outputs' trip through the JVM and a second pass through Python workers.
     """
-    joined = scoring_input(spark, plan, check_keys=check_keys)
+    deferred = Deferred([])
+    joined = scoring_input(spark, plan, check_keys=check_keys, deferred=deferred)
     task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at)
+    task = replace(task, lookups=deferred.frozen())
     return joined.mapInArrow(task, output_schema(joined.schema, plan))
 
 
-def lower_source(spark: SparkSession, plan: LogicalPlan, *, check_keys: bool = True) -> DataFrame:
-    """The fact rows with every dimension left-joined: what a materializing engine scores."""
-    return _node(spark, plan, plan.source, check_keys)
+def lower_source(
+    spark: SparkSession,
+    plan: LogicalPlan,
+    *,
+    check_keys: bool = True,
+    deferred: Deferred | None = None,
+) -> DataFrame:
+    """The fact rows with every dimension left-joined: what a materializing engine scores.
+    `deferred`: joins that may be done in the scoring task are left out and added to it
+    (physical.lookups)."""
+    return _node(spark, plan, plan.source, check_keys, deferred)
 
 
-def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) -> DataFrame:
+def _node(
+    spark: SparkSession,
+    plan: LogicalPlan,
+    node: Node,
+    check_keys: bool,
+    deferred: Deferred | None = None,
+) -> DataFrame:
     if isinstance(node, Scan):
         df = _scan(spark, node)
         if node.table == plan.spec.source.table and worth_spreading(plan):
@@ -94,8 +112,10 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
         return df
     if isinstance(node, Partial):
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
-    left = _node(spark, plan, node.left, check_keys)
+    left = _node(spark, plan, node.left, check_keys, deferred)
     right = _node(spark, plan, node.right, check_keys)
+    if deferred is not None and _looked_up(plan, node, left, right, deferred):
+        return left
     if check_keys:
         _check_unique_keys(spark, plan, node, right)
     # true where the join found the row: quarantine joins filter on it, and for every join it
@@ -108,6 +128,21 @@ def _node(spark: SparkSession, plan: LogicalPlan, node: Node, check_keys: bool) 
         for left, right in node.on
     ]
     return left.join(right, on=condition, how="left")
+
+
+def _looked_up(
+    plan: LogicalPlan, join: Join, left: DataFrame, right: DataFrame, deferred: Deferred
+) -> bool:
+    """Leave `join` to the scoring task when physical.lookups allows it."""
+    if not may_look_up(plan, join):
+        return False
+    ((key, _),) = join.on
+    left_type = to_arrow_type(left.schema[qualified(join.parent, key)].dataType)
+    wanted = [f.ref for f in plan.features() if f.table == join.table]
+    lookup = LookupJoin.build(join, right, left_type, wanted)
+    if lookup is not None:
+        deferred.joins.append(lookup)
+    return lookup is not None
 
 
 SPREAD_ENV = "BATCHSCORE_SPREAD"
@@ -338,24 +373,37 @@ def scoring_input(
     check_keys: bool = True,
     rules: Sequence[Rule] = (),
     counted: Sequence[Rule] = (),
+    deferred: Deferred | None = None,
 ) -> DataFrame:
     """The joined rows, narrowed to the id columns and the features the scoring task reads
     (rows that a join with `on_missing: quarantine` or a quarantine rule refused left out),
-    plus the columns of the user rules among `counted` (the scoring task counts them)."""
-    joined = lower_source(spark, plan, check_keys=check_keys)
+    plus the columns of the user rules among `counted` (the scoring task counts them).
+
+    `deferred`: small dimensions the task may join itself (physical.lookups) are left out of
+    the frame (their keys kept) and added to `deferred`, with the columns the task's batches
+    must have once joined; not when rules filter or compute on the joined rows in Spark."""
     refused = _refused(plan, rules)
+    user_columns = user_rule_columns(counted, list(plan.spec.tables))
+    if refused is not None or user_columns:
+        deferred = None
+    joined = lower_source(spark, plan, check_keys=check_keys, deferred=deferred)
     if refused is not None:
         joined = joined.where(~refused)
     inputs = [c.ref for c in plan.id_columns] + [f.ref for f in plan.features()]
     used = {f.table for f in plan.features()}
     inputs += [flag for table, flag in _join_flags(plan).items() if table in used]
-    extra = user_rule_columns(counted, list(plan.spec.tables))
+    extra = list(user_columns)
     if has_canaries(plan.spec):
         extra.append(bucket_column(plan.spec.name, [c.ref for c in plan.id_columns]))
     if extra:  # a few computed columns, then every column wanted by name in one projection
         joined = joined.select("*", *extra)
         inputs += joined.columns[-len(extra) :]
-    return project(joined, dict.fromkeys(inputs))
+    if deferred is None or not deferred.joins:
+        return project(joined, dict.fromkeys(inputs))
+    deferred.names = tuple(dict.fromkeys(inputs))
+    added = {n for j in deferred.joins for n in (*j.columns.column_names, j.flag)}
+    kept = [c for c in deferred.names if c not in added] + [j.left for j in deferred.joins]
+    return project(joined, dict.fromkeys(kept))
 
 
 def _refused(plan: LogicalPlan, rules: Sequence[Rule]) -> Any:
@@ -381,8 +429,12 @@ def lower_for_write(
 ) -> tuple[DataFrame, ScoringTask, pa.Schema]:
     """(unscored input, scoring task, Arrow schema of its output) for a fused Delta write:
     `write_delta(input, ..., transform=task, transform_schema=schema)` scores in the writer."""
-    joined = scoring_input(spark, plan, check_keys=check_keys, rules=rules, counted=counted)
+    deferred = Deferred([])
+    joined = scoring_input(
+        spark, plan, check_keys=check_keys, rules=rules, counted=counted, deferred=deferred
+    )
     task = scoring_task(spark, plan, run_id=run_id, scored_at=scored_at, roles=roles)
+    task = replace(task, lookups=deferred.frozen())
     schema = to_arrow_schema(output_schema(joined.schema, plan, roles=roles), timezone="UTC")
     return joined, task, schema
 

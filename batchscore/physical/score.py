@@ -33,6 +33,7 @@ from batchscore.physical.columns import (
     timestamps,
 )
 from batchscore.physical.input_stack import InputStack
+from batchscore.physical.lookups import LookupJoins
 from batchscore.physical.null_counts import NullTally, count_reasons, null_rows
 from batchscore.physical.profile import (
     ASSEMBLE,
@@ -98,9 +99,13 @@ class ScoringTask:
     """Validation rules counted on the scored rows (`warn` rules; physical.validation)."""
     roles: bool = False
     """Write each model's `role` and `served` (long) or `<model>__served` (wide) columns."""
+    lookups: LookupJoins | None = None
+    """Small dimensions this task joins to its batches itself (physical.lookups)."""
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         limit_threads(self.threads)
+        if self.lookups is not None:
+            batches = self.lookups.joined(batches)
         tally = NullTally() if self.null_dir is not None else None
         watch = self.monitor.start() if self.monitor is not None else None
         rules = self.checks.start() if self.checks is not None else None

@@ -7,6 +7,7 @@ import os
 from batchscore.kernels.base import Kernel
 from batchscore.kernels.trees.kernel import TreeEnsembleKernel
 from batchscore.kernels.trees.merged import TreeGroup
+from batchscore.plan.lookups import may_look_up
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, ModelBinding, Node, Partial, Scan
 from batchscore.sinks.storage import is_object_store, scheme
 
@@ -82,6 +83,8 @@ def _node_lines(plan: LogicalPlan, node: Node, depth: int) -> list[str]:
     held = ""
     if node.on_missing == "quarantine":
         held = f"  (no match: quarantined to {plan.output.quarantine})"
+    elif may_look_up(plan, node):
+        held = "  (in the scoring task: the dimension ships with it)"
     return [
         f"{pad}LeftJoin {node.table} ON {keys}{held}",
         *_node_lines(plan, node.left, depth + 1),

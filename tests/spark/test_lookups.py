@@ -1,0 +1,130 @@
+"""Lookup joins (physical/lookups.py): small dimensions joined in the scoring task give the
+batches, and so the predictions, of Spark's own left join."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+import batchscore as bs
+from batchscore.errors import DataError
+from batchscore.jobs.run import plan_job, run_job
+from batchscore.physical.lookups import LookupJoin
+from batchscore.physical.lower import lower_for_write
+from batchscore.plan.lookups import ENV
+from batchscore.plan.nodes import Join, Scan
+from tests.spark.test_factorize import _check_against_models, _predictions, _variant
+from tests.star import build_star
+
+pytestmark = pytest.mark.spark
+DAY = "2026-11-21"
+
+
+def _lookups(spark: Any, spec: Any) -> Any:
+    _, task, _ = lower_for_write(
+        spark, plan_job(spec), run_id="r", scored_at=datetime.now(UTC), check_keys=False
+    )
+    return task.lookups
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_lookup_joins_score_what_spark_joins_score(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Missing and null foreign keys, an int32 key against an int64 one, a sparse vector: the
+    same predictions with the join in the task and in Spark, and the models' own."""
+    star = build_star(tmp_path, seed=seed, fact_rows=300, a_rows=12, b_rows=9, c_rows=4,
+                      missing=0.2, nan_rate=0.05)  # fmt: skip
+    outputs = {}
+    for name, switch in (("lookup", "1"), ("spark", "0")):
+        monkeypatch.setenv(ENV, switch)
+        spec = bs.load_spec(_variant(star, name, "never"), run_date=DAY)
+        lookups = _lookups(spark, spec)
+        looked_up = [
+            line for line in bs.explain(spec).splitlines() if "in the scoring task" in line
+        ]
+        if switch == "1":  # dim_b alone: dim_a has dim_c joined below it
+            assert lookups is not None and [j.table for j in lookups.joins] == ["dim_b"]
+            assert len(looked_up) == 1 and "LeftJoin dim_b" in looked_up[0]
+        else:
+            assert lookups is None and not looked_up
+        run_job(spec, spark=spark, rules=())
+        outputs[name] = _predictions(tmp_path / f"out_{name}")
+        _check_against_models(star, outputs[name])
+    for model, table in outputs["lookup"].items():
+        same = [c for c in table.column_names if c not in ("run_id", "scored_at")]
+        assert table.select(same).equals(outputs["spark"][model].select(same)), model
+
+
+def _join(table: str = "dim") -> Join:
+    fact = Scan("fact", "delta", "unused")
+    return Join(fact, Scan(table, "delta", "unused"), table, "fact", (("k", "id"),))
+
+
+def test_positions_follow_a_left_join_on_integer_and_string_keys(spark: Any) -> None:
+    dimension = spark.createDataFrame(
+        [(5, "e", 0.5), (-2, "b", 2.0), (None, None, 9.0), (7, "g", 7.0)],
+        "dim__id long, dim__name string, dim__x double",
+    )
+    by_id = LookupJoin.build(_join(), dimension, pa.int32(), ["dim__x"])
+    assert by_id is not None
+    probe = pa.record_batch({"fact__k": pa.array([7, None, -2, 3, 5, 5], pa.int32())})
+    rows = by_id.positions(probe).to_pylist()
+    assert rows == [3, None, 1, None, 0, 0]  # a null key matches nothing, not the null row
+    assert by_id.columns.column("dim__x").take(pa.array([3, 1])).to_pylist() == [7.0, 2.0]
+
+    named = dimension.withColumnRenamed("dim__id", "other").withColumnRenamed(
+        "dim__name", "dim__id"
+    )
+    by_name = LookupJoin.build(_join(), named, pa.string(), ["dim__x"])
+    assert by_name is not None
+    probe = pa.record_batch({"fact__k": pa.array(["g", None, "zz", "e"])})
+    assert by_name.positions(probe).to_pylist() == [3, None, None, 0]
+    # a float key stays with Spark's join (NaN equals NaN there)
+    assert LookupJoin.build(_join(), dimension, pa.float64(), ["dim__x"]) is None
+
+
+def test_a_duplicate_dimension_key_is_refused_as_spark_refuses_it(spark: Any) -> None:
+    dimension = spark.createDataFrame([(1, 0.5), (2, 1.0), (2, 3.0)], "dim__id long, dim__x double")
+    with pytest.raises(DataError, match=r"Dimension table 'dim' has 2 rows for key id=2"):
+        LookupJoin.build(_join(), dimension, pa.int64(), ["dim__x"])
+
+
+def test_joins_rules_depend_on_stay_in_spark(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A join with `on_missing: quarantine` filters the joined rows in Spark: not looked up."""
+    star = build_star(tmp_path, seed=5, fact_rows=150, a_rows=6, b_rows=5, c_rows=3,
+                      missing=0.1, nan_rate=0.0)  # fmt: skip
+    text = star.spec.read_text().replace(
+        "{table: dim_b, on: {fk_b: b_id}}",
+        "{table: dim_b, on: {fk_b: b_id}, on_missing: quarantine}",
+    )
+    text = text.replace("output: {path: out,", "output: {path: out, quarantine: held,")
+    path = tmp_path / "quarantine.yaml"
+    path.write_text(text)
+    monkeypatch.setenv(ENV, "1")
+    assert _lookups(spark, bs.load_spec(path, run_date=DAY)) is None
+
+
+def test_a_looked_up_dimension_reaches_the_delta_table_in_every_row(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every fact row of the day is written once, whatever its key found."""
+    star = build_star(tmp_path, seed=8, fact_rows=200, a_rows=5, b_rows=4, c_rows=2,
+                      missing=0.2, nan_rate=0.0)  # fmt: skip
+    monkeypatch.setenv(ENV, "1")
+    spec = bs.load_spec(_variant(star, "rows", "never"), run_date=DAY)
+    run_job(spec, spark=spark, rules=())
+    table = DeltaTable(str(tmp_path / "out_rows")).to_pyarrow_table()
+    ids = np.array(table.column("id").to_pylist())
+    expected = star.ids[1::2]
+    for model in ("ridge", "multi", "binary"):
+        mine = np.sort(ids[np.array(table.column("model").to_pylist()) == model])
+        assert mine.tolist() == sorted(expected.tolist())
