@@ -3,6 +3,7 @@ batches, and so the predictions, of Spark's own left join."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from deltalake import DeltaTable
 import batchscore as bs
 from batchscore.errors import DataError
 from batchscore.jobs.run import plan_job, run_job
-from batchscore.physical.lookups import LookupJoin
+from batchscore.physical.lookups import LookupJoin, read_on_driver
 from batchscore.physical.lower import lower_for_write
 from batchscore.plan.lookups import ENV
 from batchscore.plan.nodes import Join, Scan
@@ -128,3 +129,24 @@ def test_a_looked_up_dimension_reaches_the_delta_table_in_every_row(
     for model in ("ridge", "multi", "binary"):
         mine = np.sort(ids[np.array(table.column("model").to_pylist()) == model])
         assert mine.tolist() == sorted(expected.tolist())
+
+
+def test_a_dimension_read_on_the_driver_equals_what_spark_reads(spark: Any, tmp_path: Path) -> None:
+    """pyarrow on the driver (no Spark job) gives the rows and types Spark's scan gives: a
+    Delta table with an array column, a Parquet folder with a sparse-vector struct."""
+    from batchscore.physical.lower import _scan
+
+    star = build_star(tmp_path, seed=2, fact_rows=50, a_rows=7, b_rows=6, c_rows=3,
+                      missing=0.0, nan_rate=0.0)  # fmt: skip
+    plan = plan_job(bs.load_spec(_variant(star, "driver", "never"), run_date=DAY))
+    scans = {n.table: n for n in plan.nodes() if isinstance(n, Scan)}
+    for table in ("dim_a", "dim_b", "dim_c"):
+        frame = _scan(spark, scans[table])
+        direct = read_on_driver(scans[table], frame.schema)
+        assert direct is not None, table
+        by_spark = frame.toArrow()
+        assert direct.schema.equals(by_spark.schema), table
+        key = frame.columns[0]
+        assert direct.sort_by(key).equals(by_spark.sort_by(key)), table
+    filtered = replace(scans["dim_b"], predicate="b0 > 0")
+    assert read_on_driver(filtered, _scan(spark, filtered).schema) is None  # Spark filters
