@@ -16,7 +16,9 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from batchscore.models.compiled import CompiledModel, compile_from_object
 from batchscore.plan.bind import bind
 from batchscore.plan.catalog import TableInfo
+from batchscore.plan.cost import LOOKUP_BYTE_WEIGHT
 from batchscore.plan.explain import explain
+from batchscore.plan.lookups import ENV as LOOKUP_ENV
 from batchscore.plan.nodes import Join, LogicalPlan, Partial, Scan
 from batchscore.plan.optimizer import optimize
 from batchscore.plan.rules import (
@@ -188,13 +190,41 @@ def test_factorize_linear_follows_the_tuple_ratio(
     [(3_000_000, True), (3_000, False)],
     ids=["many-fact-rows-per-dimension-row", "about-one-per-dimension-row"],
 )
-def test_factorize_trees_follows_the_tuple_ratio(fact_rows: int, factorized: bool) -> None:
+def test_factorize_trees_follows_the_tuple_ratio(
+    fact_rows: int, factorized: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dimension joined by Spark (lookup joins off): its features cross the JVM."""
+    monkeypatch.setenv(LOOKUP_ENV, "0")
     spec = _spec(f"- {{name: t, path: t.joblib, features: {WIDE}}}")
     rules = [eliminate_unused_joins, prune_columns, factorize_trees]
     plan = _plan(spec, {"t": _trees(2 + DIM_WIDTH + 1)}, rules, fact_rows=fact_rows)
     decided = " ".join(_decisions(plan, "factorize_trees"))
     assert ("dim: factorize" in decided) is factorized, decided
     assert any(isinstance(n, Partial) for n in plan.nodes()) is factorized
+
+
+def _materialize_mb(decided: str) -> float:
+    return float(decided.split("materialize: join ")[1].split(" MB")[0].replace(",", ""))
+
+
+def test_a_looked_up_dimension_counts_its_bytes_gathered_not_joined(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With lookup joins (the default) the small dimension ships with the scoring task:
+    materializing it moves LOOKUP_BYTE_WEIGHT of the bytes a Spark join moves, so the trees
+    that factorize with Spark's join keep the dimension whole, and explain says where it joins."""
+    spec = _spec(f"- {{name: t, path: t.joblib, features: {WIDE}}}")
+    rules = [eliminate_unused_joins, prune_columns, factorize_trees]
+    plan = _plan(spec, {"t": _trees(2 + DIM_WIDTH + 1)}, rules, fact_rows=3_000_000)
+    decided = " ".join(_decisions(plan, "factorize_trees"))
+    assert "dim: materialize" in decided, decided
+    assert not any(isinstance(n, Partial) for n in plan.nodes())
+    assert "LeftJoin dim ON fact.dim_id = dim.dim_id  (in the scoring task" in explain(plan)
+    monkeypatch.setenv(LOOKUP_ENV, "0")
+    spark_joined = _plan(spec, {"t": _trees(2 + DIM_WIDTH + 1)}, rules, fact_rows=3_000_000)
+    by_spark = " ".join(_decisions(spark_joined, "factorize_trees"))
+    expected = LOOKUP_BYTE_WEIGHT * _materialize_mb(by_spark)
+    assert _materialize_mb(decided) == pytest.approx(expected, rel=0.01)
 
 
 def test_batch_models_groups_glms_over_the_same_inputs() -> None:
@@ -216,8 +246,10 @@ def test_every_rule_is_registered_once_in_order() -> None:
     )
 
 
-def test_explain_of_the_synthetic_plan_is_stable() -> None:
-    """The golden lines of `explain` for the whole rule set on one synthetic job."""
+def test_explain_of_the_synthetic_plan_is_stable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The golden lines of `explain` for the whole rule set on one synthetic job (its join
+    done by Spark)."""
+    monkeypatch.setenv(LOOKUP_ENV, "0")
     spec = _spec(f"- {{name: m, path: m.joblib, features: {WIDE}}}",
                  where="where: \"ds = '2026-11-21'\"")  # fmt: skip
     plan = _plan(spec, {"m": _linear(2 + DIM_WIDTH + 1)}, RULES)

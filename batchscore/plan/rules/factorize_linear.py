@@ -17,7 +17,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from batchscore.kernels.affine import AffineKernel
-from batchscore.plan.cost import PASS_BYTES, JoinCost, fact_rows, table_rows, value_bytes
+from batchscore.plan.cost import (
+    PASS_BYTES,
+    JoinCost,
+    fact_rows,
+    moved_bytes,
+    table_rows,
+    value_bytes,
+)
 from batchscore.plan.nodes import (
     Decision,
     FeatureRef,
@@ -156,7 +163,7 @@ class _Rewrite:
             fact_values=fact_values,
             models=len(users),
             decision_columns=columns,
-            materialize_bytes=self.fact_rows * sum(moved.values()),
+            materialize_bytes=self.fact_rows * moved_bytes(self.plan, table, sum(moved.values())),
             materialize_flops=flops_m,
             factorize_bytes=self.fact_rows * 8.0 * columns + dim_bytes,
             factorize_flops=flops_f,

@@ -31,6 +31,7 @@ from batchscore.plan.cost import (
     TEST_FLOPS,
     JoinCost,
     fact_rows,
+    moved_bytes,
     table_rows,
     value_bytes,
 )
@@ -178,7 +179,7 @@ def _cost(
         fact_values=fact_values,
         models=len(users),
         decision_columns=columns,
-        materialize_bytes=rows * sum(moved.values()),
+        materialize_bytes=rows * moved_bytes(plan, dim.table, sum(moved.values())),
         materialize_flops=flops_m,
         factorize_bytes=rows * 8.0 * columns + dim_bytes,
         factorize_flops=flops_f,
