@@ -381,11 +381,12 @@ def scoring_input(
 
     `deferred`: small dimensions the task may join itself (physical.lookups) are left out of
     the frame (their keys kept) and added to `deferred`, with the columns the task's batches
-    must have once joined; not when rules filter or compute on the joined rows in Spark."""
+    must have once joined; not when quarantine rules or counted user rules read the joined
+    rows in Spark (a join with `on_missing: quarantine` is never looked up itself)."""
     refused = _refused(plan, rules)
     user_columns = user_rule_columns(counted, list(plan.spec.tables))
-    if refused is not None or user_columns:
-        deferred = None
+    if user_columns or quarantine_condition(rules, list(plan.spec.tables)) is not None:
+        deferred = None  # Spark reads the joined rows for these rules
     joined = lower_source(spark, plan, check_keys=check_keys, deferred=deferred)
     if refused is not None:
         joined = joined.where(~refused)

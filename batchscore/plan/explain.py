@@ -84,7 +84,7 @@ def _node_lines(plan: LogicalPlan, node: Node, depth: int) -> list[str]:
     if node.on_missing == "quarantine":
         held = f"  (no match: quarantined to {plan.output.quarantine})"
     elif may_look_up(plan, node):
-        held = "  (in the scoring task: the dimension ships with it)"
+        held = "  (in the scoring task, unless row rules read it in Spark)"
     return [
         f"{pad}LeftJoin {node.table} ON {keys}{held}",
         *_node_lines(plan, node.left, depth + 1),

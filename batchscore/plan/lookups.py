@@ -8,8 +8,9 @@ is exactly Spark's left join and cheap to ship:
 - its files total at most LOOKUP_BYTES (and, checked when it is read, it has at most
   LOOKUP_ROWS rows);
 - nothing filters or computes on the joined rows in Spark first: no `on_missing: quarantine`
-  and no id column from the dimension (quarantine rules and counted user rules turn lookups
-  off for the whole run, physical.lower.scoring_input).
+  on this join and no id column from the dimension (quarantine rules and counted user rules,
+  which read the joined rows in Spark, turn lookups off for the whole run:
+  physical.lower.scoring_input; explain says so).
 """
 
 from __future__ import annotations

@@ -97,21 +97,49 @@ def test_a_duplicate_dimension_key_is_refused_as_spark_refuses_it(spark: Any) ->
         LookupJoin.build(_join(), dimension, pa.int64(), ["dim__x"])
 
 
-def test_joins_rules_depend_on_stay_in_spark(
+def _stable(path: Path, keys: list[str]) -> pa.Table:
+    """A Delta table's rows without the run's own columns, in key order."""
+    table = DeltaTable(str(path)).to_pyarrow_table()
+    own = ("run_id", "scored_at", "quarantined_at")
+    table = table.drop_columns([c for c in own if c in table.column_names])
+    return table.sort_by([(k, "ascending") for k in keys])
+
+
+def test_a_quarantine_join_stays_in_spark_and_the_others_are_looked_up(
     spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A join with `on_missing: quarantine` filters the joined rows in Spark: not looked up."""
-    star = build_star(tmp_path, seed=5, fact_rows=150, a_rows=6, b_rows=5, c_rows=3,
-                      missing=0.1, nan_rate=0.0)  # fmt: skip
+    """A join with `on_missing: quarantine` filters the joined rows in Spark: it is not looked
+    up, another dimension still is, and the predictions and the quarantined rows are those of
+    Spark's joins."""
+    star = build_star(tmp_path, seed=5, fact_rows=200, a_rows=6, b_rows=5, c_rows=3,
+                      missing=0.2, nan_rate=0.0)  # fmt: skip
     text = star.spec.read_text().replace(
-        "{table: dim_b, on: {fk_b: b_id}}",
-        "{table: dim_b, on: {fk_b: b_id}, on_missing: quarantine}",
+        "      on: {fk_a: a_id}", "      on: {fk_a: a_id}\n      on_missing: quarantine"
     )
-    text = text.replace("output: {path: out,", "output: {path: out, quarantine: held,")
-    path = tmp_path / "quarantine.yaml"
-    path.write_text(text)
-    monkeypatch.setenv(ENV, "1")
-    assert _lookups(spark, bs.load_spec(path, run_date=DAY)) is None
+    text = text.replace("factorize: always", "factorize: never")
+    assert "on_missing: quarantine" in text and "factorize: never" in text
+    tables = {}
+    for name, switch in (("lookup", "1"), ("spark", "0")):
+        monkeypatch.setenv(ENV, switch)
+        path = tmp_path / f"quarantine_{name}.yaml"
+        path.write_text(
+            text.replace(
+                "output: {path: out,", f"output: {{path: out_{name}, quarantine: held_{name},"
+            )
+        )
+        spec = bs.load_spec(path, run_date=DAY)
+        lookups = _lookups(spark, spec)
+        assert (lookups is not None and [j.table for j in lookups.joins] == ["dim_b"]) is (
+            switch == "1"
+        )
+        run_job(spec, spark=spark, rules=())
+        tables[name] = [
+            _stable(tmp_path / f"out_{name}", ["id", "model"]),
+            _stable(tmp_path / f"held_{name}", ["id"]),
+        ]
+    assert tables["lookup"][1].num_rows > 0  # rows without a dim_a row were held back
+    for mine, theirs in zip(tables["lookup"], tables["spark"], strict=True):
+        assert mine.equals(theirs.select(mine.column_names))
 
 
 def test_a_looked_up_dimension_reaches_the_delta_table_in_every_row(
