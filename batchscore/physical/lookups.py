@@ -71,7 +71,7 @@ class LookupJoin:
         allow one (or the table has more than LOOKUP_ROWS rows): the join stays in Spark."""
         ((left, right),) = join.on
         key = qualified(join.table, right)
-        chosen = dimension.select(key, *wanted)
+        chosen = dimension.select(*dict.fromkeys([key, *wanted]))  # the key may be a feature
         rows = None
         if isinstance(join.right, Scan):
             rows = read_on_driver(join.right, chosen.schema)

@@ -19,12 +19,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema, to_arrow_type
 
-from batchscore.errors import DataError
 from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
 from batchscore.physical.connect import default_parallelism, partition_count
 from batchscore.physical.frames import project, renamed
-from batchscore.physical.lookups import Deferred, LookupJoin
+from batchscore.physical.lookups import Deferred, LookupJoin, duplicate_key_error
 from batchscore.physical.native_scan import read_delta_native, spark_can_open
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
@@ -250,10 +249,7 @@ def _check_unique_keys(
     dup = dimension.groupBy(*keys).count().where(F.col("count") > 1).limit(1).collect()
     if dup:
         values = ", ".join(f"{k.split('__', 1)[1]}={dup[0][k]!r}" for k in keys)
-        raise DataError(
-            f"Dimension table '{join.table}' has {dup[0]['count']} rows for key {values}; a "
-            "join key must be unique or fact rows would be duplicated. Deduplicate the table."
-        )
+        raise duplicate_key_error(join.table, values, dup[0]["count"])
     checked_keys.remember(memo)
 
 

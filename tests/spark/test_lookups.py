@@ -87,6 +87,8 @@ def test_positions_follow_a_left_join_on_integer_and_string_keys(spark: Any) -> 
     assert by_name is not None
     probe = pa.record_batch({"fact__k": pa.array(["g", None, "zz", "e"])})
     assert by_name.positions(probe).to_pylist() == [3, None, None, 0]
+    keyed = LookupJoin.build(_join(), dimension, pa.int64(), ["dim__id", "dim__x"])
+    assert keyed is not None and keyed.columns.column_names == ["dim__id", "dim__x"]
     # a float key stays with Spark's join (NaN equals NaN there)
     assert LookupJoin.build(_join(), dimension, pa.float64(), ["dim__x"]) is None
 
