@@ -162,11 +162,11 @@ def write_delta(
 def _write(df: DataFrame, request: WriteRequest, options: dict[str, str]) -> None:
     """Spark's own Parquet writer where it writes the same table (sinks/spark_writer.py), else
     the batchscore_delta data source; either makes one commit."""
-    from batchscore.sinks.spark_writer import why_not_native, write_with_spark
+    from batchscore.sinks.spark_writer import spark_can_write, write_with_spark
     from batchscore.sinks.writer import plan_write
 
     overwrite = request.mode == "overwrite"
-    if why_not_native(df, request) is None:
+    if spark_can_write(df, request):
         write_with_spark(df, plan_write(options, df.schema, overwrite))
         return
     mode = "overwrite" if overwrite else "append"

@@ -70,30 +70,27 @@ def native_write_enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def why_not_native(df: DataFrame, request: WriteRequest) -> str | None:
-    """None when Spark's writer may write `request` (see the module doc); else why not."""
+def spark_can_write(df: DataFrame, request: WriteRequest) -> bool:
+    """Whether Spark's writer may write `request` (see the module doc)."""
     from batchscore.physical.connect import is_connect
 
-    if not native_write_enabled():
-        return f"{ENV} is off"
-    if request.transform is not None:
-        return "a fused transform writes from Python"
-    if is_object_store(request.path) or not PLAIN_PATH.match(normalize_path(request.path)):
-        return "the table is not at a plain local path"
-    if request.sizing != DEFAULT_SIZING:
-        return "file sizing other than the default"
-    if is_connect(df.sparkSession):
-        return "a Spark Connect session"
-    return None
+    path = request.path
+    return (
+        native_write_enabled()
+        and request.transform is None
+        and not is_object_store(path)
+        and bool(PLAIN_PATH.match(normalize_path(path)))
+        and request.sizing == DEFAULT_SIZING
+        and not is_connect(df.sparkSession)
+    )
 
 
-def write_with_spark(df: DataFrame, plan: WritePlan) -> tuple[int | None, list[FileAdd]]:
-    """Write `df` with Spark's Parquet writer and commit its files once; (version, files).
-
-    Version None: nothing committed (no rows, or the app transaction had committed already);
-    the files are gone then, as after any failure."""
+def write_with_spark(df: DataFrame, plan: WritePlan) -> None:
+    """Write `df` with Spark's Parquet writer and commit its files once. Nothing is committed
+    for no rows, or when the app transaction had committed already; the files are gone then,
+    as after any failure."""
     if plan.skip:
-        return None, []
+        return
     _, base = filesystem(plan.path)
     staging = f"{base}/{STAGING_DIR}/{plan.write_id}"
     moved: list[str] = []
@@ -107,7 +104,7 @@ def write_with_spark(df: DataFrame, plan: WritePlan) -> tuple[int | None, list[F
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(staging))  # when no other write is staging
-    return commit_files(plan, files, writer=WRITER), files
+    commit_files(plan, files, writer=WRITER)
 
 
 def _spark_write(df: DataFrame, plan: WritePlan, staging: str) -> None:
