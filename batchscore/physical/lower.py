@@ -157,7 +157,20 @@ def _spread(spark: SparkSession, fact: DataFrame) -> DataFrame:
     partitions = partition_count(fact)  # None over Spark Connect: spread, as the cost model says
     if partitions is not None and partitions >= target:
         return fact
-    return fact.repartition(target)
+    keys = [F.col(f.name) for f in fact.schema.fields if isinstance(f.dataType, _HASHABLE)]
+    # hash partitioning needs no sort (round robin sorts every row first so that a retried
+    # task gets the same rows); rows equal in every hashed column land together, which is fine
+    return fact.repartition(target, *keys) if keys else fact.repartition(target)
+
+
+_HASHABLE = (
+    T.NumericType,
+    T.StringType,
+    T.BooleanType,
+    T.DateType,
+    T.TimestampType,
+    T.TimestampNTZType,
+)
 
 
 def _scan(spark: SparkSession, scan: Scan) -> DataFrame:

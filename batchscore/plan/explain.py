@@ -9,6 +9,7 @@ from batchscore.kernels.trees.kernel import TreeEnsembleKernel
 from batchscore.kernels.trees.merged import TreeGroup
 from batchscore.plan.lookups import may_look_up
 from batchscore.plan.nodes import FeatureRef, LogicalPlan, ModelBinding, Node, Partial, Scan
+from batchscore.plan.spread import describe_spread
 from batchscore.sinks.storage import is_object_store, scheme
 
 
@@ -48,9 +49,9 @@ def explain(plan: LogicalPlan) -> str:
             f"{group.group.describe()}"
         )
     out.extend(_node_lines(plan, plan.source, depth=1))
-    if plan.decisions:
-        out.append("Decisions:")
-        out.extend(f"  [{d.rule}] {d.text}" for d in plan.decisions)
+    out.append("Decisions:")
+    out.extend(f"  [{d.rule}] {d.text}" for d in plan.decisions)
+    out.append(f"  [spread] {plan.spec.source.table}: {describe_spread(plan)}")
     return "\n".join(out)
 
 

@@ -1,0 +1,66 @@
+"""Spreading a one-file fact scan (physical.lower._spread, plan.spread): the scoring stage runs
+as one task per core over hash-partitioned fact rows, and scores what the unspread job scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+import batchscore as bs
+import batchscore.physical.lower as lower
+from batchscore.jobs.run import plan_job, run_job
+from batchscore.physical.connect import default_parallelism
+from batchscore.physical.lower import SPREAD_ENV, lower_source
+from tests.spark.test_factorize import _check_against_models, _predictions, _variant
+from tests.star import build_star
+
+pytestmark = pytest.mark.spark
+DAY = "2026-11-21"
+
+
+def test_a_spread_scan_scores_what_the_unspread_one_scores(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    star = build_star(tmp_path, seed=5, fact_rows=400, a_rows=12, b_rows=9, c_rows=4,
+                      missing=0.2, nan_rate=0.05)  # fmt: skip
+    outputs = {}
+    for name, switch in (("spread", "1"), ("kept", "0")):
+        monkeypatch.setenv(SPREAD_ENV, switch)
+        monkeypatch.setattr(lower, "worth_spreading", lambda plan: True)  # 200 rows: too few
+        spec = bs.load_spec(_variant(star, name, "never"), run_date=DAY)
+        source = lower_source(spark, plan_job(spec), check_keys=False)
+        physical = source._jdf.queryExecution().executedPlan().toString()
+        if switch == "1":
+            # hashed on the fact columns: no sort before the shuffle, as round robin needs
+            assert "hashpartitioning(" in physical and "RoundRobin" not in physical, physical
+            assert source.rdd.getNumPartitions() == default_parallelism(spark)
+        else:
+            assert "Exchange" not in physical.replace("BroadcastExchange", ""), physical
+        run_job(spec, spark=spark, rules=())
+        outputs[name] = _predictions(tmp_path / f"out_{name}")
+        _check_against_models(star, outputs[name])
+    for model, spread in outputs["spread"].items():
+        _assert_same_scores(spread, outputs["kept"][model])
+
+
+def _assert_same_scores(spread: pa.Table, kept: pa.Table) -> None:
+    """Labels and ids exactly; scores to 1e-12, since BLAS sums a row's terms in an order that
+    depends on the batch's shape, and spreading changes which rows share a batch."""
+    for name in spread.column_names:
+        if name in ("run_id", "scored_at"):
+            continue
+        kind = spread.schema.field(name).type
+        if pa.types.is_list(kind):
+            kind = kind.value_type
+        got, want = spread[name].to_pylist(), kept[name].to_pylist()
+        if not pa.types.is_floating(kind):
+            assert got == want, name
+            continue
+        assert [v is None for v in got] == [v is None for v in want], name
+        present = [(g, w) for g, w in zip(got, want, strict=True) if g is not None]
+        scores = np.array([g for g, _ in present], dtype=float)
+        np.testing.assert_allclose(scores, np.array([w for _, w in present]), rtol=1e-12)
