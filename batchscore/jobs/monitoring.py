@@ -27,6 +27,7 @@ from batchscore.monitor.metrics import (
 )
 from batchscore.monitor.profile import Profile
 from batchscore.physical.task_files import read_task_file, write_task_file
+from batchscore.sinks.checkpoints import checkpoint_if_due
 from batchscore.sinks.storage import delta_table, storage_options
 
 SCHEMA = pa.schema(
@@ -152,7 +153,9 @@ def replace_rows(table: str, data: pa.Table, predicate: str) -> int:
             "predictions are committed; fix the table (or point monitoring.table elsewhere) "
             "and rerun with --force to record the metrics."
         ) from None
-    return int((existing or delta_table(table)).version())
+    version = int((existing or delta_table(table)).version())
+    checkpoint_if_due(table, version)
+    return version
 
 
 def run_summary(

@@ -30,6 +30,7 @@ from deltalake.transaction import (
 )
 
 from batchscore.errors import BatchScoreError, CommitConflictError, SinkError, first_line
+from batchscore.sinks.checkpoints import checkpoint_if_due
 from batchscore.sinks.log import (
     METADATA_KEY,
     check_no_conflict,
@@ -100,7 +101,9 @@ def commit_files(
         "read_version": read_version,
         "writer": writer,
     }
-    return _commit_with_retries(_Commit(plan, list(files), custom, read_version), max_retries)
+    version = _commit_with_retries(_Commit(plan, list(files), custom, read_version), max_retries)
+    checkpoint_if_due(plan.path, version)
+    return version
 
 
 @dataclass(frozen=True)

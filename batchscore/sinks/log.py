@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -90,6 +90,11 @@ def transaction_version(path: str | os.PathLike[str], app_id: str) -> int | None
 def log_commits(path: str, *, limit: int | None = None) -> list[tuple[int, dict[str, Any]]]:
     """(version, commitInfo) for the commit files in `_delta_log`, newest first (see the module
     docstring for why not delta-rs' history())."""
+    return list(_newest_commits(path, limit=limit))
+
+
+def _newest_commits(path: str, *, limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """log_commits' pairs, each read only when asked for: a search stops at its match."""
     fs, base = filesystem(path)
     log = f"{base}/_delta_log"
     versions = sorted(
@@ -102,7 +107,6 @@ def log_commits(path: str, *, limit: int | None = None) -> list[tuple[int, dict[
     )
     if limit is not None:
         versions = versions[:limit]
-    commits: list[tuple[int, dict[str, Any]]] = []
     for version in versions:
         try:
             with fs.open_input_stream(f"{log}/{version:020d}.json") as stream:
@@ -116,13 +120,12 @@ def log_commits(path: str, *, limit: int | None = None) -> list[tuple[int, dict[
                 if isinstance(action.get("commitInfo"), dict):
                     info = action["commitInfo"]
                     break
-        commits.append((version, info))
-    return commits
+        yield version, info
 
 
 def find_commit(path: str, write_id: str, *, limit: int = 100) -> int | None:
     """Version of the commit that write `write_id` made, searching the last `limit` commits."""
-    for version, info in log_commits(path, limit=limit):
+    for version, info in _newest_commits(path, limit=limit):
         facts = info.get(METADATA_KEY)
         if isinstance(facts, dict) and facts.get("write_id") == write_id:
             return version
@@ -139,7 +142,7 @@ def lookup_commit(path: str, write_id: str) -> tuple[int | None, bool]:
 
 def sink_facts(path: str, version: int) -> dict[str, Any]:
     """The sink's own facts (METADATA_KEY) in the commit info of `version`; {} when none."""
-    for found, info in log_commits(path, limit=None):
+    for found, info in _newest_commits(path, limit=None):
         if found == version:
             facts = info.get(METADATA_KEY)
             return facts if isinstance(facts, dict) else {}

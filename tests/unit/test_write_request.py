@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from deltalake import DeltaTable, write_deltalake
 
 from batchscore.errors import SinkError
+from batchscore.sinks.checkpoints import CHECKPOINT_INTERVAL, checkpoint_if_due
 from batchscore.sinks.commit import commit_files
 from batchscore.sinks.files import TaskWriter
 from batchscore.sinks.log import log_commits, transaction_version
@@ -134,3 +135,34 @@ def test_files_and_commit_work_from_a_plan_without_spark(tmp_path: Path) -> None
     task.add(batch)
     assert commit_files(again, task.finish()) is None  # the app transaction is done
     assert len(log_commits(path)) == 1
+
+
+def test_every_tenth_commit_writes_a_checkpoint_and_reads_start_there(tmp_path: Path) -> None:
+    path = str(tmp_path / "t")
+    schema = delta_arrow_schema(SCHEMA, path=path)
+    batch = pa.record_batch({"id": [1], "ds": ["a"], "score": [0.5]}, schema=SCHEMA)
+    log = tmp_path / "t" / "_delta_log"
+    for version in range(CHECKPOINT_INTERVAL + 1):
+        request = WriteRequest(path, "append", partition_by=["ds"], write_id=f"w{version}")
+        task = TaskWriter(WritePlan(request, schema))
+        task.add(batch)
+        assert commit_files(task.plan, task.finish()) == version
+        checkpoints = sorted(p.name for p in log.glob("*.checkpoint.parquet"))
+        due = [f"{CHECKPOINT_INTERVAL:020d}.checkpoint.parquet"]
+        assert checkpoints == (due if version >= CHECKPOINT_INTERVAL else []), version
+    # a reader needs only the checkpoint and the commits after it
+    for old in range(CHECKPOINT_INTERVAL):
+        (log / f"{old:020d}.json").unlink()
+    table = DeltaTable(path)
+    assert table.version() == CHECKPOINT_INTERVAL
+    assert table.to_pyarrow_table()["id"].to_pylist() == [1] * (CHECKPOINT_INTERVAL + 1)
+
+
+def test_a_table_with_its_own_interval_is_left_to_it(tmp_path: Path) -> None:
+    path = str(tmp_path / "t")
+    data = pa.table({"id": [1], "ds": ["a"], "score": [0.5]}, schema=SCHEMA)
+    write_deltalake(path, data, configuration={"delta.checkpointInterval": "1000"})
+    for _ in range(CHECKPOINT_INTERVAL):
+        write_deltalake(path, data, mode="append")
+    assert not checkpoint_if_due(path, CHECKPOINT_INTERVAL)
+    assert not list((tmp_path / "t" / "_delta_log").glob("*.checkpoint.parquet"))
