@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pytest
+from deltalake import DeltaTable
 
 import batchscore as bs
 from batchscore.datasets._write import sha256_file
@@ -35,7 +37,12 @@ from batchscore.datasets.demo import FEATURES, MODEL_FILES, MODEL_OUTPUTS
 from batchscore.errors import CommitConflictError
 from batchscore.models.store import ModelStore
 from batchscore.monitor.report import report_html
-from batchscore.sinks.storage import delta_table
+from batchscore.sinks.checkpoints import CHECKPOINT_INTERVAL
+from batchscore.sinks.commit import commit_files
+from batchscore.sinks.files import TaskWriter
+from batchscore.sinks.request import WritePlan, WriteRequest
+from batchscore.sinks.schema import delta_arrow_schema
+from batchscore.sinks.storage import delta_table, filesystem, storage_options
 from batchscore.sinks.storage_config import use_storage
 from tests.cluster import REPO, loopback_env
 from tests.s3 import S3Server
@@ -466,3 +473,21 @@ def test_secrets_are_never_printed_nor_stored(
     assert all(s3.secret.encode() not in s3.read(f"secret/{key}") for key in keys)
     first = s3.read(f"secret/out/predictions/_delta_log/{'0' * 20}.json").decode()
     assert "batchscore.run_id" in first  # the lineage is there, the secret is not
+
+
+def test_every_tenth_commit_checkpoints_an_s3_table(s3: S3Server) -> None:
+    """The checkpoint goes through the same storage options as the commit (sinks.checkpoints):
+    readers of the object-store table start from it."""
+    path = s3.uri("checkpointed")
+    schema = pa.schema([("id", pa.int64()), ("ds", pa.string())])
+    batch = pa.record_batch({"id": [1], "ds": ["a"]}, schema=schema)
+    for version in range(CHECKPOINT_INTERVAL + 1):
+        request = WriteRequest(path, "append", partition_by=["ds"], write_id=f"c{version}")
+        task = TaskWriter(WritePlan(request, delta_arrow_schema(schema, path=path)))
+        task.add(batch)
+        assert commit_files(task.plan, task.finish()) == version
+    fs, base = filesystem(path)
+    names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(f"{base}/_delta_log"))]
+    assert f"{CHECKPOINT_INTERVAL:020d}.checkpoint.parquet" in names, names
+    assert "_last_checkpoint" in names
+    assert DeltaTable(path, storage_options=storage_options(path)).version() == CHECKPOINT_INTERVAL
