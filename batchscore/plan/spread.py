@@ -8,13 +8,15 @@ the Arrow transfer, the lookups and feature assembly, the kernels, the output co
 Parquet write. It pays when that work per row, half of which moves to another core, outweighs
 the shuffle's cost per row, over enough rows to cover the extra stage.
 
-Measured on this 2-core machine with lookup joins, medians of 5 interleaved runs (session 16):
-Walmart (421,570 rows, 40 fact bytes per row) logistic regression + 210 LightGBM trees 2.66 ->
-2.20 s spread, the logistic regression alone 1.41 -> 1.31 s; Flights (66,548 rows) logistic
-regression 0.78 -> 0.84 s (the extra stage costs more than half its small task saves). In the
-cost model's unit (bytes moved; FLOPs x FLOP_WEIGHT), those figures put the task's own work at
-about 40 per fact row plus 25 per model and row, a shuffled fact byte at about 0.4 and the
-extra stage at about 3.3 million.
+Measured on this 2-core machine with lookup joins, medians of 5 interleaved runs, three A/B
+runs (session 16): Walmart (421,570 rows, 40 fact bytes per row) logistic regression + 210
+LightGBM trees 2.82 -> 2.18 s spread, 3.11 -> 2.46 s, 3.15 -> 2.43 s; the logistic regression
+alone 1.38 -> 1.34 s, 1.59 -> 1.81 s, 1.70 -> 1.71 s (break-even: the model predicts a saving of
+3.7 million against 35.5 million with the trees); Flights (66,548 rows) logistic regression
+0.78 -> 0.84 s (the extra stage costs more than half its small task saves). In the cost model's
+unit (bytes moved; FLOPs x FLOP_WEIGHT), those figures put the task's own work at about 40 per
+fact row plus 25 per model and row, a shuffled fact byte at about 0.4 and the extra stage at
+about 3.3 million.
 """
 
 from __future__ import annotations
