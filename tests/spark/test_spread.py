@@ -61,6 +61,5 @@ def _assert_same_scores(spread: pa.Table, kept: pa.Table) -> None:
             assert got == want, name
             continue
         assert [v is None for v in got] == [v is None for v in want], name
-        present = [(g, w) for g, w in zip(got, want, strict=True) if g is not None]
-        scores = np.array([g for g, _ in present], dtype=float)
-        np.testing.assert_allclose(scores, np.array([w for _, w in present]), rtol=1e-12)
+        present = [[v for v in values if v is not None] for values in (got, want)]
+        np.testing.assert_allclose(*np.array(present, dtype=float), rtol=1e-12)
