@@ -95,6 +95,26 @@ def timed_runs(
     return statistics.median(times), result, len(times)
 
 
+def interleaved(
+    variants: dict[str, Callable[[], Any]],
+    repeats: int,
+    after: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """Median wall time of each variant over `repeats` rounds, the variants run in turn within a
+    round: a slow spell of the shared machine then hits every variant alike, where back-to-back
+    runs of one variant let it land on one of them (two runs of one plan under two names
+    differed by 1.19x). `after(name)` runs untimed after a variant's last call."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for round_ in range(max(1, repeats)):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+            if after is not None and round_ == max(1, repeats) - 1:
+                after(name)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 class MemorySampler:
     """Peak resident memory of this process and every process under it: the Spark JVM and the
     Python workers it forks.

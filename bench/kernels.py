@@ -2,17 +2,18 @@
 
 LightGBM with 100 and 500 trees (num_leaves 31), a RandomForest (100 trees, depth 10) and a
 HistGradientBoosting classifier (200 iterations), all trained on a synthetic 20-feature binary
-task (20,000 rows; the forest on 5,000 with --quick, where it is the slow one to train). The
+task (20,000 rows; the forest on 5,000 with --quick, where it is the slow one to train), with
+two threads (training is not measured; every model then predicts with n_jobs=1). The
 baseline is the model's own predict_proba, one call on all 1M rows (50k with --quick), one
 thread; "compiled" (batchscore's default: C generated per model) scores all those rows too, in
 Arrow-sized batches of 10,000 rows as mapInArrow hands them over, with one thread; "native" (the
 library's own predictor behind batchscore's kernel interface: the baseline again, plus the
-kernel's batching) the first 250,000 of them, compared at its rate, labelled "(prefix)". The
+kernel's batching) the first 100,000 of them, compared at its rate, labelled "(prefix)". The
 compiled row's note gives the cold compile time (the cache is a fresh folder for the run).
 
 The numpy strategies (traversal, perfect; gemm and bitvector with BENCH_ALL_STRATEGIES=1: they
 run at 0.00-0.07x and cost minutes) score a fixed PREFIX of the same rows
-in the same batches: the first 100,000 (20,000 with --quick). Their rows column says so, their
+in the same batches: the first 50,000 (20,000 with --quick). Their rows column says so, their
 variant ends in "(prefix)" and their note names the prefix; their ratio compares rows/s with the
 baseline's rows/s on all rows (ratio = baseline seconds scaled to the prefix / strategy seconds).
 A strategy whose first batch runs below 30,000 rows/s (gemm and bitvector evaluate every node;
@@ -46,8 +47,8 @@ from bench.harness import Context, Row, peak_rss_mb, timed_runs
 NEEDS_SPARK = False  # bench/run.py starts no SparkSession for this scenario
 BATCH = 10_000
 ROWS, QUICK_ROWS = 1_000_000, 50_000
-PREFIX, QUICK_PREFIX = 100_000, 20_000  # rows the numpy strategies score
-NATIVE_PREFIX = 250_000  # rows "native" scores: the library's predictor again, at its rate
+PREFIX, QUICK_PREFIX = 50_000, 20_000  # rows the numpy strategies score
+NATIVE_PREFIX = 100_000  # rows "native" scores: the library's predictor again, at its rate
 PILOT, QUICK_PILOT = 5_000, 2_000  # the first batch; all that a slow strategy scores
 TRAIN_ROWS = 20_000
 QUICK_FOREST_ROWS = 5_000  # --quick trains the forest (the slow one to train) on fewer rows
@@ -74,9 +75,9 @@ def _models(forest_rows: int = TRAIN_ROWS) -> list[tuple[str, Any]]:
     y = (X[:, 0] + X[:, 1] * X[:, 2] + rng.normal(size=X.shape[0]) > 0).astype(int)
     out: list[tuple[str, Any]] = []
     for trees in (100, 500):
-        model = lgb.LGBMClassifier(n_estimators=trees, num_leaves=31, verbose=-1, n_jobs=1)
+        model = lgb.LGBMClassifier(n_estimators=trees, num_leaves=31, verbose=-1, n_jobs=2)
         out.append((f"lightgbm-{trees}-trees", model.fit(X, y)))
-    rf = RandomForestClassifier(100, max_depth=10, n_jobs=1, random_state=0)
+    rf = RandomForestClassifier(100, max_depth=10, n_jobs=2, random_state=0)
     out.append(("random-forest-100-trees", rf.fit(X[:forest_rows], y[:forest_rows])))
     hgb = HistGradientBoostingClassifier(max_iter=200, early_stopping=False, random_state=0)
     out.append(("hist-gradient-boosting-200", hgb.fit(X, y)))

@@ -11,8 +11,8 @@ every rule off (materialize, then score), batchscore optimized (the planner deci
 bound (the same scans, join and Delta write with the score replaced by a constant), in one
 Spark session on the same tables. In the full run the first point's bound and optimized job
 run once untimed first (the session's first jobs); then each variant's time is the median of 2
-runs (their mean; 1 with --quick), which keeps the 27 variants of the full grid near 80 s on two
-cores.
+runs (their mean; 1 with --quick; 3 at the tree points), the variants taking turns run by run
+(harness.interleaved), which keeps the 27 variants of the full grid near 80 s on two cores.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row, peak_rss_mb, timed
+from bench.harness import Context, Row, interleaved, peak_rss_mb
 from bench.morpheus import NATIVE_BOUND, _bound, _native_bound
 
 FACT_FEATURES = 10
@@ -34,6 +34,7 @@ TREE_POINTS = [(10, 2.0), (100, 10.0), (100, 50.0)]
 QUICK_TREE_POINTS = [(100, 50.0)]
 TREE_ROUNDS = 30
 REPEATS = 2  # runs per variant in the full run (the warm-up takes the first jobs' costs)
+TREE_REPEATS = 3  # the tree points: the planner's pick is judged against the other two
 
 
 def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0, *, trees: bool = False) -> Path:
@@ -132,11 +133,12 @@ def _tree_point(ctx: Context, n: int, tr: int, fr: float) -> list[Row]:
         PLANNER: lambda: run_job(base, spark=ctx.spark, force=True),
     }
     _fresh(out, variants[PLANNER])  # untimed: compiles the model and its fact side once
-    times, outputs = {}, {}
-    repeats = min(ctx.repeats, REPEATS)
-    for name, fn in variants.items():
-        times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
-        outputs[name] = _probabilities(out)
+    outputs: dict[str, np.ndarray] = {}
+    repeats = min(ctx.repeats, TREE_REPEATS)
+    runs = {name: (lambda fn=fn: _fresh(out, fn)) for name, fn in variants.items()}
+    times = interleaved(
+        runs, repeats, after=lambda name: outputs.update({name: _probabilities(out)})
+    )
     same = all(np.allclose(outputs[k], outputs[NEVER], rtol=1e-9, atol=1e-12) for k in outputs)
     best = min(times[NEVER], times[ALWAYS])
     rows = []
@@ -186,9 +188,10 @@ def _point(ctx: Context, n: int, tr: int, fr: float, *, warm_up: bool = False) -
     if warm_up:  # untimed: the session's first jobs
         for name in (BOUND, OPTIMIZED):
             _fresh(out, variants[name])
-    times, repeats = {}, min(ctx.repeats, REPEATS)
-    for name, fn in variants.items():
-        times[name], _ = timed(lambda fn=fn: _fresh(out, fn), repeats)
+    repeats = min(ctx.repeats, REPEATS)
+    times = interleaved(
+        {name: (lambda fn=fn: _fresh(out, fn)) for name, fn in variants.items()}, repeats
+    )
     rows = []
     for name, sec in times.items():
         note = (
