@@ -37,7 +37,8 @@ false node clears its whole left subtree), so the test is an AND of the joined 3
 with the node's left-leaf range, and the walk reaches the exit leaf QuickScorer would find.
 
 Leaf values are added tree by tree in the ensemble's order into zeroed float64 sums, the order
-in which LightGBM and scikit-learn add them: raw LightGBM scores come out bit-identical.
+in which LightGBM and scikit-learn add them: raw LightGBM scores come out bit-identical. Rows
+may be walked in another order than the table's (`bs_sums`'s `order`, row_order.py).
 """
 
 from __future__ import annotations
@@ -50,10 +51,10 @@ import numpy as np
 
 from batchscore.kernels.trees.ir import LIGHTGBM_ZERO, Tree, TreeEnsemble
 
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "4"
 """Bumped whenever generated code can change for the same IR (part of every cache key)."""
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 """What `bs_abi()` returns; the loader refuses a library built for another calling convention."""
 
 GROUP_TREES = 24
@@ -230,19 +231,6 @@ def is_branchless(tree: Tree) -> bool:
         return False
     leaves = tree.n_leaves
     return leaves >= BRANCHLESS_MIN_LEAVES and leaves >= BRANCHLESS_FILL * 2**tree.depth
-
-
-def mean_leaf_depth(tree: Tree) -> float:
-    depths: list[int] = []
-    stack = [(0, 0)]
-    while stack:
-        code, d = stack.pop()
-        if code < 0:
-            depths.append(d)
-            continue
-        stack.append((int(tree.left[code]), d + 1))
-        stack.append((int(tree.right[code]), d + 1))
-    return float(np.mean(depths)) if depths else 0.0
 
 
 def block_rows(n_inputs: int) -> int:
@@ -549,7 +537,7 @@ HIDDEN int bs_cat(double v, int row, int known, int dl) {{
 }}
 
 static const double* bs_block(const double* X, int64_t nb, int64_t ld, const int64_t* cols,
-                              double* buf, int64_t* ldb) {{
+                              const int64_t* rows, double* buf, int64_t* ldb) {{
 {prepare}
 }}
 
@@ -561,17 +549,27 @@ EXPORT int64_t bs_n_inputs(void) {{ return BS_F; }}
 /* sums[r, k] += leaf values of row r's exit leaves, tree by tree; returns 0, or -1 when out of
    memory (sums untouched then). `cols`: the column of X holding each of the BS_F inputs (a
    block at a time, gathered where the input rule reads them anyway), or NULL when X holds
-   exactly the inputs. */
-EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, const int64_t* cols, double* sums) {{
+   exactly the inputs. `order`: NULL, or the n rows of X (and sums) to walk, in that order
+   (row_order: sorted so that branches predict); each row's sums are its own either way. */
+EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, const int64_t* cols,
+                   const int64_t* order, double* sums) {{
   double* buf = malloc(sizeof(double) * BS_BLOCK * BS_F);
-  if (!buf) return -1;
+  double* obuf = order ? malloc(sizeof(double) * BS_BLOCK * BS_K) : NULL;
+  if (!buf || (order && !obuf)) {{ free(buf); free(obuf); return -1; }}
   for (int64_t s = 0; s < n; s += BS_BLOCK) {{
     int64_t nb = n - s < BS_BLOCK ? n - s : BS_BLOCK, ldb = ld;
-    const double* xb = bs_block(X + s * ld, nb, ld, cols, buf, &ldb);
+    const int64_t* rows = order ? order + s : NULL;
+    const double* xb = bs_block(rows ? X : X + s * ld, nb, ld, cols, rows, buf, &ldb);
     double* ob = sums + s * BS_K;
+    for (int64_t r = 0; rows && r < nb; ++r) for (int64_t k = 0; k < BS_K; ++k)
+      obuf[r * BS_K + k] = sums[rows[r] * BS_K + k];
+    if (rows) ob = obuf;
 {calls}
+    for (int64_t r = 0; rows && r < nb; ++r) for (int64_t k = 0; k < BS_K; ++k)
+      sums[rows[r] * BS_K + k] = obuf[r * BS_K + k];
   }}
   free(buf);
+  free(obuf);
   return 0;
 }}
 """
@@ -579,17 +577,20 @@ EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, const int64_t* cols, 
 
 def _prepare(ens: TreeEnsemble, prepared: int) -> str:
     """One block of inputs for the trees, in `buf`: column `cols[j]` of X (column j without
-    `cols`) under the input rule for the first `prepared` of them. Without `cols` and with a
-    no-op rule, the block itself."""
+    `cols`) of row `rows[r]` (row r without `rows`) under the input rule for the first
+    `prepared` of them. Without `cols` and `rows` and with a no-op rule, the block itself."""
     conv = {"float64": "v", "float32": "(double)(float)v"}.get(
         ens.input_rule, f"(fabs(v) <= {c_double(LIGHTGBM_ZERO)} ? 0.0 : v)"
     )
     value = "v" if conv == "v" or prepared == 0 else f"j < {prepared} ? {conv} : v"
     loop = (
-        "    for (int64_t r = 0; r < nb; ++r) for (int64_t j = 0; j < BS_F; ++j) {{\n"
-        "      double v = X[r * ld + {0}]; buf[r * BS_F + j] = " + value + ";\n    }}\n"
+        "    for (int64_t r = 0; r < nb; ++r) {{\n"
+        "      const double* xr = X + (rows ? rows[r] : r) * ld;\n"
+        "      for (int64_t j = 0; j < BS_F; ++j) {{\n"
+        "        double v = xr[{0}]; buf[r * BS_F + j] = " + value + ";\n      }}\n    }}\n"
     )
     direct = "    return X;\n" if value == "v" else loop.format("j")
-    return f"  if (!cols) {{\n{direct}  }} else {{\n{loop.format('cols[j]')}  }}\n" + (
-        "  *ldb = BS_F;\n  return buf;"
+    return (
+        f"  if (!cols && !rows) {{\n{direct}  }} else if (!cols) {{\n{loop.format('j')}"
+        f"  }} else {{\n{loop.format('cols[j]')}  }}\n  *ldb = BS_F;\n  return buf;"
     )

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from batchscore.kernels.lightgbm_native import scoring_threads
-from batchscore.kernels.trees.compiled import cache, codegen, toolchain
+from batchscore.kernels.trees.compiled import cache, codegen, row_order, toolchain
 from batchscore.kernels.trees.ir import TreeEnsemble
 
 PLATFORM = toolchain.PLATFORM
@@ -48,9 +48,11 @@ class BuildInfo:
     seconds: float  # cold compile time (of this run, or recorded with the cached entry)
     cache_hit: bool
     forms: dict[str, int]  # trees per code form (codegen.forms)
+    order: row_order.RowOrder | None = None
 
     def describe(self) -> str:
-        return " + ".join(f"{n} {form}" for form, n in self.forms.items() if n) + " trees"
+        trees = " + ".join(f"{n} {form}" for form, n in self.forms.items() if n) + " trees"
+        return trees if self.order is None else f"{trees}, {self.order.describe()}"
 
 
 @dataclass(eq=False)
@@ -90,17 +92,33 @@ class CompiledForest:
         threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
         for start, stop in _chunks(n, self._chunk_rows(X)):
             part, cols = self._inputs(X[start:stop])
+            rows = self._row_order(part, cols)
+            target = out[start:stop]
             if threads == 1:
-                _call(fn, part, cols, out[start:stop])
+                _call(fn, part, cols, target, rows)
                 continue
             bounds = np.linspace(0, part.shape[0], threads + 1).astype(int)
-            with ThreadPoolExecutor(threads) as pool:
+            with ThreadPoolExecutor(threads) as pool:  # each thread: its rows, in order
                 jobs = [
-                    pool.submit(_call, fn, part[a:b], cols, out[start + a : start + b])
+                    pool.submit(_call, fn, part, cols, target, rows[a:b])
+                    if rows is not None
+                    else pool.submit(_call, fn, part[a:b], cols, target[a:b])
                     for a, b in itertools.pairwise(bounds)
                 ]
                 for job in jobs:
                     job.result()
+
+    def _row_order(self, part: np.ndarray, cols: np.ndarray | None) -> np.ndarray | None:
+        """The rows of `part` in the order to walk them (row_order), or None: table order.
+        `part` holds every input (with `cols`, or when nothing was compacted) or only the
+        used ones."""
+        order = self.info.order
+        if order is None:
+            return None
+        column = order.column
+        if cols is None and self.used is not None:
+            column = int(np.searchsorted(self.used, column))
+        return order.permutation(part[:, column])
 
     def _chunk_rows(self, X: Any) -> int:
         if not sp.issparse(X):
@@ -141,11 +159,16 @@ def _chunks(n: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
-def _call(fn: Any, X: np.ndarray, cols: np.ndarray | None, out: np.ndarray) -> None:
-    if X.shape[0] == 0:
+def _call(
+    fn: Any, X: np.ndarray, cols: np.ndarray | None, out: np.ndarray, rows: np.ndarray | None = None
+) -> None:
+    """Sums of X's rows into out's: all of them, or `rows` (int64) of both, in that order."""
+    n = X.shape[0] if rows is None else rows.shape[0]
+    if n == 0:
         return
     where = None if cols is None else cols.ctypes.data
-    status = fn(X.ctypes.data, X.shape[0], X.shape[1], where, out.ctypes.data)
+    order = None if rows is None else rows.ctypes.data
+    status = fn(X.ctypes.data, n, X.shape[1], where, order, out.ctypes.data)
     if status != 0:
         raise MemoryError("compiled forest: out of memory for its row block")
 
@@ -161,6 +184,7 @@ def _load(forest: CompiledForest) -> Any:
         ctypes.c_void_p,
         ctypes.c_int64,
         ctypes.c_int64,
+        ctypes.c_void_p,
         ctypes.c_void_p,
         ctypes.c_void_p,
     ]
@@ -198,8 +222,9 @@ def compile_forest(
     entry = cache.lookup(key, compiler.identity, codegen.CODEGEN_VERSION)
     chosen = codegen.forms(compact, words)
     counts = {f: chosen.count(f) for f in (codegen.BRANCHY, codegen.BRANCHLESS, codegen.TABLE)}
+    order = row_order.choose(compact, chosen, words, used)
     if entry is not None:
-        info = BuildInfo(compiler.version, entry.compile_seconds, True, counts)
+        info = BuildInfo(compiler.version, entry.compile_seconds, True, counts, order)
         forest = _forest(entry.data, entry.sha256, used, ens, width, info)
         try:
             forest.handle()  # an entry this process cannot load is recompiled, never used
@@ -217,7 +242,7 @@ def compile_forest(
         codegen_version=codegen.CODEGEN_VERSION,
         seconds=seconds,
     )
-    info = BuildInfo(compiler.version, seconds, False, counts)
+    info = BuildInfo(compiler.version, seconds, False, counts, order)
     forest = _forest(data, digest, used, ens, width, info)
     forest.handle()  # fails here, on the driver, rather than on every executor
     return forest
