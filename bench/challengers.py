@@ -14,12 +14,11 @@ the same rows in this process, on the job's threads).
 from __future__ import annotations
 
 import shutil
-import statistics
 from pathlib import Path
 
 import numpy as np
 
-from bench.harness import Context, Row, peak_rss_mb, standalone, timed
+from bench.harness import Context, Row, interleaved, peak_rss_mb, standalone, timed
 
 FEATURES = 20
 ROWS, QUICK_ROWS = 1_000_000, 100_000
@@ -111,12 +110,13 @@ def run(ctx: Context) -> list[Row]:
         paired = bs.load_spec(_spec(root, paths, champion, shadow), run_date=DAY)
         bs.run(alone, spark=ctx.spark)  # warm-up: compiled trees, first commit
         bs.run(paired, spark=ctx.spark, force=True)
-        times: dict[str, list[float]] = {"alone": [], "paired": []}
-        for _ in range(REPEATS):
-            for key, spec in (("alone", alone), ("paired", paired)):
-                seconds, _ = timed(lambda s=spec: bs.run(s, spark=ctx.spark, force=True), 1)
-                times[key].append(seconds)
-        total = {key: statistics.median(values) for key, values in times.items()}
+        total = interleaved(
+            {
+                key: (lambda s=spec: bs.run(s, spark=ctx.spark, force=True))
+                for key, spec in (("alone", alone), ("paired", paired))
+            },
+            REPEATS,
+        )
         kernel = _kernel_seconds(paths[shadow], rows)
         added = total["paired"] - total["alone"]
         target = "<= 1.10x" if label == "GLM" else f"added <= kernel {kernel:.2f} s"

@@ -105,12 +105,13 @@ def interleaved(
     runs of one variant let it land on one of them (two runs of one plan under two names
     differed by 1.19x). `after(name)` runs untimed after a variant's last call."""
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(max(1, repeats)):
+    rounds = max(1, repeats)
+    for round_ in range(rounds):
         for name, fn in variants.items():
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-            if after is not None and round_ == max(1, repeats) - 1:
+            if after is not None and round_ == rounds - 1:
                 after(name)
     return {name: statistics.median(values) for name, values in times.items()}
 

@@ -17,13 +17,12 @@
 from __future__ import annotations
 
 import shutil
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row, peak_rss_mb, standalone, timed
+from bench.harness import Context, Row, interleaved, peak_rss_mb, standalone
 
 FEATURES = 200
 ROWS, QUICK_ROWS = 400_000, 50_000
@@ -95,14 +94,14 @@ def overhead(ctx: Context) -> list[Row]:
     bs.run(plain, spark=ctx.spark)  # warm-up: first commit, compiled caches
     bs.run(checked, spark=ctx.spark, force=True)
     repeats = 3 if ctx.quick else 5
-    times: dict[str, list[float]] = {"plain": [], "health": []}
     last: dict[str, Any] = {}
-    for _ in range(repeats):  # interleaved, so load on the shared machine hits both alike
-        for name, spec in (("plain", plain), ("health", checked)):
-            seconds, result = timed(lambda s=spec: bs.run(s, spark=ctx.spark, force=True), 1)
-            times[name].append(seconds)
-            last[name] = result
-    results = {name: statistics.median(values) for name, values in times.items()}
+    results = interleaved(  # interleaved, so load on the shared machine hits both alike
+        {
+            name: (lambda n=name, s=spec: last.update({n: bs.run(s, spark=ctx.spark, force=True)}))
+            for name, spec in (("plain", plain), ("health", checked))
+        },
+        repeats,
+    )
     alerts = len((last["health"].monitoring or {}).get("alerts") or [])
     ctx.notes.append(
         f"health overhead: one logistic regression on {FEATURES} features, {rows:,} rows; "

@@ -95,14 +95,12 @@ class CompiledForest:
             rows = self._row_order(part, cols)
             target = out[start:stop]
             if threads == 1:
-                _call(fn, part, cols, target, rows)
+                _call(fn, part, target, rows, cols)
                 continue
             bounds = np.linspace(0, part.shape[0], threads + 1).astype(int)
             with ThreadPoolExecutor(threads) as pool:  # each thread: its rows, in order
                 jobs = [
-                    pool.submit(_call, fn, part, cols, target, rows[a:b])
-                    if rows is not None
-                    else pool.submit(_call, fn, part[a:b], cols, target[a:b])
+                    pool.submit(_call, fn, *_share(part, target, rows, a, b), cols)
                     for a, b in itertools.pairwise(bounds)
                 ]
                 for job in jobs:
@@ -159,8 +157,16 @@ def _chunks(n: int, step: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + step)) for s in range(0, n, step)]
 
 
+def _share(
+    X: np.ndarray, out: np.ndarray, rows: np.ndarray | None, a: int, b: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """One thread's part of a call: rows a..b of X and out, or (in row order) the a..b-th
+    entries of `rows` over the whole of both."""
+    return (X[a:b], out[a:b], None) if rows is None else (X, out, rows[a:b])
+
+
 def _call(
-    fn: Any, X: np.ndarray, cols: np.ndarray | None, out: np.ndarray, rows: np.ndarray | None = None
+    fn: Any, X: np.ndarray, out: np.ndarray, rows: np.ndarray | None, cols: np.ndarray | None
 ) -> None:
     """Sums of X's rows into out's: all of them, or `rows` (int64) of both, in that order."""
     n = X.shape[0] if rows is None else rows.shape[0]
