@@ -18,7 +18,7 @@ error. `BATCHSCORE_LOOKUP_JOINS=0` keeps every join in Spark.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,8 +30,8 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from batchscore.errors import BatchScoreError, DataError
-from batchscore.plan.lookups import LOOKUP_ROWS, comparable
-from batchscore.plan.nodes import Join, Scan, present_flag, qualified
+from batchscore.plan.lookups import LOOKUP_PARTIAL_BYTES, LOOKUP_ROWS, comparable
+from batchscore.plan.nodes import Join, Partial, Scan, present_flag, qualified
 from batchscore.sinks.snapshot import load_snapshot
 from batchscore.sinks.storage import is_object_store, normalize_path
 
@@ -41,6 +41,52 @@ def duplicate_key_error(table: str, values: str, count: int) -> DataError:
         f"Dimension table '{table}' has {count} rows for key {values}; a join key must be "
         "unique or fact rows would be duplicated. Deduplicate the table."
     )
+
+
+DriverRows = Callable[[StructType], "pa.Table | None"]
+"""Reads a dimension's columns (the schema Spark gives them) on the driver, or None."""
+
+
+@dataclass(frozen=True, eq=False)
+class DenseList:
+    """An array column whose rows all hold the same number of non-null numbers (features
+    stored as arrays, partial scores), kept as one matrix: a row gather is one numpy `take`,
+    three times faster than Arrow's `take` of a list array (210 doubles a row, 10,000 rows:
+    2.5 ms against 7.4 ms)."""
+
+    type: pa.DataType
+    values: np.ndarray
+    """(rows + 1, width): the last row is all zero and stands for a null or missing row."""
+    valid: np.ndarray
+    """(rows + 1,): False for null rows and for the last row."""
+
+    @staticmethod
+    def of(column: pa.Array) -> DenseList | None:
+        if not pa.types.is_list(column.type):
+            return None
+        items = column.type.value_type
+        lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy(zero_copy_only=False)
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        numeric = pa.types.is_floating(items) or pa.types.is_integer(items)
+        widths = np.unique(lengths[valid])
+        if not numeric or len(widths) > 1 or pc.list_flatten(column).null_count:
+            return None
+        width = int(widths[0]) if len(widths) else 0
+        values = np.zeros((len(column) + 1, width), dtype=items.to_pandas_dtype())
+        values[:-1][valid] = pc.list_flatten(column).to_numpy().reshape(-1, width)
+        return DenseList(column.type, values, np.append(valid, False))
+
+    def take(self, at: np.ndarray) -> pa.Array | None:
+        """The rows at `at` (-1: a null row), as the list array Arrow's `take` would give;
+        None past int32 list offsets (Arrow's `take` then)."""
+        rows = np.where(at < 0, len(self.valid) - 1, at)
+        n, width = len(rows), self.values.shape[1]
+        if n * width >= 2**31:
+            return None
+        offsets = pa.array(np.arange(0, (n + 1) * width, width, dtype=np.int32))
+        flat = pa.array(np.take(self.values, rows, axis=0).reshape(-1))
+        mask = pa.array(~self.valid[rows])
+        return pa.ListArray.from_arrays(offsets, flat, type=self.type, mask=mask)
 
 
 @dataclass(frozen=True)
@@ -58,6 +104,8 @@ class LookupJoin:
     """Integer keys: the rows with a key, ordered by it (empty for string keys)."""
     ordered: np.ndarray
     """Integer keys: the keys of those rows, in that order."""
+    dense: dict[str, DenseList]
+    """The fixed-width numeric array columns, gathered with numpy (`DenseList`)."""
 
     @property
     def flag(self) -> str:
@@ -65,22 +113,31 @@ class LookupJoin:
 
     @staticmethod
     def build(
-        join: Join, dimension: DataFrame, left_type: pa.DataType, wanted: Sequence[str]
+        join: Join,
+        dimension: DataFrame,
+        left_type: pa.DataType,
+        wanted: Sequence[str],
+        on_driver: DriverRows | None = None,
     ) -> LookupJoin | None:
-        """The lookup for `join` from its scanned dimension; None when the key types do not
-        allow one (or the table has more than LOOKUP_ROWS rows): the join stays in Spark."""
+        """The lookup for `join` from its lowered dimension (a scan, or partial scores over one);
+        None when the key types do not allow one (or the table has more than LOOKUP_ROWS rows):
+        the join stays in Spark. `on_driver` gives the same rows without a Spark job where it
+        can (a plain scan: `read_on_driver`)."""
         ((left, right),) = join.on
         key = qualified(join.table, right)
         chosen = dimension.select(*dict.fromkeys([key, *wanted]))  # the key may be a feature
-        rows = None
-        if isinstance(join.right, Scan):
-            rows = read_on_driver(join.right, chosen.schema)
+        if on_driver is None and isinstance(join.right, Scan):
+            scan = join.right
+            on_driver = lambda schema: read_on_driver(scan, schema)  # noqa: E731
+        rows = on_driver(chosen.schema) if on_driver is not None else None
         if rows is None:
             rows = chosen.limit(LOOKUP_ROWS + 1).toArrow()
         if rows.num_rows > LOOKUP_ROWS or not comparable(left_type, rows.schema.field(key).type):
             return None
         _check_unique(join.table, rows, key)
         table = pa.table({name: rows.column(name).combine_chunks() for name in wanted})
+        if isinstance(join.right, Partial) and table.nbytes > LOOKUP_PARTIAL_BYTES:
+            return None
         keys = rows.column(key).combine_chunks().cast(_common_type(left_type))
         order = ordered = np.zeros(0, dtype=np.int64)
         if pa.types.is_integer(keys.type):
@@ -88,7 +145,10 @@ class LookupJoin:
             values = keys.fill_null(0).to_numpy()
             order = valid[np.argsort(values[valid], kind="stable")]
             ordered = values[order]
-        return LookupJoin(join.table, qualified(join.parent, left), keys, table, order, ordered)
+        dense = {n: d for n in wanted if (d := DenseList.of(table.column(n).chunk(0))) is not None}
+        return LookupJoin(
+            join.table, qualified(join.parent, left), keys, table, order, ordered, dense
+        )
 
     def positions(self, batch: pa.RecordBatch) -> pa.Array:
         """The dimension row of each fact row (null where none matches, as a left join)."""
@@ -122,8 +182,12 @@ class LookupJoins:
         fields = {f.name: (f, batch.column(i)) for i, f in enumerate(batch.schema)}
         for lookup in self.joins:
             where = lookup.positions(batch)
+            at = where.fill_null(-1).to_numpy()
             for name in lookup.columns.column_names:
-                column = lookup.columns.column(name).chunk(0).take(where)
+                dense = lookup.dense.get(name)
+                column = dense.take(at) if dense is not None else None
+                if column is None:
+                    column = lookup.columns.column(name).chunk(0).take(where)
                 fields[name] = (pa.field(name, column.type), column)
             flag = pc.if_else(pc.is_valid(where), True, pa.scalar(None, pa.bool_()))
             fields[lookup.flag] = (pa.field(lookup.flag, pa.bool_()), flag)

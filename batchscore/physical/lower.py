@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -23,7 +24,7 @@ from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
 from batchscore.physical.connect import default_parallelism, partition_count
 from batchscore.physical.frames import project, renamed
-from batchscore.physical.lookups import Deferred, LookupJoin, duplicate_key_error
+from batchscore.physical.lookups import Deferred, LookupJoin, duplicate_key_error, read_on_driver
 from batchscore.physical.native_scan import read_delta_native, spark_can_open
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
@@ -113,7 +114,7 @@ def _node(
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys, deferred)
     right = _node(spark, plan, node.right, check_keys)
-    if deferred is not None and _looked_up(plan, node, left, right, deferred):
+    if deferred is not None and _looked_up(spark, plan, node, left, right, deferred):
         return left
     if check_keys:
         _check_unique_keys(spark, plan, node, right)
@@ -130,7 +131,12 @@ def _node(
 
 
 def _looked_up(
-    plan: LogicalPlan, join: Join, left: DataFrame, right: DataFrame, deferred: Deferred
+    spark: SparkSession,
+    plan: LogicalPlan,
+    join: Join,
+    left: DataFrame,
+    right: DataFrame,
+    deferred: Deferred,
 ) -> bool:
     """Leave `join` to the scoring task when physical.lookups allows it."""
     if not may_look_up(plan, join):
@@ -138,7 +144,11 @@ def _looked_up(
     ((key, _),) = join.on
     left_type = to_arrow_type(left.schema[qualified(join.parent, key)].dataType)
     wanted = [f.ref for f in plan.features() if f.table == join.table]
-    lookup = LookupJoin.build(join, right, left_type, wanted)
+    node = join.right
+    on_driver = None
+    if isinstance(node, Partial):  # plan.lookups: partial scores over a scan
+        on_driver = partial(_partials_on_driver, spark, plan, node)
+    lookup = LookupJoin.build(join, right, left_type, wanted, on_driver)
     if lookup is not None:
         deferred.joins.append(lookup)
     return lookup is not None
@@ -202,19 +212,47 @@ def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
 
 def _partial(plan: LogicalPlan, node: Partial, child: DataFrame) -> DataFrame:
     """Score the dimension's share of each model; keep only what is used above it."""
+    task, inputs, schema = _partial_task(plan, node, child.schema)
+    return child.select(*inputs).mapInArrow(task, schema)
+
+
+def _partial_task(
+    plan: LogicalPlan, node: Partial, child: T.StructType
+) -> tuple[PartialTask, list[str], T.StructType]:
+    """The partial scoring of `node` over rows of schema `child`: the task, the columns it
+    reads and the schema it gives."""
     needed = _needed_outside(plan, node)
-    keep = tuple(c for c in child.columns if c in needed or c.startswith(PRESENT))
+    keep = tuple(c for c in child.names if c in needed or c.startswith(PRESENT))
     partials = tuple(_partial_spec(model) for model in node.models)
     schema = T.StructType(
-        [child.schema[c] for c in keep]
+        [child[c] for c in keep]
         + [
             T.StructField(name, T.ArrayType(T.DoubleType()), True)
             for p in partials
             for name in p.outputs
         ]
     )
-    inputs = dict.fromkeys([*(c.ref for p in partials for c in p.columns), *keep])
-    return child.select(*inputs).mapInArrow(PartialTask(partials, keep), schema)
+    inputs = list(dict.fromkeys([*(c.ref for p in partials for c in p.columns), *keep]))
+    return PartialTask(partials, keep), inputs, schema
+
+
+def _partials_on_driver(
+    spark: SparkSession, plan: LogicalPlan, node: Partial, wanted: T.StructType
+) -> pa.Table | None:
+    """The partial scores of a looked-up dimension computed on the driver from its rows read
+    there (None where they cannot be read there: Spark computes them). A dimension small
+    enough to ship with the task is scored once, with no Spark stage and no join of its
+    scores."""
+    assert isinstance(node.child, Scan)
+    child = _scan(spark, node.child).schema
+    task, inputs, schema = _partial_task(plan, node, child)
+    rows = read_on_driver(node.child, T.StructType([child[c] for c in inputs]))
+    if rows is None:
+        return None
+    batches = list(task(rows.to_batches()))
+    scored = pa.Table.from_batches(batches) if batches else to_arrow_schema(schema).empty_table()
+    target = to_arrow_schema(wanted)
+    return scored.select(target.names).cast(target)
 
 
 def _partial_spec(model: PartialModel | TreePartialModel) -> PartialSpec:

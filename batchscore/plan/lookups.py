@@ -2,11 +2,13 @@
 
 A join is looked up (its dimension shipped with the task, joined there by key) only where that
 is exactly Spark's left join and cheap to ship:
-- the dimension is one table read alone (no partial scores, no dimension joined below it),
-  joined to the fact table on one key column, both integers or both strings (Spark compares
+- the dimension is one table read alone (no dimension joined below it), or the partial scores
+  of one such table (a factorized join: the scores are computed once, on the driver where it
+  can read the table, and shipped instead of the features), joined to the fact table on one
+  key column, both integers or both strings (Spark compares
   them as the same values; float keys, with NaN equal to itself in Spark's joins, stay there);
 - its files total at most LOOKUP_BYTES (and, checked when it is read, it has at most
-  LOOKUP_ROWS rows);
+  LOOKUP_ROWS rows, and partial scores take at most LOOKUP_PARTIAL_BYTES in memory);
 - nothing filters or computes on the joined rows in Spark first: no `on_missing: quarantine`
   on this join and no id column from the dimension (quarantine rules and counted user rules,
   which read the joined rows in Spark, turn lookups off for the whole run:
@@ -19,12 +21,15 @@ import os
 
 import pyarrow as pa
 
-from batchscore.plan.nodes import Join, LogicalPlan, Scan
+from batchscore.plan.nodes import Join, LogicalPlan, Partial, Scan
 
 ENV = "BATCHSCORE_LOOKUP_JOINS"
 LOOKUP_BYTES = 16 * 1024 * 1024
 """Largest dimension (its files' bytes) shipped with the scoring task."""
 LOOKUP_ROWS = 200_000
+LOOKUP_PARTIAL_BYTES = 64 * 1024 * 1024
+"""Largest partial scores (in memory) shipped with the scoring task: a tree ensemble's words
+take 8 bytes per tree and dimension row."""
 
 
 def lookups_enabled() -> bool:
@@ -33,7 +38,8 @@ def lookups_enabled() -> bool:
 
 def may_look_up(plan: LogicalPlan, join: Join) -> bool:
     """Whether the scoring task may do `join` (see the module doc)."""
-    if not (lookups_enabled() and isinstance(join.right, Scan) and len(join.on) == 1):
+    read = join.right.child if isinstance(join.right, Partial) else join.right
+    if not (lookups_enabled() and isinstance(read, Scan) and len(join.on) == 1):
         return False
     if join.parent != plan.spec.source.table or join.on_missing == "quarantine":
         return False

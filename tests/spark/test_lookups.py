@@ -16,7 +16,7 @@ from deltalake import DeltaTable
 import batchscore as bs
 from batchscore.errors import DataError
 from batchscore.jobs.run import plan_job, run_job
-from batchscore.physical.lookups import LookupJoin, read_on_driver
+from batchscore.physical.lookups import DenseList, LookupJoin, read_on_driver
 from batchscore.physical.lower import lower_for_write
 from batchscore.plan.lookups import ENV
 from batchscore.plan.nodes import Join, Scan
@@ -34,18 +34,17 @@ def _lookups(spark: Any, spec: Any) -> Any:
     return task.lookups
 
 
-@pytest.mark.parametrize("seed", [3, 11])
-def test_lookup_joins_score_what_spark_joins_score(
-    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
-) -> None:
-    """Missing and null foreign keys, an int32 key against an int64 one, a sparse vector: the
-    same predictions with the join in the task and in Spark, and the models' own."""
+def _both_ways(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int, factorize: str
+) -> list[Any]:
+    """Run the star job with lookups on and off: the same predictions, and the models' own.
+    Gives the lookup joins of the lookup run."""
     star = build_star(tmp_path, seed=seed, fact_rows=300, a_rows=12, b_rows=9, c_rows=4,
                       missing=0.2, nan_rate=0.05)  # fmt: skip
-    outputs = {}
+    outputs, joins = {}, []
     for name, switch in (("lookup", "1"), ("spark", "0")):
         monkeypatch.setenv(ENV, switch)
-        spec = bs.load_spec(_variant(star, name, "never"), run_date=DAY)
+        spec = bs.load_spec(_variant(star, name, factorize), run_date=DAY)
         lookups = _lookups(spark, spec)
         looked_up = [
             line for line in bs.explain(spec).splitlines() if "in the scoring task" in line
@@ -53,6 +52,7 @@ def test_lookup_joins_score_what_spark_joins_score(
         if switch == "1":  # dim_b alone: dim_a has dim_c joined below it
             assert lookups is not None and [j.table for j in lookups.joins] == ["dim_b"]
             assert len(looked_up) == 1 and "LeftJoin dim_b" in looked_up[0]
+            joins = list(lookups.joins)
         else:
             assert lookups is None and not looked_up
         run_job(spec, spark=spark, rules=())
@@ -61,6 +61,42 @@ def test_lookup_joins_score_what_spark_joins_score(
     for model, table in outputs["lookup"].items():
         same = [c for c in table.column_names if c not in ("run_id", "scored_at")]
         assert table.select(same).equals(outputs["spark"][model].select(same)), model
+    return joins
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+def test_lookup_joins_score_what_spark_joins_score(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Missing and null foreign keys, an int32 key against an int64 one, a sparse vector: the
+    same predictions with the join in the task and in Spark, and the models' own."""
+    _both_ways(spark, tmp_path, monkeypatch, seed, "never")
+
+
+def test_a_factorized_dimension_ships_its_partial_scores(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`factorize: always`: dim_b's partial scores are computed on the driver and looked up
+    by key (gathered as fixed-width arrays), where Spark would join the dimension pass's
+    output."""
+    (lookup,) = _both_ways(spark, tmp_path, monkeypatch, 13, "always")
+    partials = [c for c in lookup.columns.column_names if "partial__" in c]
+    assert partials and set(partials) <= set(lookup.dense)
+
+
+def test_dense_lists_gather_what_arrow_take_gathers() -> None:
+    values = pa.array([[1.0, 2.0], None, [3.0, float("nan")], [4.0, 5.0]], pa.list_(pa.float64()))
+    dense = DenseList.of(values)
+    assert dense is not None
+    at = np.array([3, -1, 1, 2, 0, 0])
+    want = values.take(pa.array(at, mask=at < 0))
+    got = dense.take(at)
+    assert got is not None and got.to_pylist()[:2] == want.to_pylist()[:2]
+    assert got.is_null().to_pylist() == want.is_null().to_pylist()
+    assert np.isnan(got.to_pylist()[3][1]) and got.to_pylist()[4:] == want.to_pylist()[4:]
+    ragged = pa.array([[1.0], [2.0, 3.0]], pa.list_(pa.float64()))
+    holes = pa.array([[1.0, None]], pa.list_(pa.float64()))
+    assert DenseList.of(ragged) is None and DenseList.of(holes) is None
 
 
 def _join(table: str = "dim") -> Join:

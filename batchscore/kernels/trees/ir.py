@@ -123,13 +123,18 @@ class TreeEnsemble:
 
     def prepare(self, X: np.ndarray) -> np.ndarray:
         """The input rule: float64 values exactly as the source library compares them."""
-        if self.input_rule == "float32":
-            return X.astype(np.float32).astype(np.float64)
-        if self.input_rule == "lightgbm":
-            tiny = np.abs(X) <= LIGHTGBM_ZERO
-            if tiny.any():
-                return np.where(tiny, 0.0, X)
-        return X
+        return prepare_values(self.input_rule, X)
+
+
+def prepare_values(rule: InputRule, X: np.ndarray) -> np.ndarray:
+    """`rule` applied to X (TreeEnsemble.prepare; also the sparse rows' stored values)."""
+    if rule == "float32":
+        return X.astype(np.float32).astype(np.float64)
+    if rule == "lightgbm":
+        tiny = np.abs(X) <= LIGHTGBM_ZERO
+        if tiny.any():
+            return np.where(tiny, 0.0, X)
+    return X
 
 
 def node_goes_left(ens: TreeEnsemble, tree: Tree, node: int, x: np.ndarray) -> np.ndarray:

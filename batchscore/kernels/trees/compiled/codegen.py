@@ -51,10 +51,10 @@ import numpy as np
 
 from batchscore.kernels.trees.ir import LIGHTGBM_ZERO, Tree, TreeEnsemble
 
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 """Bumped whenever generated code can change for the same IR (part of every cache key)."""
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 """What `bs_abi()` returns; the loader refuses a library built for another calling convention."""
 
 GROUP_TREES = 24

@@ -26,8 +26,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from batchscore.kernels.lightgbm_native import scoring_threads
-from batchscore.kernels.trees.compiled import cache, codegen, row_order, toolchain
-from batchscore.kernels.trees.ir import TreeEnsemble
+from batchscore.kernels.trees.compiled import cache, codegen, row_order, sparse_rows, toolchain
+from batchscore.kernels.trees.ir import InputRule, TreeEnsemble
 
 PLATFORM = toolchain.PLATFORM
 MIN_ROWS_PER_THREAD = 2 * codegen.BLOCK_ROWS
@@ -49,10 +49,15 @@ class BuildInfo:
     cache_hit: bool
     forms: dict[str, int]  # trees per code form (codegen.forms)
     order: row_order.RowOrder | None = None
+    sparse: str | None = None  # sparse_rows.SparseTables.describe(), when built
 
     def describe(self) -> str:
-        trees = " + ".join(f"{n} {form}" for form, n in self.forms.items() if n) + " trees"
-        return trees if self.order is None else f"{trees}, {self.order.describe()}"
+        parts = [" + ".join(f"{n} {form}" for form, n in self.forms.items() if n) + " trees"]
+        if self.order is not None:
+            parts.append(self.order.describe())
+        if self.sparse is not None:
+            parts.append(self.sparse)
+        return ", ".join(parts)
 
 
 @dataclass(eq=False)
@@ -67,6 +72,9 @@ class CompiledForest:
     n_trees: int
     n_outputs: int
     info: BuildInfo
+    input_rule: InputRule = "float64"
+    sparse: sparse_rows.SparseTables | None = None
+    """CSR batches with few stored values per row take these tables (sparse_rows)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -81,8 +89,30 @@ class CompiledForest:
     def sums(self, X: Any) -> np.ndarray:
         """(n, n_outputs) float64: leaf values added tree by tree (before base/divisor/link)."""
         out = np.zeros((X.shape[0], self.n_outputs))
+        if self.sparse is not None and sp.issparse(X) and X.shape[1] == self.n_inputs:
+            A = sparse_rows.SparseBatch.of(X, self.input_rule)
+            if self.sparse.cheaper(A):
+                self._sparse_run(A, out)
+                return out
         self._run("bs_sums", X, out)
         return out
+
+    def _sparse_run(self, A: sparse_rows.SparseBatch, out: np.ndarray) -> None:
+        tables, n = self.sparse, A.n_rows
+        assert tables is not None
+        fn = self.handle().bs_sparse_sums
+        threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
+        bounds = np.linspace(0, n, threads + 1).astype(int)
+        if threads == 1:
+            tables.sums_into(fn, A, out, 0, n)
+            return
+        with ThreadPoolExecutor(threads) as pool:
+            jobs = [
+                pool.submit(tables.sums_into, fn, A, out, int(a), int(b))
+                for a, b in itertools.pairwise(bounds)
+            ]
+            for job in jobs:
+                job.result()
 
     def _run(self, name: str, X: Any, out: np.ndarray) -> None:
         n = X.shape[0]
@@ -195,6 +225,9 @@ def _load(forest: CompiledForest) -> Any:
         ctypes.c_void_p,
     ]
     lib.bs_sums.restype = ctypes.c_int
+    lib.bs_sparse_sums.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64]
+    lib.bs_sparse_sums.argtypes += [ctypes.c_void_p] * 3 + [ctypes.c_int64, ctypes.c_void_p]
+    lib.bs_sparse_sums.restype = ctypes.c_int
     return lib
 
 
@@ -223,15 +256,17 @@ def compile_forest(
     outs = np.asarray([t.output for t in ens.trees] if outputs is None else outputs, dtype=np.int64)
     width = ens.n_outputs if n_outputs is None else n_outputs
     compact, used = (ens, None) if words else _compact(ens)
-    fp = codegen.fingerprint(compact, outs, width, words, prepared)
+    fp = sparse_rows.fingerprint(codegen.fingerprint(compact, outs, width, words, prepared))
     key = cache.cache_key(fp, compiler.identity, codegen.CODEGEN_VERSION)
     entry = cache.lookup(key, compiler.identity, codegen.CODEGEN_VERSION)
     chosen = codegen.forms(compact, words)
     counts = {f: chosen.count(f) for f in (codegen.BRANCHY, codegen.BRANCHLESS, codegen.TABLE)}
     order = row_order.choose(compact, chosen, words, used)
+    tables = None if words else sparse_rows.build(ens, outs)
+    sparse = None if tables is None else tables.describe()
     if entry is not None:
-        info = BuildInfo(compiler.version, entry.compile_seconds, True, counts, order)
-        forest = _forest(entry.data, entry.sha256, used, ens, width, info)
+        info = BuildInfo(compiler.version, entry.compile_seconds, True, counts, order, sparse)
+        forest = _forest(entry.data, entry.sha256, used, ens, width, info, tables)
         try:
             forest.handle()  # an entry this process cannot load is recompiled, never used
             return forest
@@ -239,7 +274,8 @@ def compile_forest(
             pass
     started = time.perf_counter()
     source = codegen.generate(compact, outs, width, words, prepared)
-    data, _ = toolchain.build_shared_library(compiler, source.units)
+    units = (*source.units, sparse_rows.C_SOURCE)
+    data, _ = toolchain.build_shared_library(compiler, units)
     seconds = time.perf_counter() - started
     digest = cache.store(
         key,
@@ -248,8 +284,8 @@ def compile_forest(
         codegen_version=codegen.CODEGEN_VERSION,
         seconds=seconds,
     )
-    info = BuildInfo(compiler.version, seconds, False, counts, order)
-    forest = _forest(data, digest, used, ens, width, info)
+    info = BuildInfo(compiler.version, seconds, False, counts, order, sparse)
+    forest = _forest(data, digest, used, ens, width, info, tables)
     forest.handle()  # fails here, on the driver, rather than on every executor
     return forest
 
@@ -261,6 +297,7 @@ def _forest(
     ens: TreeEnsemble,
     width: int,
     info: BuildInfo,
+    tables: sparse_rows.SparseTables | None,
 ) -> CompiledForest:
     return CompiledForest(
         data=data,
@@ -271,6 +308,8 @@ def _forest(
         n_trees=ens.n_trees,
         n_outputs=width,
         info=info,
+        input_rule=ens.input_rule,
+        sparse=tables,
     )
 
 
