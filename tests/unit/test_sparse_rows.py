@@ -77,13 +77,14 @@ def test_lightgbm_multiclass_same_bits_and_labels(monkeypatch: pytest.MonkeyPatc
     probe, _ = one_hot(3000, seed=1)
     compiled = kernel.compiled
     assert compiled is not None and compiled.sparse is not None
-    assert compiled.sparse.cheaper(sparse_rows.SparseBatch.of(probe, compiled.input_rule))
+    tables = compiled.sparse_tables()
+    assert tables.cheaper(sparse_rows.SparseBatch.of(probe, compiled.input_rule))
     assert both_ways(kernel, probe, monkeypatch).shape == (3000, 3)
     assert np.array_equal(compiled.sums(probe), compiled.sums(probe.toarray()))
     out = kernel.score(probe)
     np.testing.assert_allclose(out.probability, obj.predict_proba(probe), rtol=1e-12)
     assert list(out.label) == [str(v) for v in obj.predict(probe)]
-    assert 0 in compiled.sparse.dense  # the signed input is read in every row
+    assert 0 in tables.dense  # the signed input is read in every row
 
 
 def test_zero_as_missing_and_nan_rules(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -128,10 +129,12 @@ def test_tables_travel_with_the_kernel_and_threads_split_rows(
     kernel = kernel_of(lgb.LGBMRegressor(n_estimators=20, verbose=-1, n_jobs=1).fit(X, y))
     probe, _ = one_hot(20000, seed=6)
     want = both_ways(kernel, probe, monkeypatch)
-    shipped = pickle.loads(pickle.dumps(kernel))
+    shipped = pickle.loads(pickle.dumps(kernel))  # the tables stay behind: built where used
     monkeypatch.setattr(forest, "_HANDLES", {})
+    monkeypatch.setattr(sparse_rows, "_BUILT", {})
     monkeypatch.setenv("BATCHSCORE_THREADS", "2")
     assert np.array_equal(shipped.compiled.sums(probe), want)
+    assert list(sparse_rows._BUILT) == [shipped.compiled.sha256]
 
 
 def test_dense_batches_and_busy_rows_keep_the_branchy_code() -> None:
@@ -143,8 +146,10 @@ def test_dense_batches_and_busy_rows_keep_the_branchy_code() -> None:
     kernel = kernel_of(lgb.LGBMRegressor(n_estimators=60, verbose=-1, n_jobs=1).fit(X, y))
     compiled = kernel.compiled
     assert compiled is not None and compiled.sparse is not None
+    compiled.sums(X)
+    assert compiled.sha256 not in sparse_rows._BUILT  # dense rows never build the tables
     busy = sparse_rows.SparseBatch.of(sp.csr_matrix(X), compiled.input_rule)
-    assert not compiled.sparse.cheaper(busy)
+    assert not compiled.sparse_tables().cheaper(busy)
     np.testing.assert_array_equal(compiled.sums(sp.csr_matrix(X)), compiled.sums(X))
 
 

@@ -49,7 +49,7 @@ class BuildInfo:
     cache_hit: bool
     forms: dict[str, int]  # trees per code form (codegen.forms)
     order: row_order.RowOrder | None = None
-    sparse: str | None = None  # sparse_rows.SparseTables.describe(), when built
+    sparse: str | None = None  # sparse_rows.SparseForm.describe(), when the model has one
 
     def describe(self) -> str:
         parts = [" + ".join(f"{n} {form}" for form, n in self.forms.items() if n) + " trees"]
@@ -73,8 +73,8 @@ class CompiledForest:
     n_outputs: int
     info: BuildInfo
     input_rule: InputRule = "float64"
-    sparse: sparse_rows.SparseTables | None = None
-    """CSR batches with few stored values per row take these tables (sparse_rows)."""
+    sparse: sparse_rows.SparseForm | None = None
+    """CSR batches with few stored values per row take its tables (sparse_rows)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -91,15 +91,18 @@ class CompiledForest:
         out = np.zeros((X.shape[0], self.n_outputs))
         if self.sparse is not None and sp.issparse(X) and X.shape[1] == self.n_inputs:
             A = sparse_rows.SparseBatch.of(X, self.input_rule)
-            if self.sparse.cheaper(A):
+            if self.sparse_tables().cheaper(A):
                 self._sparse_run(A, out)
                 return out
         self._run("bs_sums", X, out)
         return out
 
+    def sparse_tables(self) -> sparse_rows.SparseTables:
+        assert self.sparse is not None
+        return self.sparse.tables(self.sha256)
+
     def _sparse_run(self, A: sparse_rows.SparseBatch, out: np.ndarray) -> None:
-        tables, n = self.sparse, A.n_rows
-        assert tables is not None
+        tables, n = self.sparse_tables(), A.n_rows
         fn = self.handle().bs_sparse_sums
         threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
         bounds = np.linspace(0, n, threads + 1).astype(int)
@@ -262,11 +265,11 @@ def compile_forest(
     chosen = codegen.forms(compact, words)
     counts = {f: chosen.count(f) for f in (codegen.BRANCHY, codegen.BRANCHLESS, codegen.TABLE)}
     order = row_order.choose(compact, chosen, words, used)
-    tables = None if words else sparse_rows.build(ens, outs)
-    sparse = None if tables is None else tables.describe()
+    form = None if words else sparse_rows.SparseForm.of(ens, outs)
+    sparse = None if form is None else form.describe()
     if entry is not None:
         info = BuildInfo(compiler.version, entry.compile_seconds, True, counts, order, sparse)
-        forest = _forest(entry.data, entry.sha256, used, ens, width, info, tables)
+        forest = _forest(entry.data, entry.sha256, used, ens, width, info, form)
         try:
             forest.handle()  # an entry this process cannot load is recompiled, never used
             return forest
@@ -285,7 +288,7 @@ def compile_forest(
         seconds=seconds,
     )
     info = BuildInfo(compiler.version, seconds, False, counts, order, sparse)
-    forest = _forest(data, digest, used, ens, width, info, tables)
+    forest = _forest(data, digest, used, ens, width, info, form)
     forest.handle()  # fails here, on the driver, rather than on every executor
     return forest
 
@@ -297,7 +300,7 @@ def _forest(
     ens: TreeEnsemble,
     width: int,
     info: BuildInfo,
-    tables: sparse_rows.SparseTables | None,
+    form: sparse_rows.SparseForm | None,
 ) -> CompiledForest:
     return CompiledForest(
         data=data,
@@ -309,7 +312,7 @@ def _forest(
         n_outputs=width,
         info=info,
         input_rule=ens.input_rule,
-        sparse=tables,
+        sparse=form,
     )
 
 

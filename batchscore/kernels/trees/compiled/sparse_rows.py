@@ -6,8 +6,9 @@ columns it reads; its data-dependent branches cost ~1 ns per node on the path (7
 there). QuickScorer instead finds a tree's exit leaf as the lowest set bit of the AND of the
 masks of its false nodes (kernels.trees.factorized explains the masks). Per input, the false
 nodes of a value depend only on where the value falls among that input's sorted thresholds,
-so the AND per tree of each such "bin" is a table built once per model, and a row costs one
-binary search per stored value, the table entries of its bins, and a lowest set bit per tree.
+so the AND per tree of each such "bin" is a table built once per model and process, and a
+row costs one binary search per stored value, the table entries of its bins, and a lowest set
+bit per tree.
 
 An input whose value 0 leaves every node true (one-hot columns, counts: `x <= t` with t >= 0)
 contributes nothing when it is absent, so only a row's stored values are read. Inputs where 0
@@ -20,7 +21,8 @@ input rule. The exit leaf is the one the tree walk reaches, and leaf values are 
 tree in the ensemble's order: the sums are bit-identical to the branchy code's.
 
 Measured on Walmart's LightGBM (210 trees x 31 leaves, 421,570 rows in 10,000-row CSR
-batches, one thread): 0.28 s against 0.70 s for the branchy code, same bits. Dense rows read
+batches, one thread): 0.33 s against 0.57-0.67 s for the branchy code (each with its input
+preparation), same bits. Dense rows read
 every input, so they keep the branchy code; a CSR batch takes this path when its estimated
 table entries per row (plus a leaf per tree) are fewer than the nodes a branchy walk tests
 (`SparseTables.cheaper`). Only trees of at most 64 leaves without categorical splits qualify,
@@ -32,6 +34,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -166,9 +169,6 @@ class SparseTables:
     def n_entries(self) -> int:
         return int(self.entry_tree.shape[0])
 
-    def describe(self) -> str:
-        return f"sparse rows by QuickScorer tables ({self.n_entries:,} entries)"
-
     def cheaper(self, X: SparseBatch) -> bool:
         """Whether this batch costs fewer table entries and leaves per row than branchy nodes
         (entries bounded by the trees that read each stored input). `BATCHSCORE_SPARSE_ROWS=0`
@@ -241,15 +241,45 @@ class SparseBatch:
         )
 
 
-def build(ens: TreeEnsemble, outputs: np.ndarray) -> SparseTables | None:
-    """The tables of `ens` (full input numbering), or None when it does not qualify."""
+@dataclass(frozen=True, eq=False)
+class SparseForm:
+    """What a forest's tables are built from: its ensemble (full input numbering) and output
+    columns. They are built where a sparse batch first needs them, once per process (keyed by
+    the library's sha256): a model only ever given dense rows neither builds nor ships them
+    (the tables of a 500-tree model take ~12 MB)."""
+
+    ens: TreeEnsemble
+    outputs: np.ndarray
+
+    @staticmethod
+    def of(ens: TreeEnsemble, outputs: np.ndarray) -> SparseForm | None:
+        """None when `ens` does not qualify (leaves, categorical splits, table size)."""
+        trees = ens.trees
+        if not trees or any(t.n_leaves > MAX_LEAVES or (t.cat_left >= 0).any() for t in trees):
+            return None
+        if _entry_count(_nodes(trees), ens.n_features) > MAX_ENTRIES:
+            return None
+        return SparseForm(ens, outputs)
+
+    def describe(self) -> str:
+        return "sparse rows by QuickScorer tables"
+
+    def tables(self, key: str) -> SparseTables:
+        with _LOCK:
+            built = _BUILT.get(key)
+            if built is None:
+                built = _BUILT[key] = build(self.ens, self.outputs)
+        return built
+
+
+_BUILT: dict[str, SparseTables] = {}
+_LOCK = threading.Lock()
+
+
+def build(ens: TreeEnsemble, outputs: np.ndarray) -> SparseTables:
+    """The tables of `ens` (full input numbering; SparseForm.of says whether it qualifies)."""
     trees = ens.trees
-    if not trees or any(t.n_leaves > MAX_LEAVES or (t.cat_left >= 0).any() for t in trees):
-        return None
-    nodes = _nodes(trees)
-    if _entry_count(nodes, ens.n_features) > MAX_ENTRIES:
-        return None
-    per_input = _group(nodes, ens.n_features)
+    per_input = _group(_nodes(trees), ens.n_features)
     slot = np.full(ens.n_features, UNUSED, dtype=np.int32)
     first_thr, first_bin = [0], []
     thr: list[np.ndarray] = []
