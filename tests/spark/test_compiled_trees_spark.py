@@ -12,6 +12,7 @@ import pytest
 
 from batchscore.kernels.trees.compiled import toolchain
 from tests.unit.test_compiled_trees import compiled, data
+from tests.unit.test_sparse_rows import one_hot
 
 pytestmark = pytest.mark.spark
 
@@ -51,5 +52,44 @@ def test_spark_executors_load_the_shipped_library(spark: Any) -> None:
     rows = df.mapInArrow(score, schema).toPandas()
     assert set(rows["marked"]) == {"1"} and set(rows["loaded"]) == {True}
     assert set(rows["broken"]) == {""}
+    M = rows[[f"f{i}" for i in range(X.shape[1])]].to_numpy()
+    np.testing.assert_allclose(rows["p"], obj.predict_proba(M)[:, 1], rtol=1e-12, atol=1e-15)
+
+
+def test_spark_executors_build_sparse_tables_where_used(spark: Any) -> None:
+    """CSR batches in a Spark task take the QuickScorer tables, built there from the shipped
+    model (building them is not compiling): the model's own probabilities."""
+    X, y = one_hot(3000)
+    labels = (y > np.median(y)).astype(int)
+    obj = lgb.LGBMClassifier(n_estimators=30, verbose=-1, n_jobs=1).fit(X, labels)
+    kernel = compiled(obj)
+    assert kernel.compiled is not None and kernel.compiled.sparse is not None
+    dense = X.toarray()
+    table = pa.table({f"f{i}": dense[:, i] for i in range(dense.shape[1])})
+    df = spark.createDataFrame(table.to_pandas()).repartition(2)
+
+    def score(batches: Any) -> Any:
+        import scipy.sparse as sp
+
+        from batchscore.kernels.trees.compiled import sparse_rows as srows
+        from batchscore.physical.score import limit_threads
+
+        limit_threads(1)
+        for batch in batches:
+            M = np.column_stack(
+                [batch.column(i).to_numpy(zero_copy_only=False) for i in range(batch.num_columns)]
+            )  # NaN arrives as null
+            out = kernel.score(sp.csr_matrix(M))
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "p": out.probability[:, 1],
+                    "built": [kernel.compiled.sha256 in srows._BUILT] * len(M),
+                    **{f"f{i}": M[:, i] for i in range(M.shape[1])},
+                }
+            )
+
+    schema = "p double, built boolean, " + ", ".join(f"f{i} double" for i in range(X.shape[1]))
+    rows = df.mapInArrow(score, schema).toPandas()
+    assert set(rows["built"]) == {True}
     M = rows[[f"f{i}" for i in range(X.shape[1])]].to_numpy()
     np.testing.assert_allclose(rows["p"], obj.predict_proba(M)[:, 1], rtol=1e-12, atol=1e-15)
