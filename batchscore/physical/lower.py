@@ -113,8 +113,12 @@ def _node(
     if isinstance(node, Partial):
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys, deferred)
-    right = _node(spark, plan, node.right, check_keys)
-    if deferred is not None and _looked_up(spark, plan, node, left, right, deferred):
+    if isinstance(node.right, Partial):  # its input's schema serves a lookup too
+        child = _node(spark, plan, node.right.child, check_keys)
+        right, read = _partial(plan, node.right, child), child.schema
+    else:
+        right, read = _node(spark, plan, node.right, check_keys), None
+    if deferred is not None and _looked_up(plan, node, left, right, read, deferred):
         return left
     if check_keys:
         _check_unique_keys(spark, plan, node, right)
@@ -131,14 +135,15 @@ def _node(
 
 
 def _looked_up(
-    spark: SparkSession,
     plan: LogicalPlan,
     join: Join,
     left: DataFrame,
     right: DataFrame,
+    read: T.StructType | None,
     deferred: Deferred,
 ) -> bool:
-    """Leave `join` to the scoring task when physical.lookups allows it."""
+    """Leave `join` to the scoring task when physical.lookups allows it. `read`: the schema
+    of the scan below a partial (`join.right`), whose scores the driver may compute."""
     if not may_look_up(plan, join):
         return False
     ((key, _),) = join.on
@@ -146,8 +151,8 @@ def _looked_up(
     wanted = [f.ref for f in plan.features() if f.table == join.table]
     node = join.right
     on_driver = None
-    if isinstance(node, Partial):  # plan.lookups: partial scores over a scan
-        on_driver = partial(_partials_on_driver, spark, plan, node)
+    if isinstance(node, Partial) and read is not None:  # plan.lookups: a partial over a scan
+        on_driver = partial(_partials_on_driver, plan, node, read)
     lookup = LookupJoin.build(join, right, left_type, wanted, on_driver)
     if lookup is not None:
         deferred.joins.append(lookup)
@@ -237,14 +242,13 @@ def _partial_task(
 
 
 def _partials_on_driver(
-    spark: SparkSession, plan: LogicalPlan, node: Partial, wanted: T.StructType
+    plan: LogicalPlan, node: Partial, child: T.StructType, wanted: T.StructType
 ) -> pa.Table | None:
     """The partial scores of a looked-up dimension computed on the driver from its rows read
     there (None where they cannot be read there: Spark computes them). A dimension small
     enough to ship with the task is scored once, with no Spark stage and no join of its
     scores."""
     assert isinstance(node.child, Scan)
-    child = _scan(spark, node.child).schema
     task, inputs, schema = _partial_task(plan, node, child)
     rows = read_on_driver(node.child, T.StructType([child[c] for c in inputs]))
     if rows is None:

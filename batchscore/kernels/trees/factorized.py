@@ -107,13 +107,12 @@ def mask_set(ens: TreeEnsemble, trees: list[int], owner: np.ndarray, group: int)
     params: list[NodeParams] = []
     for r, nodes in enumerate(picked):
         tree = ens.trees[trees[r]]
-        lo, mid, _ = tree.leaf_ranges()
+        left = tree.left_masks(W)
         for j, (_, i) in enumerate(nodes):
             slots[r, j] = len(feature)
             feature.append(int(local[tree.feature[i]]))
             params.append(_node_params(tree, i))
-            for leaf in range(int(lo[i]), int(mid[i])):
-                masks[r, j, leaf >> 6] &= ~(np.uint64(1) << np.uint64(leaf & 63))
+            masks[r, j] = left[i]
     words32 = max(((ens.trees[t].n_leaves + 31) // 32 for t in trees), default=1)
     return MaskSet(
         trees=np.asarray(trees, dtype=np.int64),

@@ -86,6 +86,15 @@ class Tree:
             hi[i] = hi[b] if b >= 0 else ~b + 1
         return lo, mid, hi
 
+    def left_masks(self, words: int) -> np.ndarray:
+        """(m, words) uint64: per internal node, its QuickScorer mask, all ones but the leaves
+        of its left subtree (leaf j is bit j % 64 of word j // 64). A false node ANDs it in."""
+        lo, mid, _ = self.leaf_ranges()
+        leaf = np.arange(64 * words)
+        cleared = (leaf >= lo[:, None]) & (leaf < mid[:, None])
+        bits = cleared.reshape(-1, words, 64).astype(np.uint64) << np.arange(64, dtype=np.uint64)
+        return np.asarray(~np.bitwise_or.reduce(bits, axis=2), dtype=np.uint64)
+
 
 @dataclass(frozen=True, eq=False)
 class TreeEnsemble:

@@ -152,10 +152,7 @@ class Packed:
         for t, tree in enumerate(trees):
             m = tree.n_internal
             slots[t, :m] = self.node_offset[t] + np.arange(m)
-            lo, mid, _ = tree.leaf_ranges()
-            for i in range(m):
-                for leaf in range(int(lo[i]), int(mid[i])):
-                    masks[t, i, leaf >> 6] &= ~(np.uint64(1) << np.uint64(leaf & 63))
+            masks[t, :m] = tree.left_masks(W)
         return slots, masks
 
 

@@ -17,9 +17,10 @@ import ctypes
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -104,40 +105,19 @@ class CompiledForest:
     def _sparse_run(self, A: sparse_rows.SparseBatch, out: np.ndarray) -> None:
         tables, n = self.sparse_tables(), A.n_rows
         fn = self.handle().bs_sparse_sums
-        threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
-        bounds = np.linspace(0, n, threads + 1).astype(int)
-        if threads == 1:
-            tables.sums_into(fn, A, out, 0, n)
-            return
-        with ThreadPoolExecutor(threads) as pool:
-            jobs = [
-                pool.submit(tables.sums_into, fn, A, out, int(a), int(b))
-                for a, b in itertools.pairwise(bounds)
-            ]
-            for job in jobs:
-                job.result()
+        _in_threads(_threads(n), n, partial(tables.sums_into, fn, A, out))
 
     def _run(self, name: str, X: Any, out: np.ndarray) -> None:
         n = X.shape[0]
         if n == 0:
             return
         fn = getattr(self.handle(), name)
-        threads = max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
+        threads = _threads(n)
         for start, stop in _chunks(n, self._chunk_rows(X)):
             part, cols = self._inputs(X[start:stop])
             rows = self._row_order(part, cols)
-            target = out[start:stop]
-            if threads == 1:
-                _call(fn, part, target, rows, cols)
-                continue
-            bounds = np.linspace(0, part.shape[0], threads + 1).astype(int)
-            with ThreadPoolExecutor(threads) as pool:  # each thread: its rows, in order
-                jobs = [
-                    pool.submit(_call, fn, *_share(part, target, rows, a, b), cols)
-                    for a, b in itertools.pairwise(bounds)
-                ]
-                for job in jobs:
-                    job.result()
+            work = partial(_call_share, fn, part, out[start:stop], rows, cols)
+            _in_threads(threads, part.shape[0], work)  # each thread: its rows, in order
 
     def _row_order(self, part: np.ndarray, cols: np.ndarray | None) -> np.ndarray | None:
         """The rows of `part` in the order to walk them (row_order), or None: table order.
@@ -184,6 +164,34 @@ class CompiledForest:
                     lib = _load(self)
                     _HANDLES[self.sha256] = lib
         return lib
+
+
+def _threads(n: int) -> int:
+    return max(1, min(scoring_threads(), n // MIN_ROWS_PER_THREAD))
+
+
+def _in_threads(threads: int, n: int, work: Callable[[int, int], None]) -> None:
+    """`work(a, b)` over consecutive row ranges covering 0..n, one per thread."""
+    if threads == 1:
+        work(0, n)
+        return
+    bounds = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(threads) as pool:
+        jobs = [pool.submit(work, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        for job in jobs:
+            job.result()
+
+
+def _call_share(
+    fn: Any,
+    X: np.ndarray,
+    out: np.ndarray,
+    rows: np.ndarray | None,
+    cols: np.ndarray | None,
+    a: int,
+    b: int,
+) -> None:
+    _call(fn, *_share(X, out, rows, a, b), cols)
 
 
 def _chunks(n: int, step: int) -> list[tuple[int, int]]:

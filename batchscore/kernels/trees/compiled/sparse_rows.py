@@ -165,10 +165,6 @@ class SparseTables:
     def n_trees(self) -> int:
         return int(self.tree_output.shape[0])
 
-    @property
-    def n_entries(self) -> int:
-        return int(self.entry_tree.shape[0])
-
     def cheaper(self, X: SparseBatch) -> bool:
         """Whether this batch costs fewer table entries and leaves per row than branchy nodes
         (entries bounded by the trees that read each stored input). `BATCHSCORE_SPARSE_ROWS=0`
@@ -257,7 +253,7 @@ class SparseForm:
         trees = ens.trees
         if not trees or any(t.n_leaves > MAX_LEAVES or (t.cat_left >= 0).any() for t in trees):
             return None
-        if _entry_count(_nodes(trees), ens.n_features) > MAX_ENTRIES:
+        if _entry_count(_nodes(trees)) > MAX_ENTRIES:
             return None
         return SparseForm(ens, outputs)
 
@@ -279,7 +275,7 @@ _LOCK = threading.Lock()
 def build(ens: TreeEnsemble, outputs: np.ndarray) -> SparseTables:
     """The tables of `ens` (full input numbering; SparseForm.of says whether it qualifies)."""
     trees = ens.trees
-    per_input = _group(_nodes(trees), ens.n_features)
+    per_input = _group(_nodes(trees))
     slot = np.full(ens.n_features, UNUSED, dtype=np.int32)
     first_thr, first_bin = [0], []
     thr: list[np.ndarray] = []
@@ -334,11 +330,7 @@ def _nodes(trees: tuple[Tree, ...]) -> dict[str, np.ndarray]:
         m = tree.n_internal
         if not m:
             continue
-        lo, mid, _ = tree.leaf_ranges()
-        bits = (np.uint64(1) << np.arange(64, dtype=np.uint64))[None, :]
-        leaf = np.arange(64)[None, :]
-        cleared = ((leaf >= lo[:, None]) & (leaf < mid[:, None])) * bits
-        parts["mask"].append(~np.bitwise_or.reduce(cleared, axis=1))
+        parts["mask"].append(tree.left_masks(1)[:, 0])
         parts["tree"].append(np.full(m, t, dtype=np.int64))
         parts["feature"].append(tree.feature.astype(np.int64))
         parts["threshold"].append(tree.threshold.astype(np.float64))
@@ -351,7 +343,8 @@ def _nodes(trees: tuple[Tree, ...]) -> dict[str, np.ndarray]:
 _NODE_FIELDS = ("mask", "tree", "feature", "threshold", "nan_left", "zero_missing", "default_left")
 
 
-def _group(nodes: dict[str, np.ndarray], n_features: int) -> dict[int, dict[str, np.ndarray]]:
+def _group(nodes: dict[str, np.ndarray]) -> dict[int, dict[str, np.ndarray]]:
+    """The nodes per input, sorted by tree, then threshold."""
     if not len(nodes["tree"]):
         return {}
     order = np.lexsort((nodes["threshold"], nodes["tree"], nodes["feature"]))
@@ -366,11 +359,11 @@ def _group(nodes: dict[str, np.ndarray], n_features: int) -> dict[int, dict[str,
     }
 
 
-def _entry_count(nodes: dict[str, np.ndarray], n_features: int) -> int:
+def _entry_count(nodes: dict[str, np.ndarray]) -> int:
     """Entries the numeric bins will take (a tree is in every bin past its lowest threshold
     on the input), counted before building anything."""
     total = 0
-    for group in _group(nodes, n_features).values():
+    for group in _group(nodes).values():
         u = np.unique(group["threshold"])
         tree = group["tree"]
         first = np.concatenate([[True], tree[1:] != tree[:-1]])  # sorted by tree, threshold
