@@ -51,9 +51,10 @@ class ProfileTask:
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         limit_threads(self.scoring.threads)
         tally = self.monitor.start()
-        for batch in batches:
-            if batch.num_rows:
-                self.scoring._score(batch, watch=tally)
+        for raw in batches:
+            if raw.num_rows:
+                batch, cache = self.scoring.joined(raw, thin=False)
+                self.scoring.score(raw, batch, cache, watch=tally)
         yield pa.RecordBatch.from_pydict({BODY: [json.dumps(tally.body())]})
 
 

@@ -53,7 +53,7 @@ def _stacked(batch: pa.RecordBatch, columns: Sequence[Column], cache: dict[str, 
     blocks = []
     for column in columns:
         if column.ref not in cache:
-            cache[column.ref] = _block(
+            cache[column.ref] = column_block(
                 batch.column(batch.schema.get_field_index(column.ref)), column
             )
         blocks.append(cache[column.ref])
@@ -88,7 +88,9 @@ def _side_by_side(blocks: list[Block]) -> np.ndarray:
     return out
 
 
-def _block(array: pa.Array | pa.ChunkedArray, column: Column) -> Block:
+def column_block(array: pa.Array | pa.ChunkedArray, column: Column) -> Block:
+    """The block of one column; row i of it depends on row i of `array` alone (so a block of a
+    dimension's rows gathered by fact row is the block of the gathered rows)."""
     if isinstance(array, pa.ChunkedArray):
         array = array.combine_chunks()
     if column.kind == "scalar":

@@ -10,7 +10,15 @@ dimension's rows once, with the scoring task, and each batch gathers them by key
 The batches the scoring task sees are the ones the Spark join would have given it: the same
 columns in the same order and types, nulls where no dimension row matched (a left join), and
 the join's present flag (true, or null when no row matched). So everything downstream
-(assembly, validation, monitoring, null counts) is unchanged. Which joins qualify is the
+(assembly, validation, monitoring, null counts) is unchanged.
+
+Faster still, a task that only scores (no monitoring, no validation rules) gathers the models'
+blocks instead (`LookupJoins.join` with `thin`): each dimension column is assembled once per
+task, over the dimension's rows plus one all-missing row, and each batch gathers rows of that
+block by fact row. The block of a column depends on each row alone, so that is the block the
+joined column would have given; the Arrow columns are left out of the batch, and are joined
+only if a batch has null predictions to explain. On Walmart, lookups plus assembly took 0.26 s
+for 421,570 rows in one thread; gathering blocks took 0.05 s. Which joins qualify is the
 planner's call (plan/lookups.py); duplicate dimension keys are refused with the Spark path's
 error. `BATCHSCORE_LOOKUP_JOINS=0` keeps every join in Spark.
 """
@@ -18,18 +26,21 @@ error. `BATCHSCORE_LOOKUP_JOINS=0` keeps every join in Spark.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import scipy.sparse as sp
 from pyspark.sql import DataFrame
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import StructType
 
 from batchscore.errors import BatchScoreError, DataError
+from batchscore.physical.assemble import Block, Column, column_block
 from batchscore.plan.lookups import LOOKUP_PARTIAL_BYTES, LOOKUP_ROWS, comparable
 from batchscore.plan.nodes import Join, Partial, Scan, present_flag, qualified
 from batchscore.sinks.snapshot import load_snapshot
@@ -106,10 +117,69 @@ class LookupJoin:
     """Integer keys: the keys of those rows, in that order."""
     dense: dict[str, DenseList]
     """The fixed-width numeric array columns, gathered with numpy (`DenseList`)."""
+    built: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    """What a task builds once and reuses for every batch: the key table (`rows`) and each
+    column's block (`block`). Empty when shipped: the driver builds none of it."""
 
     @property
     def flag(self) -> str:
         return present_flag(self.table)
+
+    def rows(self, batch: pa.RecordBatch) -> np.ndarray:
+        """The dimension row of each fact row, -1 where none matches (a left join)."""
+        probe = batch.column(self.left).cast(self.keys.type)
+        if not pa.types.is_integer(self.keys.type):
+            found = pc.index_in(probe, value_set=self.keys, skip_nulls=True)
+            return np.asarray(found.fill_null(-1).to_numpy(), dtype=np.int64)
+        wanted = probe.fill_null(0).to_numpy()
+        valid = probe.is_valid().to_numpy(zero_copy_only=False)
+        direct = self._direct()
+        if direct is not None:  # keys over a short range: one table read per row
+            low, table = direct
+            at = wanted - low
+            inside = valid & (at >= 0) & (at < len(table))
+            return np.where(inside, table[np.where(inside, at, 0)], -1)
+        # A binary search over the ordered keys: index_in would build a hash table per batch.
+        ordered = self.ordered
+        if len(ordered) == 0:
+            return np.full(len(probe), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
+        return np.where(valid & (ordered[at] == wanted), self.order[at], -1)
+
+    def _direct(self) -> tuple[int, np.ndarray] | None:
+        """(lowest key, dimension row by key - lowest, -1 for none) where the keys span at
+        most DIRECT_SPAN slots per key; else None."""
+        if "direct" not in self.built:
+            ordered, made = self.ordered, None
+            if len(ordered):
+                low, span = int(ordered[0]), int(ordered[-1]) - int(ordered[0]) + 1
+                if span <= DIRECT_SPAN * len(ordered) + 1024:
+                    table = np.full(span, -1, dtype=np.int64)
+                    table[ordered - low] = self.order
+                    made = (low, table)
+            self.built["direct"] = made
+        result: tuple[int, np.ndarray] | None = self.built["direct"]
+        return result
+
+    def positions(self, batch: pa.RecordBatch) -> pa.Array:
+        """The dimension row of each fact row (null where none matches, as a left join)."""
+        rows = self.rows(batch)
+        return pa.array(rows, type=pa.int64(), mask=rows < 0)
+
+    def block(self, column: Column) -> Block | None:
+        """The block of `column` over every dimension row and, last, one all-missing row;
+        None where a dimension row cannot be assembled (the joined column then reports it
+        for the fact rows that read it, as without the lookup)."""
+        key = f"block:{column.ref}"
+        if key not in self.built:
+            values = self.columns.column(column.ref).chunk(0)
+            rows = pa.concat_arrays([values, pa.nulls(1, values.type)])
+            try:
+                self.built[key] = column_block(rows, column)
+            except (BatchScoreError, pa.ArrowException, ValueError, TypeError):
+                self.built[key] = None
+        block: Block | None = self.built[key]
+        return block
 
     @staticmethod
     def build(
@@ -150,20 +220,19 @@ class LookupJoin:
             join.table, qualified(join.parent, left), keys, table, order, ordered, dense
         )
 
-    def positions(self, batch: pa.RecordBatch) -> pa.Array:
-        """The dimension row of each fact row (null where none matches, as a left join)."""
-        probe = batch.column(self.left).cast(self.keys.type)
-        if not pa.types.is_integer(self.keys.type):
-            return pc.index_in(probe, value_set=self.keys, skip_nulls=True)
-        # A binary search over the ordered keys: index_in would build a hash table per batch.
-        ordered = self.ordered
-        wanted = probe.fill_null(0).to_numpy()
-        found = probe.is_valid().to_numpy(zero_copy_only=False)
-        if len(ordered) == 0:
-            return pa.nulls(len(probe), pa.int64())
-        at = np.minimum(np.searchsorted(ordered, wanted), len(ordered) - 1)
-        found &= ordered[at] == wanted
-        return pa.array(self.order[at], type=pa.int64(), mask=~found)
+
+DIRECT_SPAN = 4
+"""Key table slots allowed per dimension key (LookupJoin.rows): integer keys over a range at
+most this many times their count (plus 1,024) are found by one table read instead of a
+binary search; 2,340 Walmart indicator keys: 0.1 ms instead of 0.5 ms a 10,000-row batch."""
+
+
+def gathered(block: Block, rows: np.ndarray) -> Block:
+    """Rows `rows` of a dimension block (-1: its last, all-missing row)."""
+    at = np.where(rows < 0, block.shape[0] - 1, rows)
+    if sp.issparse(block):
+        return sp.csr_matrix(block[at])
+    return np.take(block, at, axis=0)
 
 
 @dataclass(frozen=True)
@@ -174,27 +243,43 @@ class LookupJoins:
     joins: tuple[LookupJoin, ...]
     names: tuple[str, ...]
 
-    def joined(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield self.join(batch)
-
-    def join(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+    def join(
+        self, batch: pa.RecordBatch, blocks: Sequence[Column] = (), *, thin: bool = False
+    ) -> tuple[pa.RecordBatch, dict[str, Block]]:
+        """The batch the Spark joins would have given, and the blocks of the columns of `blocks`
+        that have a dimension block (LookupJoin.block), gathered by fact row. `thin`: those
+        columns are left out of the batch (the task reads them only through their blocks)."""
         fields = {f.name: (f, batch.column(i)) for i, f in enumerate(batch.schema)}
+        wanted = {c.ref: c for c in blocks}
+        out: dict[str, Block] = {}
         for lookup in self.joins:
-            where = lookup.positions(batch)
-            at = where.fill_null(-1).to_numpy()
+            rows = lookup.rows(batch)
+            missing = rows < 0
             for name in lookup.columns.column_names:
-                dense = lookup.dense.get(name)
-                column = dense.take(at) if dense is not None else None
-                if column is None:
-                    column = lookup.columns.column(name).chunk(0).take(where)
-                fields[name] = (pa.field(name, column.type), column)
-            flag = pc.if_else(pc.is_valid(where), True, pa.scalar(None, pa.bool_()))
+                column = wanted.get(name)
+                block = lookup.block(column) if column is not None else None
+                if block is not None:
+                    out[name] = gathered(block, rows)
+                    if thin:
+                        continue
+                array = _joined_column(lookup, name, rows, missing)
+                fields[name] = (pa.field(name, array.type), array)
+            flag = pa.array(np.ones(len(rows), dtype=bool), mask=missing)
             fields[lookup.flag] = (pa.field(lookup.flag, pa.bool_()), flag)
-        chosen = [fields[name] for name in self.names]
-        return pa.RecordBatch.from_arrays(
+        chosen = [fields[name] for name in self.names if name in fields]
+        joined = pa.RecordBatch.from_arrays(
             [column for _, column in chosen], schema=pa.schema([f for f, _ in chosen])
         )
+        return joined, out
+
+
+def _joined_column(lookup: LookupJoin, name: str, rows: np.ndarray, missing: np.ndarray) -> Any:
+    dense = lookup.dense.get(name)
+    column = dense.take(rows) if dense is not None else None
+    if column is None:
+        where = pa.array(rows, type=pa.int64(), mask=missing)
+        column = lookup.columns.column(name).chunk(0).take(where)
+    return column
 
 
 def read_on_driver(scan: Scan, schema: StructType) -> pa.Table | None:

@@ -25,7 +25,12 @@ from batchscore.physical.assemble import Column
 from batchscore.physical.connect import default_parallelism, partition_count
 from batchscore.physical.frames import project, renamed
 from batchscore.physical.lookups import Deferred, LookupJoin, duplicate_key_error, read_on_driver
-from batchscore.physical.native_scan import read_delta_native, spark_can_open
+from batchscore.physical.native_scan import (
+    can_split,
+    read_delta_native,
+    spark_can_open,
+    split_rows,
+)
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
 from batchscore.physical.roles import bucket_column, has_canaries, serving_ranges
@@ -58,7 +63,7 @@ from batchscore.plan.nodes import (
     present_flag,
     qualified,
 )
-from batchscore.plan.spread import worth_spreading
+from batchscore.plan.spread import MAX_SPLIT, shuffle_saving, split_saving, worth_spreading
 from batchscore.sinks.spark_io import read_delta, read_parquet_folder
 
 BROADCAST_BYTES = 256 * 1024 * 1024
@@ -106,10 +111,9 @@ def _node(
     deferred: Deferred | None = None,
 ) -> DataFrame:
     if isinstance(node, Scan):
-        df = _scan(spark, node)
         if node.table == plan.spec.source.table and worth_spreading(plan):
-            return _spread(spark, df)
-        return df
+            return _spread(spark, plan, node)
+        return _scan(spark, node)
     if isinstance(node, Partial):
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys, deferred)
@@ -163,14 +167,23 @@ SPREAD_ENV = "BATCHSCORE_SPREAD"
 """`BATCHSCORE_SPREAD=0` keeps the fact scan's own partitioning (see `_spread`)."""
 
 
-def _spread(spark: SparkSession, fact: DataFrame) -> DataFrame:
-    """The fact rows over at least as many partitions as Spark runs tasks at once, when scoring
-    outweighs the shuffle (plan.spread)."""
+def _spread(spark: SparkSession, plan: LogicalPlan, scan: Scan) -> DataFrame:
+    """The fact rows over at least as many tasks as Spark runs at once, when scoring outweighs
+    the cost (plan.spread): split by row position where Spark's own Parquet reader reads them,
+    else shuffled. Tried split first, since the split scan's tasks tell the plain scan's: one
+    read of the table where it is a few files, the case that needs spreading."""
     target = default_parallelism(spark)
     if os.environ.get(SPREAD_ENV, "1") == "0" or target <= 1:
-        return fact
+        return _scan(spark, scan)
+    if target <= MAX_SPLIT and split_saving(plan) > 0:
+        split = _spark_read(spark, scan, split=target)
+        # over Spark Connect the count is unknown: split, as the cost model says
+        tasks = partition_count(split) if split is not None else None
+        if split is not None and (tasks is None or tasks < target * target):
+            return _finish(scan, split)
+    fact = _scan(spark, scan)
     partitions = partition_count(fact)  # None over Spark Connect: spread, as the cost model says
-    if partitions is not None and partitions >= target:
+    if (partitions is not None and partitions >= target) or shuffle_saving(plan) <= 0:
         return fact
     keys = [F.col(f.name) for f in fact.schema.fields if isinstance(f.dataType, _HASHABLE)]
     # hash partitioning needs no sort (round robin sorts every row first so that a retried
@@ -189,27 +202,44 @@ _HASHABLE = (
 
 
 def _scan(spark: SparkSession, scan: Scan) -> DataFrame:
+    df = _spark_read(spark, scan)
+    return _finish(scan, df if df is not None else _project_read(spark, scan))
+
+
+def _spark_read(spark: SparkSession, scan: Scan, *, split: int = 1) -> DataFrame | None:
+    """The scan's rows by Spark's own Parquet reader (`split`: as that many copies, see
+    native_scan.split_rows); None where that reader cannot give them."""
+    columns = list(scan.columns) if scan.columns is not None else None
     if scan.format == "delta":
         filters = list(scan.partition_filters) or None
-        columns = list(scan.columns) if scan.columns is not None else None
-        native = read_delta_native(
+        return read_delta_native(
+            spark, scan.path, version=scan.version, partition_filters=filters, columns=columns,
+            split=split,
+        )  # fmt: skip
+    if not spark_can_open(spark, scan.path):
+        return None
+    df = spark.read.parquet(scan.path)
+    if split > 1:
+        if not can_split(df.schema):
+            return None
+        df = split_rows(df, split)
+    return df if columns is None else project(df, columns)
+
+
+def _project_read(spark: SparkSession, scan: Scan) -> DataFrame:
+    """The scan's rows by the project's readers: Delta tables Spark's reader cannot read
+    (deletion vectors, column mapping, ...) and object stores without a Hadoop filesystem."""
+    columns = list(scan.columns) if scan.columns is not None else None
+    if scan.format == "delta":
+        filters = list(scan.partition_filters) or None
+        return read_delta(
             spark, scan.path, version=scan.version, partition_filters=filters, columns=columns
         )
-        df = (
-            native
-            if native is not None
-            else read_delta(
-                spark, scan.path, version=scan.version, partition_filters=filters, columns=columns
-            )
-        )
-    elif spark_can_open(spark, scan.path):
-        df = spark.read.parquet(scan.path)
-        if scan.columns is not None:
-            df = project(df, scan.columns)
-    else:  # an object store without a Hadoop filesystem: the project's reader
-        df = read_parquet_folder(spark, scan.path)
-        if scan.columns is not None:
-            df = project(df, scan.columns)
+    df = read_parquet_folder(spark, scan.path)
+    return df if columns is None else project(df, columns)
+
+
+def _finish(scan: Scan, df: DataFrame) -> DataFrame:
     if scan.predicate:
         df = df.filter(scan.predicate)
     return renamed(df, (qualified(scan.table, c) for c in df.columns))

@@ -58,8 +58,11 @@ def read_delta_native(
     version: int | None,
     partition_filters: Sequence[object] | None,
     columns: Sequence[str] | None,
+    split: int = 1,
 ) -> DataFrame | None:
-    """The table through Spark's Parquet reader, or None when the Python reader must do it."""
+    """The table through Spark's Parquet reader, or None when the Python reader must do it.
+    `split` > 1: read as that many copies of each file's rows (see `split_rows`); None where
+    that cannot be done."""
     if not native_scan_enabled():
         return None
     table_path = normalize_path(path)
@@ -79,12 +82,35 @@ def read_delta_native(
         part_types = {c: from_arrow_type(snap.schema.field(c).type) for c in parts}
     except (TypeError, NotImplementedError):
         return None  # an Arrow type Spark's reader has no equivalent for
+    if split > 1 and not can_split(schema):
+        return None
     frames = []
     for values, files in groups.items():
         df = spark.read.schema(schema).parquet(*(_file_uri(table_path, f) for f in files))
+        df = split_rows(df, split)
         typed = {c: _literal(v, part_types[c], c) for c, v in zip(parts, values, strict=True)}
         frames.append(project(df.withColumns(typed) if typed else df, wanted))
     return functools.reduce(DataFrame.unionByName, frames)
+
+
+ROW_INDEX = "_metadata.row_index"
+"""The row's position in its Parquet file, which Spark's file readers give (Spark >= 3.5)."""
+
+
+def split_rows(df: DataFrame, parts: int) -> DataFrame:
+    """`df`, a scan by Spark's Parquet reader, as `parts` unioned copies, copy i keeping the rows
+    at positions i modulo `parts` of their files: one task per copy and file, with no shuffle.
+    Rows are where they are in the files, so a retried task reads exactly the same rows."""
+    if parts <= 1:
+        return df
+    position = F.pmod(F.col(ROW_INDEX), F.lit(parts))
+    copies = [df.filter(position == i) for i in range(parts)]
+    return functools.reduce(DataFrame.union, copies)
+
+
+def can_split(schema: StructType) -> bool:
+    """A column named `_metadata` hides the reader's metadata column, row_index with it."""
+    return "_metadata" not in schema.names
 
 
 def _literal(value: str | None, spark_type: Any, name: str) -> Any:

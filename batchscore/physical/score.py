@@ -104,18 +104,17 @@ class ScoringTask:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         limit_threads(self.threads)
-        if self.lookups is not None:
-            batches = self.lookups.joined(batches)
         tally = NullTally() if self.null_dir is not None else None
         watch = self.monitor.start() if self.monitor is not None else None
         rules = self.checks.start() if self.checks is not None else None
         if self.profile_dir is not None:
             yield from self._profiled(batches, self.profile_dir, tally, watch, rules)
         else:
-            for batch in batches:
-                if batch.num_rows == 0:
+            for raw in batches:
+                if raw.num_rows == 0:
                     continue
-                outputs = self._score(batch, tally=tally, watch=watch, rules=rules)
+                batch, cache = self.joined(raw, thin=self._thin)
+                outputs = self.score(raw, batch, cache, tally=tally, watch=watch, rules=rules)
                 yield (
                     self._long(batch, outputs)
                     if self.layout == "long"
@@ -143,14 +142,16 @@ class ScoringTask:
         try:
             while True:
                 with clock.stage(UPSTREAM):
-                    batch = next(source, None)
-                if batch is None:
+                    raw = next(source, None)
+                    if raw is not None:
+                        batch, cache = self.joined(raw, thin=self._thin)
+                if raw is None:
                     break
-                if batch.num_rows == 0:
+                if raw.num_rows == 0:
                     continue
-                clock.rows += batch.num_rows
+                clock.rows += raw.num_rows
                 clock.batches += 1
-                outputs = self._score(batch, clock, tally, watch, rules)
+                outputs = self.score(raw, batch, cache, clock, tally, watch, rules)
                 with clock.stage(OUTPUT):
                     out = (
                         self._long(batch, outputs)
@@ -162,18 +163,43 @@ class ScoringTask:
         finally:
             clock.dump(folder)
 
-    def _score(
+    def joined(self, raw: pa.RecordBatch, *, thin: bool) -> tuple[pa.RecordBatch, dict[str, Block]]:
+        """The batch with its lookup joins done, and the blocks they gathered. `thin`: the
+        looked-up columns the models read come as blocks alone, for a task that only scores
+        (monitoring and validation read the joined columns too)."""
+        if self.lookups is None:
+            return raw, {}
+        return self.lookups.join(raw, self._inputs(), thin=thin)
+
+    @property
+    def _thin(self) -> bool:
+        return self.monitor is None and self.checks is None
+
+    def _inputs(self) -> tuple[Column, ...]:
+        columns = [c for g in self.groups for c in g.columns]
+        columns += [c for m in self.models for c in m.columns]
+        return tuple({c.ref: c for c in columns}.values())
+
+    def _full(self, raw: pa.RecordBatch, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """`batch` with every joined column (a thin join leaves some out)."""
+        if self.lookups is None or batch.num_columns == len(self.lookups.names):
+            return batch
+        return self.lookups.join(raw)[0]
+
+    def score(
         self,
+        raw: pa.RecordBatch,
         batch: pa.RecordBatch,
+        cache: dict[str, Block],
         clock: StageClock | None = None,
         tally: NullTally | None = None,
         watch: MonitorTally | None = None,
         rules: RuleTally | None = None,
     ) -> list[ScoreOutput]:
-        """Every model's output for one batch. Numeric warnings (overflow in exp, NaN
-        inputs) never reach stderr: such rows are null and counted (`tally`); `watch`
-        profiles inputs and outputs for monitoring."""
-        cache: dict[str, Block] = {}
+        """Every model's output for one batch (`raw` before its lookup joins, `cache` the
+        blocks they gathered). Numeric warnings (overflow in exp, NaN inputs) never reach
+        stderr: such rows are null and counted (`tally`); `watch` profiles inputs and
+        outputs for monitoring."""
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             outputs = self._score_models(batch, cache, clock or StageClock())
@@ -181,7 +207,8 @@ class ScoringTask:
                 for model, out in zip(self.models, outputs, strict=True):
                     null = null_rows(out)
                     if null.any():
-                        tally.add(model.name, count_reasons(batch, model, null, cache))
+                        full = self._full(raw, batch)
+                        tally.add(model.name, count_reasons(full, model, null, cache))
             stack = InputStack(batch, cache)  # each input read once, shared by both
             if watch is not None:
                 with (clock or StageClock()).stage(MONITOR):

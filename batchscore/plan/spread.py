@@ -2,21 +2,24 @@
 
 A day's partition is often one file with one row group, which Spark reads as one task; every
 stage above the scan inherits that, and the scoring task then runs on one core while the others
-wait. Spreading the fact rows (one shuffle of the fact columns, hash-partitioned so that no sort
-is needed and a retried task gets the same rows) lets every core run the scoring task's work:
-the Arrow transfer, the lookups and feature assembly, the kernels, the output columns and the
-Parquet write. It pays when that work per row, half of which moves to another core, outweighs
-the shuffle's cost per row, over enough rows to cover the extra stage.
+wait. Spreading lets every core run the scoring task's work (the Arrow transfer, the lookups and
+feature assembly, the kernels, the output columns and the Parquet write), in one of two ways:
 
-Measured on this 2-core machine with lookup joins, medians of 5 interleaved runs, three A/B
-runs (session 16): Walmart (421,570 rows, 40 fact bytes per row) logistic regression + 210
-LightGBM trees 2.82 -> 2.18 s spread, 3.11 -> 2.46 s, 3.15 -> 2.43 s; the logistic regression
-alone 1.38 -> 1.34 s, 1.59 -> 1.81 s, 1.70 -> 1.71 s (break-even: the model predicts a saving of
-3.7 million against 35.5 million with the trees); Flights (66,548 rows) logistic regression
-0.78 -> 0.84 s (the extra stage costs more than half its small task saves). In the cost model's
-unit (bytes moved; FLOPs x FLOP_WEIGHT), those figures put the task's own work at about 40 per
-fact row plus 25 per model and row, a shuffled fact byte at about 0.4 and the extra stage at
-about 3.3 million.
+- split (Spark's own Parquet reader): the scan is read n times, each copy keeping the rows
+  whose position in their file is i modulo n (`_metadata.row_index`). No shuffle and no extra
+  stage; each task decodes its files whole, and a retried task gets the same rows;
+- shuffle (any other reader): the fact rows hash-partitioned over every core, which needs no
+  sort and gives a retried task the same rows, at the cost of a second stage.
+
+Measured on this 2-core machine, medians of 5 interleaved runs in one process (session 19,
+nothing else running): Walmart (421,570 rows, 40 fact bytes per row) logistic regression + 210
+LightGBM trees 1.78 s kept, 1.76 s shuffled, 1.50 s split; the logistic regression alone 1.05,
+1.23 and 1.05 s; Flights (66,548 rows, 200 fact bytes per row) logistic regression 0.80, 1.10
+and 0.89 s; with its LightGBM too 0.86, 0.97 and 1.00 s. In the cost model's unit (bytes moved;
+FLOPs x FLOP_WEIGHT), with the task's work at 40 per fact row plus 25 per model and row, those
+figures put the share of it that spreading saves at about a quarter, a re-decoded fact byte at
+about 0.19 and the split's fixed cost at about 3.7 million, a shuffled byte at about 0.6 and
+the shuffle's stage at about 11.5 million.
 """
 
 from __future__ import annotations
@@ -27,17 +30,26 @@ from batchscore.kernels.trees.kernel import TreeEnsembleKernel
 from batchscore.plan.cost import FLOP_WEIGHT, TEST_FLOPS, fact_rows, value_bytes
 from batchscore.plan.nodes import LogicalPlan
 
-SHUFFLE_FACTOR = 0.4
-"""A shuffled fact byte (hash partitioned: written, read back and decoded), in moved bytes."""
+MOVED_SHARE = 0.25
+"""Share of the task's work over the fact rows that spreading takes off the wall clock. Less
+than half even on two cores: one task's JVM side (scan, Arrow encoding) already runs beside its
+Python worker, and a lone task's kernels use every core (physical.threads)."""
 TASK_ROW_COST = 40.0
 """The scoring task's work per fact row besides the models: Arrow transfer, lookups, ids."""
 MODEL_ROW_COST = 25.0
 """Per model and row besides its kernel: feature assembly, output columns, Parquet write."""
-STAGE_COST = 3.3e6
-"""The extra shuffle stage's fixed cost (scheduling, shuffle files, a second task set)."""
-MOVED_SHARE = 0.5
-"""Share of the task's work that spreading moves to other cores: at least half of it (the
-spread applies only where Spark runs at least two tasks at once)."""
+SPLIT_READ_FACTOR = 0.19
+"""A fact byte that every split task decodes again (each reads its file whole and keeps every
+n-th row), in moved bytes."""
+SPLIT_COST = 3.65e6
+"""The split's fixed cost: n scans of the same files to plan and open instead of one."""
+SHUFFLE_FACTOR = 0.6
+"""A shuffled fact byte (hash partitioned: written, read back and decoded), in moved bytes."""
+STAGE_COST = 11.5e6
+"""The shuffle's extra stage (scheduling, shuffle files, a second task set)."""
+MAX_SPLIT = 8
+"""Most copies of a scan a split makes; more tasks than that take the shuffle (each copy
+decodes every row of its files)."""
 NODES_PER_NATIVE_TREE = 30
 """LightGBM's default 31 leaves, for a native kernel whose IR is not parsed."""
 
@@ -60,25 +72,39 @@ def fact_bytes_per_row(plan: LogicalPlan) -> float:
     return 8.0 * (len(plan.id_columns) + 2) + sum(value_bytes(info, f) for f in features)
 
 
-def spread_saving(plan: LogicalPlan) -> float:
-    """What spreading saves over the fact rows (negative: it costs more than it saves)."""
-    per_row = MOVED_SHARE * task_cost_per_row(plan) - SHUFFLE_FACTOR * fact_bytes_per_row(plan)
-    return fact_rows(plan) * per_row - STAGE_COST
+def split_saving(plan: LogicalPlan) -> float:
+    """What splitting the fact scan by row position saves (negative: it costs more)."""
+    moved = MOVED_SHARE * task_cost_per_row(plan)
+    return fact_rows(plan) * (moved - SPLIT_READ_FACTOR * fact_bytes_per_row(plan)) - SPLIT_COST
+
+
+def shuffle_saving(plan: LogicalPlan) -> float:
+    """What shuffling the fact rows over every core saves (negative: it costs more)."""
+    moved = MOVED_SHARE * task_cost_per_row(plan)
+    return fact_rows(plan) * (moved - SHUFFLE_FACTOR * fact_bytes_per_row(plan)) - STAGE_COST
 
 
 def worth_spreading(plan: LogicalPlan) -> bool:
-    return spread_saving(plan) > 0
+    """Whether either way of spreading pays; the physical layer picks the split where the scan
+    is Spark's own Parquet reader and the shuffle elsewhere (physical.lower._spread)."""
+    return split_saving(plan) > 0 or shuffle_saving(plan) > 0
 
 
 def describe_spread(plan: LogicalPlan) -> str:
-    saving = spread_saving(plan)
-    verdict = "spread when read as fewer tasks than cores" if saving > 0 else "not spread"
-    return (
-        f"{verdict}: {fact_rows(plan):,} fact rows x ({MOVED_SHARE:g} x task work "
-        f"{task_cost_per_row(plan):,.0f} - shuffle {SHUFFLE_FACTOR:g} x "
-        f"{fact_bytes_per_row(plan):,.0f} bytes) - stage {STAGE_COST / 1e6:,.1f} M = "
-        f"{saving / 1e6:,.2f} M saved"
+    split, shuffle = split_saving(plan), shuffle_saving(plan)
+    verdict = (
+        "spread when read as fewer tasks than cores" if max(split, shuffle) > 0 else ("not spread")
     )
+    rows, task, width = fact_rows(plan), task_cost_per_row(plan), fact_bytes_per_row(plan)
+    return (
+        f"{verdict}: {rows:,} fact rows x {MOVED_SHARE:g} x task work {task:,.0f} "
+        f"against {width:,.0f} fact bytes a row; split by row position "
+        f"{_verdict(split)}, shuffled {_verdict(shuffle)}"
+    )
+
+
+def _verdict(saving: float) -> str:
+    return f"saves {saving / 1e6:,.2f} M" if saving > 0 else f"costs {-saving / 1e6:,.2f} M"
 
 
 def _kernel_cost(kernel: Kernel) -> float:

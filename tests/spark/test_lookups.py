@@ -16,7 +16,8 @@ from deltalake import DeltaTable
 import batchscore as bs
 from batchscore.errors import DataError
 from batchscore.jobs.run import plan_job, run_job
-from batchscore.physical.lookups import DenseList, LookupJoin, read_on_driver
+from batchscore.physical.assemble import Column, assemble
+from batchscore.physical.lookups import DenseList, LookupJoin, LookupJoins, read_on_driver
 from batchscore.physical.lower import lower_for_write
 from batchscore.plan.lookups import ENV
 from batchscore.plan.nodes import Join, Scan
@@ -127,6 +128,56 @@ def test_positions_follow_a_left_join_on_integer_and_string_keys(spark: Any) -> 
     assert keyed is not None and keyed.columns.column_names == ["dim__id", "dim__x"]
     # a float key stays with Spark's join (NaN equals NaN there)
     assert LookupJoin.build(_join(), dimension, pa.float64(), ["dim__x"]) is None
+
+
+@pytest.mark.parametrize("keys", [[5, -2, 9, 7], [5, -2, 9, 10**12]], ids=["table", "search"])
+def test_gathered_blocks_are_the_blocks_of_the_joined_columns(spark: Any, keys: list[int]) -> None:
+    """A thin join leaves the looked-up columns out and gives their blocks gathered by fact row:
+    the blocks assembly makes of the full join's columns, bit for bit (missing and null keys,
+    null values, dense arrays, sparse vectors). Keys over a short range are found through a
+    table, others by binary search. A dimension row that cannot be assembled keeps the column
+    on the Arrow path, which refuses it only for the fact rows that read it."""
+    vector = "struct<type: tinyint, size: int, indices: array<int>, values: array<double>>"
+    dimension = spark.createDataFrame(
+        [
+            (keys[0], 0.5, [1.0, 2.0], (0, 70, [3, 69], [1.5, -2.0])),
+            (keys[1], None, None, (1, None, None, [float(i) for i in range(70)])),
+            (keys[2], 2.5, [3.0, float("nan")], None),
+            (keys[3], 3.5, [4.0, 0.0], (0, 70, [], [])),
+        ],
+        f"dim__id long, dim__x double, dim__arr array<double>, dim__vec {vector}",
+    )
+    wanted = ["dim__x", "dim__arr", "dim__vec"]
+    lookup = LookupJoin.build(_join(), dimension, pa.int64(), wanted)
+    assert lookup is not None
+    joins = LookupJoins((lookup,), ("fact__k", *wanted, lookup.flag))
+    columns = (Column("dim__x", "x", "scalar", 1), Column("dim__arr", "arr", "array", 2),
+               Column("dim__vec", "vec", "vector", 70))  # fmt: skip
+    probe = pa.record_batch({"fact__k": pa.array([keys[3], None, keys[1], 3, keys[0], keys[2]])})
+    full, none = joins.join(probe)
+    assert not none and full.schema.names == ["fact__k", *wanted, lookup.flag]
+    assert full.column(lookup.flag).to_pylist() == [True, None, True, None, True, True]
+    thin, blocks = joins.join(probe, columns, thin=True)
+    assert thin.schema.names == ["fact__k", lookup.flag] and set(blocks) == set(wanted)
+    want = assemble(full, columns, {})
+    got = assemble(thin, columns, dict(blocks))
+    assert type(got) is type(want)
+    np.testing.assert_array_equal(got.toarray(), want.toarray())
+    assert (lookup.built["direct"] is None) == (keys[3] == 10**12)
+    bad = dimension.union(
+        spark.createDataFrame([(11, 1.0, [1.0], None)], dimension.schema)  # a 1-wide array
+    )
+    lookup = LookupJoin.build(_join(), bad, pa.int64(), wanted)
+    assert lookup is not None
+    joins = LookupJoins((lookup,), ("fact__k", *wanted, lookup.flag))
+    thin, blocks = joins.join(probe, columns, thin=True)
+    assert "dim__arr" in thin.schema.names and "dim__arr" not in blocks
+    assert np.array_equal(assemble(thin, columns, dict(blocks)).toarray(), want.toarray(),
+                          equal_nan=True)  # fmt: skip
+    reads_it = pa.record_batch({"fact__k": pa.array([11])})
+    with pytest.raises(DataError, match="Feature 'arr' has 1 values"):
+        thin, blocks = joins.join(reads_it, columns, thin=True)
+        assemble(thin, columns, dict(blocks))
 
 
 def test_a_duplicate_dimension_key_is_refused_as_spark_refuses_it(spark: Any) -> None:

@@ -71,6 +71,15 @@ def test_native_reader_equals_python_reader(
     python = read_delta(spark, str(path), partition_filters=filters, columns=columns)
     assert native.schema == python.schema
     assert _rows(native) == _rows(python)
+    split = read_delta_native(
+        spark, str(path), version=None, partition_filters=filters, columns=columns, split=3
+    )
+    assert split is not None and split.schema == python.schema
+    # every row once, in three copies of each file's scan (one task each, no shuffle)
+    assert _rows(split) == _rows(python)
+    assert split.rdd.getNumPartitions() == 3 * native.rdd.getNumPartitions()
+    physical = split._jdf.queryExecution().executedPlan().toString()
+    assert "Exchange" not in physical, physical
 
 
 def test_time_travel_and_fallbacks(spark: Any, tmp_path: Path, monkeypatch: Any) -> None:
@@ -96,3 +105,13 @@ def test_time_travel_and_fallbacks(spark: Any, tmp_path: Path, monkeypatch: Any)
         spark, str(path), version=None, partition_filters=[("ds", "=", "2030-01-01")], columns=None
     )
     assert empty is None  # no file selected: the Python reader gives the empty typed frame
+
+
+def test_a_table_with_a_metadata_column_is_not_split(spark: Any, tmp_path: Path) -> None:
+    """Its `_metadata` column hides the reader's row positions: no split (the caller shuffles),
+    while the plain native read still works."""
+    write_deltalake(str(tmp_path / "m"), pa.table({"_metadata": [1, 2, 3], "v": [1.0, 2.0, 3.0]}))
+    args: dict[str, Any] = {"version": None, "partition_filters": None, "columns": None}
+    assert read_delta_native(spark, str(tmp_path / "m"), split=2, **args) is None
+    plain = read_delta_native(spark, str(tmp_path / "m"), **args)
+    assert plain is not None and plain.count() == 3

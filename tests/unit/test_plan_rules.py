@@ -33,9 +33,12 @@ from batchscore.plan.rules import (
 from batchscore.plan.spread import (
     MOVED_SHARE,
     SHUFFLE_FACTOR,
+    SPLIT_COST,
+    SPLIT_READ_FACTOR,
     STAGE_COST,
     fact_bytes_per_row,
-    spread_saving,
+    shuffle_saving,
+    split_saving,
     task_cost_per_row,
     worth_spreading,
 )
@@ -238,26 +241,32 @@ def test_a_looked_up_dimension_counts_its_bytes_gathered_not_joined(
 
 @pytest.mark.parametrize(
     ("fact_rows", "model", "spread"),
-    [(3_000_000, "glm", True), (200_000, "glm", False), (200_000, "trees", True),
+    [(3_000_000, "glm", True), (200_000, "glm", False), (1_000_000, "trees", True),
      (30_000, "trees", False)],
-    ids=["glm-many-rows", "glm-fewer-rows", "trees-fewer-rows", "trees-few-rows"],
+    ids=["glm-many-rows", "glm-fewer-rows", "trees-more-rows", "trees-few-rows"],
 )  # fmt: skip
 def test_spreading_the_fact_scan_follows_the_task_work(
     fact_rows: int, model: str, spread: bool
 ) -> None:
-    """Spreading pays when half the scoring task's work over the fact rows outweighs the
-    shuffle plus the extra stage: at 200,000 rows the trees' node tests tip it, a GLM's
-    work alone does not."""
+    """Spreading pays when the share of the scoring task's work it takes off the clock
+    outweighs what the split re-decodes (or the shuffle moves) plus its fixed cost. The split
+    is the cheaper way wherever the reader allows it; the shuffle pays for none of these."""
     spec = _spec(f"- {{name: m, path: m.joblib, features: {WIDE}}}")
     obj = _linear(2 + DIM_WIDTH + 1) if model == "glm" else _trees(2 + DIM_WIDTH + 1)
     plan = _plan(spec, {"m": obj}, [eliminate_unused_joins, prune_columns], fact_rows=fact_rows)
     assert worth_spreading(plan) is spread
-    assert (spread_saving(plan) > 0) is spread
+    assert (split_saving(plan) > 0) is spread
+    assert shuffle_saving(plan) < split_saving(plan)
     line = next(x for x in explain(plan).splitlines() if "[spread]" in x)
     assert line.split("fact: ")[1].startswith("spread" if spread else "not spread"), line
-    rows = fact_rows // 3  # the where-less scan reads all three days
-    per_row = MOVED_SHARE * task_cost_per_row(plan) - SHUFFLE_FACTOR * fact_bytes_per_row(plan)
-    assert spread_saving(plan) == pytest.approx(3 * rows * per_row - STAGE_COST)
+    assert ("split by row position saves" in line) is spread, line
+    moved = MOVED_SHARE * task_cost_per_row(plan)
+    width = fact_bytes_per_row(plan)
+    rows = 3 * (fact_rows // 3)  # the where-less scan reads all three days
+    split = rows * (moved - SPLIT_READ_FACTOR * width) - SPLIT_COST
+    assert split_saving(plan) == pytest.approx(split)
+    shuffle = rows * (moved - SHUFFLE_FACTOR * width) - STAGE_COST
+    assert shuffle_saving(plan) == pytest.approx(shuffle)
 
 
 def test_batch_models_groups_glms_over_the_same_inputs() -> None:
