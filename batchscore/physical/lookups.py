@@ -25,6 +25,7 @@ error. `BATCHSCORE_LOOKUP_JOINS=0` keeps every join in Spark.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import scipy.sparse as sp
 from pyspark.sql import DataFrame
-from pyspark.sql.pandas.types import to_arrow_schema
-from pyspark.sql.types import StructType
+from pyspark.sql.pandas.types import from_arrow_type, to_arrow_schema
+from pyspark.sql.types import ArrayType, DataType, StructField, StructType
 
 from batchscore.errors import BatchScoreError, DataError
 from batchscore.physical.assemble import Block, Column, column_block
@@ -184,23 +185,32 @@ class LookupJoin:
     @staticmethod
     def build(
         join: Join,
-        dimension: DataFrame,
+        dimension: DataFrame | StructType,
         left_type: pa.DataType,
         wanted: Sequence[str],
         on_driver: DriverRows | None = None,
     ) -> LookupJoin | None:
-        """The lookup for `join` from its lowered dimension (a scan, or partial scores over one);
-        None when the key types do not allow one (or the table has more than LOOKUP_ROWS rows):
-        the join stays in Spark. `on_driver` gives the same rows without a Spark job where it
-        can (a plain scan: `read_on_driver`)."""
+        """The lookup for `join` from its lowered dimension (a scan, or partial scores over one)
+        or only the schema Spark would give it (`scan_schema`: then from the rows read on the
+        driver alone); None when the key types do not allow one, the table has more than
+        LOOKUP_ROWS rows, or its rows can only be read by Spark and there is no frame: the
+        join stays in Spark. `on_driver` gives the same rows without a Spark job where it can
+        (a plain scan: `read_on_driver`)."""
         ((left, right),) = join.on
         key = qualified(join.table, right)
-        chosen = dimension.select(*dict.fromkeys([key, *wanted]))  # the key may be a feature
+        names = list(dict.fromkeys([key, *wanted]))  # the key may be a feature
+        if isinstance(dimension, StructType):
+            chosen, schema = None, StructType([dimension[n] for n in names])
+        else:
+            chosen = dimension.select(*names)
+            schema = chosen.schema
         if on_driver is None and isinstance(join.right, Scan):
             scan = join.right
             on_driver = lambda schema: read_on_driver(scan, schema)  # noqa: E731
-        rows = on_driver(chosen.schema) if on_driver is not None else None
+        rows = on_driver(schema) if on_driver is not None else None
         if rows is None:
+            if chosen is None:
+                return None
             rows = chosen.limit(LOOKUP_ROWS + 1).toArrow()
         if rows.num_rows > LOOKUP_ROWS or not comparable(left_type, rows.schema.field(key).type):
             return None
@@ -280,6 +290,67 @@ def _joined_column(lookup: LookupJoin, name: str, rows: np.ndarray, missing: np.
         where = pa.array(rows, type=pa.int64(), mask=missing)
         column = lookup.columns.column(name).chunk(0).take(where)
     return column
+
+
+def scan_schema(scan: Scan, arrow: pa.Schema) -> StructType | None:
+    """The Spark schema a scan of `scan`'s table gives its columns (named `table__column`),
+    worked out from the planner's Arrow schema of the table without a Spark frame: only where
+    every type reads the same in Spark and pyarrow (signed integers, floats, booleans, strings,
+    and lists and structs of them), nullable as file scans are; None otherwise."""
+    names = list(scan.columns) if scan.columns is not None else list(arrow.names)
+    if any(n not in arrow.names for n in names):
+        return None
+    written = _spark_written(arrow) if scan.format == "parquet" else None
+    if written is not None:  # Spark reads the schema it wrote into the files (UDTs and all)
+        if any(n not in written.names for n in names):
+            return None
+        types = [_nullable(written[n].dataType) for n in names]
+    elif all(_same_in_spark(arrow.field(n).type) for n in names):
+        try:
+            types = [_nullable(from_arrow_type(arrow.field(n).type)) for n in names]
+        except (TypeError, NotImplementedError):
+            return None
+    else:
+        return None
+    return StructType(
+        [StructField(qualified(scan.table, n), t) for n, t in zip(names, types, strict=True)]
+    )
+
+
+SPARK_SCHEMA_KEY = b"org.apache.spark.sql.parquet.row.metadata"
+"""Where Spark's Parquet writer records the Spark schema, which its reader then uses."""
+
+
+def _spark_written(arrow: pa.Schema) -> StructType | None:
+    raw = (arrow.metadata or {}).get(SPARK_SCHEMA_KEY)
+    if raw is None:
+        return None
+    try:
+        return StructType.fromJson(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _nullable(kind: DataType) -> DataType:
+    if isinstance(kind, StructType):
+        return StructType([StructField(f.name, _nullable(f.dataType)) for f in kind.fields])
+    if isinstance(kind, ArrayType):
+        return ArrayType(_nullable(kind.elementType), containsNull=True)
+    return kind
+
+
+def _same_in_spark(kind: pa.DataType) -> bool:
+    if pa.types.is_list(kind):
+        return _same_in_spark(kind.value_type)
+    if pa.types.is_struct(kind):
+        return all(_same_in_spark(kind.field(i).type) for i in range(kind.num_fields))
+    return bool(
+        pa.types.is_signed_integer(kind)
+        or pa.types.is_float32(kind)
+        or pa.types.is_float64(kind)
+        or pa.types.is_boolean(kind)
+        or pa.types.is_string(kind)
+    )
 
 
 def read_on_driver(scan: Scan, schema: StructType) -> pa.Table | None:

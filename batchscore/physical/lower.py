@@ -24,12 +24,19 @@ from batchscore.monitor.rules import Rule
 from batchscore.physical.assemble import Column
 from batchscore.physical.connect import default_parallelism, partition_count
 from batchscore.physical.frames import project, renamed
-from batchscore.physical.lookups import Deferred, LookupJoin, duplicate_key_error, read_on_driver
+from batchscore.physical.lookups import (
+    Deferred,
+    LookupJoin,
+    duplicate_key_error,
+    read_on_driver,
+    scan_schema,
+)
 from batchscore.physical.native_scan import (
     can_split,
     read_delta_native,
     spark_can_open,
     split_rows,
+    surely_fewer_tasks,
 )
 from batchscore.physical.null_counts import flags_of
 from batchscore.physical.partial import AffineShare, PartialSpec, PartialTask
@@ -63,7 +70,13 @@ from batchscore.plan.nodes import (
     present_flag,
     qualified,
 )
-from batchscore.plan.spread import MAX_SPLIT, shuffle_saving, split_saving, worth_spreading
+from batchscore.plan.spread import (
+    MAX_SPLIT,
+    fact_file_sizes,
+    shuffle_saving,
+    split_saving,
+    worth_spreading,
+)
 from batchscore.sinks.spark_io import read_delta, read_parquet_folder
 
 BROADCAST_BYTES = 256 * 1024 * 1024
@@ -117,6 +130,8 @@ def _node(
     if isinstance(node, Partial):
         return _partial(plan, node, _node(spark, plan, node.child, check_keys))
     left = _node(spark, plan, node.left, check_keys, deferred)
+    if deferred is not None and _looked_up_unlowered(plan, node, left, deferred):
+        return left
     if isinstance(node.right, Partial):  # its input's schema serves a lookup too
         child = _node(spark, plan, node.right.child, check_keys)
         right, read = _partial(plan, node.right, child), child.schema
@@ -138,11 +153,24 @@ def _node(
     return left.join(right, on=condition, how="left")
 
 
+def _looked_up_unlowered(
+    plan: LogicalPlan, join: Join, left: DataFrame, deferred: Deferred
+) -> bool:
+    """A plain dimension scan looked up from its rows read on the driver, typed by the schema
+    its scan would have (lookups.scan_schema): no Spark frame of it at all, where building
+    one costs Spark ~50 ms of planning a table. False: lowered as any other."""
+    scan = join.right
+    if not isinstance(scan, Scan) or not may_look_up(plan, join):
+        return False
+    schema = scan_schema(scan, plan.tables[scan.table].schema)
+    return schema is not None and _looked_up(plan, join, left, schema, None, deferred)
+
+
 def _looked_up(
     plan: LogicalPlan,
     join: Join,
     left: DataFrame,
-    right: DataFrame,
+    right: DataFrame | T.StructType,
     read: T.StructType | None,
     deferred: Deferred,
 ) -> bool:
@@ -170,20 +198,25 @@ SPREAD_ENV = "BATCHSCORE_SPREAD"
 def _spread(spark: SparkSession, plan: LogicalPlan, scan: Scan) -> DataFrame:
     """The fact rows over at least as many tasks as Spark runs at once, when scoring outweighs
     the cost (plan.spread): split by row position where Spark's own Parquet reader reads them,
-    else shuffled. Tried split first, since the split scan's tasks tell the plain scan's: one
-    read of the table where it is a few files, the case that needs spreading."""
+    else shuffled. Files small and few enough to be surely read as fewer tasks are split with
+    no look at Spark's plan (listing a scan's tasks costs ~30 ms a scan)."""
     target = default_parallelism(spark)
     if os.environ.get(SPREAD_ENV, "1") == "0" or target <= 1:
         return _scan(spark, scan)
-    if target <= MAX_SPLIT and split_saving(plan) > 0:
+    splits = target <= MAX_SPLIT and split_saving(plan) > 0
+    if splits and surely_fewer_tasks(spark, fact_file_sizes(plan), target):
         split = _spark_read(spark, scan, split=target)
-        # over Spark Connect the count is unknown: split, as the cost model says
-        tasks = partition_count(split) if split is not None else None
-        if split is not None and (tasks is None or tasks < target * target):
+        if split is not None:
             return _finish(scan, split)
     fact = _scan(spark, scan)
     partitions = partition_count(fact)  # None over Spark Connect: spread, as the cost model says
-    if (partitions is not None and partitions >= target) or shuffle_saving(plan) <= 0:
+    if partitions is not None and partitions >= target:
+        return fact
+    if splits:
+        split = _spark_read(spark, scan, split=-(-target // (partitions or 1)))
+        if split is not None:
+            return _finish(scan, split)
+    if shuffle_saving(plan) <= 0:
         return fact
     keys = [F.col(f.name) for f in fact.schema.fields if isinstance(f.dataType, _HASHABLE)]
     # hash partitioning needs no sort (round robin sorts every row first so that a retried

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -106,6 +107,37 @@ def split_rows(df: DataFrame, parts: int) -> DataFrame:
     position = F.pmod(F.col(ROW_INDEX), F.lit(parts))
     copies = [df.filter(position == i) for i in range(parts)]
     return functools.reduce(DataFrame.union, copies)
+
+
+def surely_fewer_tasks(spark: SparkSession, sizes: Sequence[int], tasks: int) -> bool:
+    """Whether Spark's file scan surely reads files of `sizes` bytes as fewer than `tasks`
+    tasks, known without planning it: a file is cut into splits of at least the smaller of
+    spark.sql.files.maxPartitionBytes and openCostInBytes (Spark's split size is the former,
+    capped below by the latter or more), and a task reads one split or more."""
+    smallest = min(
+        _conf_bytes(spark, "spark.sql.files.maxPartitionBytes"),
+        _conf_bytes(spark, "spark.sql.files.openCostInBytes"),
+    )
+    if smallest <= 0:
+        return False
+    return sum(-(-size // smallest) for size in sizes) < tasks
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+_BYTES = re.compile(r"^\s*(\d+)\s*([kmgtp]?)b?\s*$", re.IGNORECASE)
+
+
+def _conf_bytes(spark: SparkSession, key: str) -> int:
+    """A byte-size setting as Spark reads it ("128m", "4194304b", "134217728"); 0 when it
+    cannot be read."""
+    try:
+        value = str(spark.conf.get(key))
+    except Exception:
+        return 0
+    match = _BYTES.match(value)
+    if match is None:
+        return 0
+    return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
 def can_split(schema: StructType) -> bool:

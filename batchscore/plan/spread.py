@@ -84,6 +84,14 @@ def shuffle_saving(plan: LogicalPlan) -> float:
     return fact_rows(plan) * (moved - SHUFFLE_FACTOR * fact_bytes_per_row(plan)) - STAGE_COST
 
 
+def fact_file_sizes(plan: LogicalPlan) -> list[int]:
+    """Bytes of each file the fact scan reads (after partition pruning), from the planner's
+    listing: what bounds the tasks Spark's reader makes of them (physical.native_scan)."""
+    fact = plan.spec.source.table
+    scan = next(s for s in plan.scans() if s.table == fact)
+    return [size for _, _, size, _ in plan.tables[fact].select_files(list(scan.partition_filters))]
+
+
 def worth_spreading(plan: LogicalPlan) -> bool:
     """Whether either way of spreading pays; the physical layer picks the split where the scan
     is Spark's own Parquet reader and the shuffle elsewhere (physical.lower._spread)."""

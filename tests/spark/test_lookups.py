@@ -180,6 +180,46 @@ def test_gathered_blocks_are_the_blocks_of_the_joined_columns(spark: Any, keys: 
         assemble(thin, columns, dict(blocks))
 
 
+def test_scan_schemas_worked_out_without_spark_are_the_ones_spark_gives(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Dimensions looked up with no Spark frame take their types from the planner's schema:
+    Spark's own for Delta tables and pyarrow-written Parquet of plain types, the schema Spark
+    wrote into its Parquet files (vectors as VectorUDT); no schema where they could differ."""
+    import pyarrow.parquet as pq
+    from pyspark.ml.linalg import Vectors
+
+    from batchscore.physical.lookups import scan_schema
+    from batchscore.physical.lower import _scan
+    from batchscore.plan.catalog import describe_table
+    from batchscore.spec.model import TableSpec
+
+    star = build_star(tmp_path, seed=2, fact_rows=40, a_rows=5, b_rows=4, c_rows=3,
+                      missing=0.2, nan_rate=0.0)  # fmt: skip
+    values = pa.array([[1.0], None], pa.list_(pa.float64()))
+    plain = pa.table({"k": pa.array([1, 2], pa.int32()), "s": ["a", None], "v": values,
+                      "b": [True, False]})  # fmt: skip
+    (tmp_path / "plain").mkdir()
+    pq.write_table(plain, tmp_path / "plain" / "part-0.parquet")
+    vectors = spark.createDataFrame([(1, Vectors.sparse(3, [1], [2.0]))], ["k", "v"])
+    vectors.selectExpr("cast(k as int) k", "v").write.parquet(str(tmp_path / "by_spark"))
+    odd = pa.table({"k": pa.array([1], pa.uint32()), "t": pa.array([1], pa.timestamp("us"))})
+    (tmp_path / "odd").mkdir()
+    pq.write_table(odd, tmp_path / "odd" / "part-0.parquet")
+    tables = [("dim_a", "delta"), ("dim_b", "parquet"), ("dim_c", "parquet")]
+    tables += [("plain", "parquet"), ("by_spark", "parquet"), ("odd", "parquet")]
+    for name, fmt in tables:
+        folder = star.root / name if name.startswith("dim") else tmp_path / name
+        info = describe_table(name, TableSpec(path=str(folder), format=fmt))
+        scan = Scan(name, fmt, info.path)
+        got = scan_schema(scan, info.schema)
+        if name == "odd":
+            assert got is None
+            continue
+        assert got == _scan(spark, scan).schema, name
+        assert got is not None and got.names[0] == f"{name}__{info.schema.names[0]}"
+
+
 def test_a_duplicate_dimension_key_is_refused_as_spark_refuses_it(spark: Any) -> None:
     dimension = spark.createDataFrame([(1, 0.5), (2, 1.0), (2, 3.0)], "dim__id long, dim__x double")
     with pytest.raises(DataError, match=r"Dimension table 'dim' has 2 rows for key id=2"):

@@ -115,3 +115,23 @@ def test_a_table_with_a_metadata_column_is_not_split(spark: Any, tmp_path: Path)
     assert read_delta_native(spark, str(tmp_path / "m"), split=2, **args) is None
     plain = read_delta_native(spark, str(tmp_path / "m"), **args)
     assert plain is not None and plain.count() == 3
+
+
+def test_the_task_bound_follows_sparks_split_settings(spark: Any) -> None:
+    """A file is cut into splits no smaller than min(maxPartitionBytes, openCostInBytes): 4 MB
+    by default, so one 3 MB file is surely one task, a 5 MB one may be two."""
+    from batchscore.physical.native_scan import surely_fewer_tasks
+
+    mb = 2**20
+    assert surely_fewer_tasks(spark, [3 * mb], 2)
+    assert not surely_fewer_tasks(spark, [5 * mb], 2)
+    assert not surely_fewer_tasks(spark, [mb, mb], 2) and surely_fewer_tasks(spark, [mb, mb], 3)
+    key = "spark.sql.files.openCostInBytes"
+    before = spark.conf.get(key)
+    try:
+        spark.conf.set(key, "16m")
+        assert surely_fewer_tasks(spark, [5 * mb], 2)
+        spark.conf.set(key, "1k")
+        assert not surely_fewer_tasks(spark, [5 * mb], 2)
+    finally:
+        spark.conf.set(key, before)
