@@ -8,8 +8,7 @@ the same features can be stacked column-wise into one matrix product. W is there
 Scores reproduce scikit-learn bit for bit where it can: the product is computed in the same
 form and memory layout sklearn uses (`X @ coef_` for 1-d coefficients, `X @ coef_.T`
 otherwise), and the links copy sklearn's formulas (expit, its softmax, LibLinear's OvR
-normalisation). Labels come from the decision values, as `predict` does, not from rounded
-probabilities.
+normalisation). Labels come from the decision values, as `predict` does.
 """
 
 from __future__ import annotations
@@ -21,7 +20,15 @@ import scipy.sparse as sp
 from scipy.special import expit
 
 from batchscore.errors import DataError
-from batchscore.kernels.base import Kernel, KernelKind, Matrix, ScoreOutput, Task, class_codes
+from batchscore.kernels.base import (
+    Kernel,
+    KernelKind,
+    Matrix,
+    ScoreOutput,
+    Task,
+    class_codes,
+    row_max,
+)
 
 Link = Literal[
     "identity",
@@ -223,7 +230,7 @@ def _modified_huber(s: np.ndarray) -> np.ndarray:
 
 def _softmax(x: np.ndarray) -> np.ndarray:
     """sklearn.utils.extmath.softmax, step for step, so probabilities match to the last bit."""
-    x -= x.max(axis=1).reshape(-1, 1)
+    x -= row_max(x).reshape(-1, 1)
     np.exp(x, out=x)
     x /= x.sum(axis=1).reshape(-1, 1)
     return x

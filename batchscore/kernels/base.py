@@ -181,3 +181,15 @@ def classifier_output(
 
 def regressor_output(values: np.ndarray) -> ScoreOutput:
     return ScoreOutput(np.asarray(values, dtype=np.float64).reshape(-1), None, None)
+
+
+def row_max(x: np.ndarray) -> np.ndarray:
+    """x.max(axis=1), the same values (NaN propagating), column by column where the rows are
+    narrow: numpy's reduction over a short contiguous axis is slow (10,000 x 7: 0.47 ms
+    against 0.035 ms)."""
+    if x.ndim != 2 or not 0 < x.shape[1] <= 32:
+        return np.asarray(x.max(axis=1))
+    out = x[:, 0].copy()
+    for j in range(1, x.shape[1]):
+        np.maximum(out, x[:, j], out=out)
+    return out

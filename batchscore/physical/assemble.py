@@ -164,6 +164,7 @@ def _vector(array: pa.Array, column: Column) -> Block:
         pad = sp.lil_matrix((n, len(missing)))
         pad[missing, np.arange(len(missing))] = 1.0
         matrix = (matrix + pad.tocsr() @ fill).tocsr()
+        matrix.sort_indices()  # scipy's sum leaves rows unsorted; kernels want canonical CSR
     if width < SPARSE_MIN_WIDTH:
         return np.asarray(matrix.toarray())
     return sp.csr_matrix(matrix)

@@ -42,6 +42,19 @@ def test_blocks_stack_in_order_with_nulls_as_nan_and_sparse_kept_sparse() -> Non
     assert np.isnan(dense[1, 0]) and dense[3, 0] == 4.0
     assert dense[4, 1:3].tolist() == [4.0, -4.0]
     assert dense[5, 3 + 5] == 5.0 and np.isnan(dense[2, 3:]).all()
+    # canonical CSR even with a null vector's NaN row (the tree kernels then take it as is)
+    assert matrix.has_canonical_format
+
+
+def test_row_max_is_numpys_row_max() -> None:
+    from batchscore.kernels.base import row_max
+
+    rng = np.random.default_rng(4)
+    for shape in ((50, 1), (50, 7), (50, 40), (0, 3)):
+        x = rng.normal(size=shape)
+        if x.size:
+            x[3, -1], x[4, 0], x[5, 0] = np.nan, np.inf, -np.inf
+        assert np.array_equal(row_max(x), x.max(axis=1), equal_nan=True), shape
 
 
 def test_models_reading_the_same_columns_share_one_stacked_matrix() -> None:

@@ -25,6 +25,7 @@ from batchscore.kernels.base import (
     class_codes,
     classifier_output,
     regressor_output,
+    row_max,
 )
 from batchscore.kernels.trees.compiled.forest import CompiledForest, ForestLoadError, compile_forest
 from batchscore.kernels.trees.compiled.toolchain import CompileError
@@ -245,7 +246,7 @@ class TreeEnsembleKernel(Kernel):
         if link == "identity":
             return raw
         if link == "softmax":
-            e = np.exp(raw - raw.max(axis=1, keepdims=True))
+            e = np.exp(raw - row_max(raw).reshape(-1, 1))
             out: np.ndarray = e / e.sum(axis=1, keepdims=True)
             return out
         if link == "sigmoid":

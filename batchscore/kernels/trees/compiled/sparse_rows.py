@@ -35,6 +35,7 @@ import ctypes
 import hashlib
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,12 +251,9 @@ class SparseForm:
     @staticmethod
     def of(ens: TreeEnsemble, outputs: np.ndarray) -> SparseForm | None:
         """None when `ens` does not qualify (leaves, categorical splits, table size)."""
-        trees = ens.trees
-        if not trees or any(t.n_leaves > MAX_LEAVES or (t.cat_left >= 0).any() for t in trees):
-            return None
-        if _entry_count(_nodes(trees)) > MAX_ENTRIES:
-            return None
-        return SparseForm(ens, outputs)
+        if ens not in _QUALIFIES:  # an IR kept by content (lightgbm_text) is asked every run
+            _QUALIFIES[ens] = _qualifies(ens)
+        return SparseForm(ens, outputs) if _QUALIFIES[ens] else None
 
     def describe(self) -> str:
         return "sparse rows by QuickScorer tables"
@@ -268,6 +266,14 @@ class SparseForm:
         return built
 
 
+def _qualifies(ens: TreeEnsemble) -> bool:
+    trees = ens.trees
+    if not trees or any(t.n_leaves > MAX_LEAVES or (t.cat_left >= 0).any() for t in trees):
+        return False
+    return _entry_count(_nodes(trees)) <= MAX_ENTRIES
+
+
+_QUALIFIES: weakref.WeakKeyDictionary[TreeEnsemble, bool] = weakref.WeakKeyDictionary()
 _BUILT: dict[str, SparseTables] = {}
 _LOCK = threading.Lock()
 
