@@ -162,11 +162,6 @@ class LookupJoin:
         result: tuple[int, np.ndarray] | None = self.built["direct"]
         return result
 
-    def positions(self, batch: pa.RecordBatch) -> pa.Array:
-        """The dimension row of each fact row (null where none matches, as a left join)."""
-        rows = self.rows(batch)
-        return pa.array(rows, type=pa.int64(), mask=rows < 0)
-
     def block(self, column: Column) -> Block | None:
         """The block of `column` over every dimension row and, last, one all-missing row;
         None where a dimension row cannot be assembled (the joined column then reports it

@@ -32,7 +32,6 @@ from batchscore.physical.lookups import (
     scan_schema,
 )
 from batchscore.physical.native_scan import (
-    can_split,
     read_delta_native,
     spark_can_open,
     split_rows,
@@ -251,11 +250,9 @@ def _spark_read(spark: SparkSession, scan: Scan, *, split: int = 1) -> DataFrame
         )  # fmt: skip
     if not spark_can_open(spark, scan.path):
         return None
-    df = spark.read.parquet(scan.path)
-    if split > 1:
-        if not can_split(df.schema):
-            return None
-        df = split_rows(df, split)
+    df = split_rows(spark.read.parquet(scan.path), split)
+    if df is None:
+        return None
     return df if columns is None else project(df, columns)
 
 

@@ -83,12 +83,13 @@ def read_delta_native(
         part_types = {c: from_arrow_type(snap.schema.field(c).type) for c in parts}
     except (TypeError, NotImplementedError):
         return None  # an Arrow type Spark's reader has no equivalent for
-    if split > 1 and not can_split(schema):
-        return None
     frames = []
     for values, files in groups.items():
         df = spark.read.schema(schema).parquet(*(_file_uri(table_path, f) for f in files))
-        df = split_rows(df, split)
+        split_df = split_rows(df, split)
+        if split_df is None:
+            return None
+        df = split_df
         typed = {c: _literal(v, part_types[c], c) for c, v in zip(parts, values, strict=True)}
         frames.append(project(df.withColumns(typed) if typed else df, wanted))
     return functools.reduce(DataFrame.unionByName, frames)
@@ -98,12 +99,15 @@ ROW_INDEX = "_metadata.row_index"
 """The row's position in its Parquet file, which Spark's file readers give (Spark >= 3.5)."""
 
 
-def split_rows(df: DataFrame, parts: int) -> DataFrame:
+def split_rows(df: DataFrame, parts: int) -> DataFrame | None:
     """`df`, a scan by Spark's Parquet reader, as `parts` unioned copies, copy i keeping the rows
     at positions i modulo `parts` of their files: one task per copy and file, with no shuffle.
-    Rows are where they are in the files, so a retried task reads exactly the same rows."""
+    Rows are where they are in the files, so a retried task reads exactly the same rows. None
+    when `df` has a `_metadata` column, which hides the reader's row positions."""
     if parts <= 1:
         return df
+    if "_metadata" in df.schema.names:
+        return None
     position = F.pmod(F.col(ROW_INDEX), F.lit(parts))
     copies = [df.filter(position == i) for i in range(parts)]
     return functools.reduce(DataFrame.union, copies)
@@ -138,11 +142,6 @@ def _conf_bytes(spark: SparkSession, key: str) -> int:
     if match is None:
         return 0
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
-
-
-def can_split(schema: StructType) -> bool:
-    """A column named `_metadata` hides the reader's metadata column, row_index with it."""
-    return "_metadata" not in schema.names
 
 
 def _literal(value: str | None, spark_type: Any, name: str) -> Any:

@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -169,13 +170,15 @@ class ScoringTask:
         (monitoring and validation read the joined columns too)."""
         if self.lookups is None:
             return raw, {}
-        return self.lookups.join(raw, self._inputs(), thin=thin)
+        return self.lookups.join(raw, self._inputs, thin=thin)
 
     @property
     def _thin(self) -> bool:
         return self.monitor is None and self.checks is None
 
+    @cached_property
     def _inputs(self) -> tuple[Column, ...]:
+        """Every column the models assemble (once per task, not per batch)."""
         columns = [c for g in self.groups for c in g.columns]
         columns += [c for m in self.models for c in m.columns]
         return tuple({c.ref: c for c in columns}.values())
@@ -204,10 +207,11 @@ class ScoringTask:
             warnings.simplefilter("ignore", RuntimeWarning)
             outputs = self._score_models(batch, cache, clock or StageClock())
             if tally is not None:
+                full = batch
                 for model, out in zip(self.models, outputs, strict=True):
                     null = null_rows(out)
                     if null.any():
-                        full = self._full(raw, batch)
+                        full = self._full(raw, full)  # joined once, for the first null
                         tally.add(model.name, count_reasons(full, model, null, cache))
             stack = InputStack(batch, cache)  # each input read once, shared by both
             if watch is not None:

@@ -131,7 +131,11 @@ def _mflop(value: float) -> str:
     return f"{value / 1e6:,.2f} MFLOP"
 
 
-def fact_rows(plan: LogicalPlan) -> int:
+def fact_scan(plan: LogicalPlan) -> Scan:
     fact = plan.spec.source.table
-    scan = next(s for s in plan.scans() if s.table == fact)
-    return table_rows(plan.tables[fact], scan)
+    return next(s for s in plan.scans() if s.table == fact)
+
+
+def fact_rows(plan: LogicalPlan) -> int:
+    scan = fact_scan(plan)
+    return table_rows(plan.tables[scan.table], scan)

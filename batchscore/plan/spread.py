@@ -27,7 +27,7 @@ from __future__ import annotations
 from batchscore.kernels.base import Kernel
 from batchscore.kernels.lightgbm_native import LightGBMNativeKernel
 from batchscore.kernels.trees.kernel import TreeEnsembleKernel
-from batchscore.plan.cost import FLOP_WEIGHT, TEST_FLOPS, fact_rows, value_bytes
+from batchscore.plan.cost import FLOP_WEIGHT, TEST_FLOPS, fact_rows, fact_scan, value_bytes
 from batchscore.plan.nodes import LogicalPlan
 
 MOVED_SHARE = 0.25
@@ -87,9 +87,9 @@ def shuffle_saving(plan: LogicalPlan) -> float:
 def fact_file_sizes(plan: LogicalPlan) -> list[int]:
     """Bytes of each file the fact scan reads (after partition pruning), from the planner's
     listing: what bounds the tasks Spark's reader makes of them (physical.native_scan)."""
-    fact = plan.spec.source.table
-    scan = next(s for s in plan.scans() if s.table == fact)
-    return [size for _, _, size, _ in plan.tables[fact].select_files(list(scan.partition_filters))]
+    scan = fact_scan(plan)
+    files = plan.tables[scan.table].select_files(list(scan.partition_filters))
+    return [size for _, _, size, _ in files]
 
 
 def worth_spreading(plan: LogicalPlan) -> bool:
