@@ -100,20 +100,39 @@ def interleaved(
     repeats: int,
     after: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """Median wall time of each variant over `repeats` rounds, the variants run in turn within a
-    round: a slow spell of the shared machine then hits every variant alike, where back-to-back
-    runs of one variant let it land on one of them (two runs of one plan under two names
-    differed by 1.19x). `after(name)` runs untimed after a variant's last call."""
+    """Median wall time of each variant over `repeats` rounds (see interleaved_runs)."""
+    runs = interleaved_runs(variants, repeats, after)
+    return {name: statistics.median(values) for name, values in runs.items()}
+
+
+def interleaved_runs(
+    variants: dict[str, Callable[[], Any]],
+    repeats: int,
+    after: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Each variant's wall times over `repeats` rounds, in round order, the variants run in turn
+    within a round: a slow spell of the shared machine then hits every variant alike, where
+    back-to-back runs of one variant let it land on one of them (two runs of one plan under two
+    names differed by 1.19x). Every other round runs the variants in reverse, so none always
+    runs first or right after a given one (the JVM still warming up favours whatever runs
+    later: the same Spark write took 1.6, 0.9, 0.7, 0.66 s in its first rounds). `after(name)`
+    runs untimed after a variant's last call."""
     times: dict[str, list[float]] = {name: [] for name in variants}
     rounds = max(1, repeats)
     for round_ in range(rounds):
-        for name, fn in variants.items():
+        order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
+        for name in order:
             start = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - start)
             if after is not None and round_ == rounds - 1:
                 after(name)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> float:
+    """The median of per-round ratios: a slow spell that hits one round hits both its runs."""
+    return statistics.median(t / b for t, b in zip(times, baseline, strict=True))
 
 
 class MemorySampler:

@@ -15,11 +15,15 @@ model), and both models (logistic regression + LightGBM).
 Before a dataset's first timed variant, its bound and its optimized logistic regression job run
 once untimed (--quick: the bound only), so no variant pays for the first jobs of the session or
 on those tables (without it, the walmart logistic-regression bound measured 3.35 s against
-1.31 s for the same scans, joins and write in the next job). The full run then takes the median
-of up to 3 runs per variant, fewer once a variant's runs took 6 s (the note gives the count);
-the peer and `always` run once, the peer on a quarter of the fact rows, its time unscaled
-(harness.SLOW_SAMPLE: ratios against it are lower bounds). --quick runs each variant once on a
-quarter of the fact rows (`source.where: <id> % 4 = 0`), and leaves out the peer and `always`.
+1.31 s for the same scans, joins and write in the next job). The full run then times the
+native bound, the bound, naive and optimized in ROUNDS interleaved rounds, every other one in
+reverse (harness.interleaved_runs), and reports medians and, against the native bound, the
+median of the per-round ratios ("paired"): run back to back, whichever variant ran later in the
+JVM's warm-up read faster (the bound 0.78x and 1.08x the native bound in one run, for the same
+work). The peer and `always` run once, after, the peer on a quarter of the fact rows, its time
+unscaled (harness.SLOW_SAMPLE: ratios against it are lower bounds). --quick runs each variant
+once on a quarter of the fact rows (`source.where: <id> % 4 = 0`), and leaves out the peer and
+`always`.
 """
 
 from __future__ import annotations
@@ -27,14 +31,17 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bench.harness import (
-    REPEAT_BUDGET_S,
     SLOW_SAMPLE,
     Context,
     Row,
+    interleaved_runs,
+    paired_ratio,
     peak_rss_mb,
     timed_runs,
 )
@@ -154,9 +161,11 @@ def _bound(spark: Any, plan: Any, out: Path) -> int:
 def _native_bound(spark: Any, plan: Any, out: Path) -> int:
     """The true Spark bound: Spark's Parquet reader over the Delta files (file lists from
     delta-rs, physical.native_scan), broadcast joins, Spark's own Parquet writer; the same
-    rows and constant scores as `_bound`, so `_bound / _native_bound` is the Delta sink's cost."""
+    rows and constant scores as `_bound`, so `_bound / _native_bound` is the Delta sink's cost.
+    It writes under `out`, which `_fresh` removes before each run as it does the bound's table:
+    neither pays for deleting the previous run's files."""
     _consumed(spark, plan).write.mode("overwrite").partitionBy("ds").parquet(
-        str(out) + "_native_parquet"
+        str(out / "native_parquet")
     )
     return 0
 
@@ -170,9 +179,12 @@ QUICK_SAMPLE = 4  # --quick scores the fact rows whose id is a multiple of this
 RUNS_PEERS = True  # bench/run.py: the next scenario gets a fresh Spark session
 PEER = "peer: join + predict_batch_udf"
 ALWAYS = "batchscore factorize: always"
+NAIVE = "batchscore naive (no rules)"
 OPTIMIZED = "batchscore optimized"
 BOUND = "bound (scan+join+write, constant score)"
 NATIVE_BOUND = "native bound (Spark Parquet read+join+Parquet write)"
+ROUNDS = 5
+"""Interleaved rounds of the fast variants (harness.interleaved_runs) in a full run."""
 
 
 def run(ctx: Context) -> list[Row]:
@@ -226,7 +238,7 @@ def _job(
     variants: dict[str, Any] = {
         NATIVE_BOUND: lambda: _native_bound(ctx.spark, plan, out),
         BOUND: lambda: _bound(ctx.spark, plan, out),
-        "batchscore naive (no rules)": lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
+        NAIVE: lambda: run_job(spec, spark=ctx.spark, rules=(), force=True),
         OPTIMIZED: lambda: run_job(spec, spark=ctx.spark, force=True),
         ALWAYS: lambda: run_job(always, spark=ctx.spark, force=True),
     }
@@ -238,23 +250,38 @@ def _job(
         print(f"   {job}: warm-up (untimed) ...", flush=True)
         for name in (BOUND,) if ctx.quick else (NATIVE_BOUND, BOUND, OPTIMIZED):
             _fresh(out, variants[name])
-    times, runs, same = {}, {}, {}
-    reference, fact_rows, peer_rows = None, 0, 0
-    for name, fn in variants.items():
-        repeats = 1 if name in (PEER, ALWAYS) else ctx.repeats  # the slow ones run once
-        print(f"   {job}: {name} ...", flush=True)
-        times[name], result, runs[name] = timed_runs(
-            lambda fn=fn: _fresh(out, fn), repeats, budget_s=REPEAT_BUDGET_S
-        )
-        if name == BOUND:
-            fact_rows = result  # the bound writes one row per fact row
-        if name == PEER:
-            peer_rows = result  # the peer writes one row per sampled fact row
-        print(f"   {job}: {name}: {times[name]:.2f} s ({runs[name]} run(s))", flush=True)
+    fast = {k: v for k, v in variants.items() if k not in (PEER, ALWAYS)}
+    results: dict[str, Any] = {}
+    snapshots: dict[str, Any] = {}
+
+    def kept(name: str, fn: Any) -> Any:
+        return lambda: results.__setitem__(name, _fresh(out, fn))
+
+    def compared(name: str) -> None:  # right after a job's last run: the table holds its output
         if name.startswith("batchscore"):
-            got = _snapshot(spec.output.path)
-            reference = reference or got
-            same[name] = _equal(reference, got)
+            snapshots[name] = _snapshot(spec.output.path)
+
+    rounds = 1 if ctx.quick else ROUNDS
+    print(f"   {job}: {', '.join(fast)}: {rounds} interleaved round(s) ...", flush=True)
+    per_round = interleaved_runs({n: kept(n, fn) for n, fn in fast.items()}, rounds, compared)
+    times = {name: statistics.median(values) for name, values in per_round.items()}
+    runs = {name: len(values) for name, values in per_round.items()}
+    for name in [n for n in variants if n not in fast]:  # the slow ones run once, after
+        print(f"   {job}: {name} ...", flush=True)
+        times[name], results[name], runs[name] = timed_runs(partial(_fresh, out, variants[name]), 1)
+        compared(name)
+    times = {name: times[name] for name in variants}  # the table's order
+    for name, sec in times.items():
+        print(f"   {job}: {name}: {sec:.2f} s ({runs[name]} run(s))", flush=True)
+    naive = snapshots[NAIVE]
+    same = {name: _equal(naive, got) for name, got in snapshots.items()}
+    fact_rows = results[BOUND]  # the bound writes one row per fact row
+    peer_rows = results.get(PEER, 0)  # the peer writes one row per sampled fact row
+    paired = {
+        name: paired_ratio(values, per_round[NATIVE_BOUND])
+        for name, values in per_round.items()
+        if name != NATIVE_BOUND
+    }
     ran = dict(times)  # the peer's time on its sample, unscaled: ratios are lower bounds
     peer, bound, native = times.get(PEER), times[BOUND], times[NATIVE_BOUND]
     n_rows = fact_rows * len(spec.models)
@@ -262,7 +289,8 @@ def _job(
     for name, sec in times.items():
         note = (
             f"{sec / native:.2f}x the native bound; {sec / bound:.2f}x the bound; "
-            f"{runs[name]} run(s)"
+            + (f"paired {paired[name]:.2f}x; " if name in paired else "")
+            + f"{runs[name]} run(s)"
             + (f"; output == naive's (rtol 1e-9): {same[name]}" if name in same else "")
             + ("; = Delta sink / native Parquet write" if name == BOUND else "")
         )

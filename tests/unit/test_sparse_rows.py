@@ -87,6 +87,21 @@ def test_lightgbm_multiclass_same_bits_and_labels(monkeypatch: pytest.MonkeyPatc
     assert 0 in tables.dense  # the signed input is read in every row
 
 
+def test_more_classes_than_the_narrow_sums_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond BS_NARROW outputs the leaves are added straight into the output rows: the same
+    bits either way."""
+    X, y = one_hot(4000, seed=7)
+    labels = np.digitize(y, np.quantile(y, np.linspace(0, 1, 19)[1:-1]))
+    assert len(np.unique(labels)) == 18
+    obj = lgb.LGBMClassifier(n_estimators=4, num_leaves=8, verbose=-1, n_jobs=1)
+    kernel = kernel_of(obj.fit(X, labels))
+    probe, _ = one_hot(1500, seed=8)
+    assert both_ways(kernel, probe, monkeypatch).shape == (1500, 18)
+    np.testing.assert_allclose(
+        kernel.score(probe).probability, obj.predict_proba(probe), rtol=1e-12
+    )
+
+
 def test_zero_as_missing_and_nan_rules(monkeypatch: pytest.MonkeyPatch) -> None:
     X, y = one_hot(6000, seed=2)
     obj = lgb.LGBMRegressor(
