@@ -183,7 +183,7 @@ NAIVE = "batchscore naive (no rules)"
 OPTIMIZED = "batchscore optimized"
 BOUND = "bound (scan+join+write, constant score)"
 NATIVE_BOUND = "native bound (Spark Parquet read+join+Parquet write)"
-ROUNDS = 5
+ROUNDS = 3
 """Interleaved rounds of the fast variants (harness.interleaved_runs) in a full run."""
 
 

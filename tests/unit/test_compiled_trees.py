@@ -80,6 +80,30 @@ def test_each_code_form_matches_the_model() -> None:
         check_parity(obj, kernel, Xm)
 
 
+def test_branchless_blocks_with_and_without_nan() -> None:
+    """A block none of whose read inputs is NaN takes the one-compare node test; a block with
+    a NaN the NaN-aware one; ragged rows (not a multiple of INTERLEAVE) the single-row walk.
+    Both classifier leaves (one value per class) and regressor leaves, trained with NaN so
+    that NaN goes left at some nodes and right at others."""
+    X, y = data(n=12_000)
+    Xm = with_missing(X)
+    rows = codegen.block_rows(X.shape[1])
+    probe = X[: 3 * rows + 5].copy()  # block 0 clean, block 1 with NaN, block 2 clean, a tail
+    probe[rows : 2 * rows] = Xm[rows : 2 * rows]
+    models = [
+        RandomForestClassifier(12, max_depth=8, random_state=0).fit(Xm, y),
+        RandomForestRegressor(12, max_depth=8, random_state=0).fit(Xm, X[:, 0]),
+    ]
+    for obj in models:
+        kernel = compiled(obj)
+        assert kernel.compiled is not None and kernel.compiled.info.forms["branchless"] >= 10
+        check_parity(obj, kernel, probe)
+        method = getattr(obj, "predict_proba", obj.predict)
+        out = kernel.score(probe, proba=True)
+        got = out.probability if out.probability is not None else out.prediction
+        assert np.array_equal(got, method(probe))  # bit for bit, not only within rtol
+
+
 def test_table_form_with_categorical_and_zero_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     """Categorical bitsets and zero-as-missing nodes in the table form too."""
     monkeypatch.setattr(codegen, "BRANCHY_MAX_NODES", 0)

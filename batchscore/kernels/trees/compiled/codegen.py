@@ -19,6 +19,8 @@ Each tree gets one of three forms, picked from its shape (`forms`):
   tree-major (one tree over the whole block, then the next): no branch depends on the data,
   where a branchy walk of random splits mispredicts about every other node. Consecutive
   branch-free trees form their own groups; per row the values are still added in tree order.
+  The tree is constant data walked by one shared function (`bs_walk`); a block none of whose
+  inputs the group reads is NaN takes a node in one compare instead of three operations.
 - table: the node arrays as constant data and one loop that walks them. For big trees (fully
   grown forests have thousands of leaves): code for them would take the compiler minutes
   (superlinear in function size; 20 trees of ~5,000 leaves: 197 s as branches, 0.8 s as
@@ -44,14 +46,15 @@ may be walked in another order than the table's (`bs_sums`'s `order`, row_order.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from batchscore.kernels.trees.compiled import branchless
+from batchscore.kernels.trees.compiled.c_text import c_double, int_array
 from batchscore.kernels.trees.ir import LIGHTGBM_ZERO, Tree, TreeEnsemble
 
-CODEGEN_VERSION = "5"
+CODEGEN_VERSION = "6"
 """Bumped whenever generated code can change for the same IR (part of every cache key)."""
 
 ABI_VERSION = 5
@@ -71,8 +74,6 @@ predictor. Measured (300k rows, 20 features, one thread, vs the model's own pred
 RandomForest 100 trees depth 10 (~200 leaves each): branch-free 3.8x, branchy 2.5x;
 HistGradientBoosting 200 x 31 leaves: all branchy 7.4-8.4x, with its 23 fullest trees
 branch-free 7.0x; LightGBM 100 x 31 leaves: 5.8x vs 4.8x with 21 branch-free."""
-INTERLEAVE = 8
-"""Rows a branch-free tree walks together: independent load chains overlap."""
 BRANCHY_MAX_NODES = 511
 BRANCHY_BUDGET_NODES = 120_000
 """gcc -O2 compiles about 7,000 branchy nodes per second per core here (LightGBM, 500 trees x
@@ -117,7 +118,7 @@ def fingerprint(
     h = hashlib.sha256()
     h.update(f"{CODEGEN_VERSION}|{ens.input_rule}|{ens.category_rule}|{n_outputs}".encode())
     tunables = (GROUP_TREES, BLOCK_BYTES, BLOCK_ROWS, BRANCHLESS_MAX_DEPTH, BRANCHY_MAX_NODES)
-    tunables += (BRANCHLESS_FILL, BRANCHLESS_MIN_LEAVES, INTERLEAVE)  # type: ignore[assignment]
+    tunables += (BRANCHLESS_FILL, BRANCHLESS_MIN_LEAVES, branchless.INTERLEAVE)  # type: ignore[assignment]
     h.update(f"|{tunables}|{BRANCHY_BUDGET_NODES}|{UNIT_NODES}".encode())
     h.update(f"|{ens.n_features}|{prepared}|{sorted((words or {}).items())}".encode())
     h.update(np.ascontiguousarray(outputs, dtype=np.int64).tobytes())
@@ -158,7 +159,7 @@ def generate(
     trees = ens.trees
     tests = words or {}
     chosen = forms(ens, tests)
-    writers = {BRANCHY: _branchy_tree, BRANCHLESS: _branchless_tree, TABLE: _table_tree}
+    writers = {BRANCHY: _branchy_tree, BRANCHLESS: _branchless_arrays, TABLE: _table_tree}
     groups = tree_groups(chosen)
     units: list[str] = []
     unit: list[str] = []
@@ -170,7 +171,7 @@ def generate(
             unit.append(writers[chosen[t]](trees[t], t, own))
             budget += trees[t].n_internal if chosen[t] == BRANCHY else 8
         if chosen[members[0]] == BRANCHLESS:
-            unit.append(_tree_major_group(g, members, trees, outputs, n_outputs))
+            unit.append(branchless.tree_major_group(g, members, trees, outputs, n_outputs))
         else:
             unit.append(_group(g, members, trees, outputs, n_outputs))
         if budget >= UNIT_NODES:
@@ -238,16 +239,6 @@ def block_rows(n_inputs: int) -> int:
     return int(min(BLOCK_ROWS, max(64, BLOCK_BYTES // (8 * max(n_inputs, 1)))))
 
 
-def c_double(value: float) -> str:
-    """An exact C literal for a float64 (hex float; infinities and NaN by name)."""
-    v = float(value)
-    if math.isnan(v):
-        return "NAN"
-    if math.isinf(v):
-        return "INFINITY" if v > 0 else "(-INFINITY)"
-    return v.hex()
-
-
 _PRELUDE = """#include <stdint.h>
 #include <math.h>
 #define HIDDEN __attribute__((visibility("hidden")))
@@ -255,6 +246,7 @@ _PRELUDE = """#include <stdint.h>
 #define TREE static inline __attribute__((always_inline)) int32_t
 HIDDEN int bs_cat(double v, int row, int known, int dl);
 """
+_PRELUDE += branchless.WALK_SIGNATURE + ";\n"
 
 
 def _word_test(masks: tuple[tuple[int, int], ...]) -> str:
@@ -310,93 +302,9 @@ def _emit(tree: Tree, words: TreeWords, out: list[str]) -> None:
         stack.append(("node", int(tree.left[c]), d + 1))
 
 
-def _branchless_tree(tree: Tree, t: int, words: TreeWords) -> str:
-    """The padded tree as constant arrays; `_tree_major_group` walks it INTERLEAVE rows at a
-    time with index arithmetic (child = 2i+1 or 2i+2)."""
+def _branchless_arrays(tree: Tree, t: int, words: TreeWords) -> str:
     assert not words, "trees with word tests are never branchless"
-    D = tree.depth
-    n_int = 2**D - 1
-    feat = np.zeros(n_int, dtype=np.int64)
-    thr = np.full(n_int, np.inf)
-    nan_left = np.ones(n_int, dtype=np.int64)  # padding: always left, NaN too
-    leaf = np.zeros(2**D, dtype=np.int64)
-    stack = [(0, 0, 0)]
-    while stack:
-        code, pos, d = stack.pop()
-        if code >= 0:
-            feat[pos] = tree.feature[code]
-            thr[pos] = tree.threshold[code]
-            nan_left[pos] = int(bool(tree.nan_left[code]))
-            stack.append((int(tree.left[code]), 2 * pos + 1, d + 1))
-            stack.append((int(tree.right[code]), 2 * pos + 2, d + 1))
-        else:  # a leaf at depth d owns every padded leaf below it (padding goes left)
-            span = 2 ** (D - d)
-            first = (pos + 1) * span - 1 - n_int
-            leaf[first : first + span] = ~code
-    f, th, nl, q = (f"bs_{p}{t}" for p in ("f", "t", "n", "q"))
-    return "\n".join(
-        [
-            _int_array(f, "int32_t", feat),
-            f"static const double {th}[] = {{{','.join(c_double(v) for v in thr)}}};",
-            _int_array(nl, "uint8_t", nan_left),
-            _int_array(q, "int32_t", leaf),
-        ]
-    )
-
-
-def _branchless_walk(tree: Tree, t: int, col: int, n_outputs: int) -> str:
-    """One branch-free tree over every row of the block, INTERLEAVE rows at a time."""
-    D, R = tree.depth, INTERLEAVE
-    n_int = 2**D - 1
-    width = int(tree.leaf_value.shape[1])
-    f, th, nl, q, v = (f"bs_{p}{t}" for p in ("f", "t", "n", "q", "v"))
-    step = f"int go = (x <= {th}[j]) | ({nl}[j] & (x != x)); j = 2 * j + 2 - go;"
-    add = (
-        f"out[(r + k) * {n_outputs} + {col}] += {v}[{q}[i[k] - {n_int}]];"
-        if width == 1
-        else (
-            f"{{ const double* w = {v} + (int64_t){q}[i[k] - {n_int}] * {width};"
-            f" for (int c = 0; c < {width}; ++c) out[(r + k) * {n_outputs} + {col} + c] += w[c]; }}"
-        )
-    )
-    tail_add = add.replace("(r + k)", "r").replace("i[k]", "j")
-    return "\n".join(
-        [
-            "  {",
-            "    int64_t r = 0;",
-            f"    for (; r + {R} <= n; r += {R}) {{",
-            f"      int32_t i[{R}] = {{0}};",
-            f"      for (int d = 0; d < {D}; ++d)",
-            f"        for (int k = 0; k < {R}; ++k) {{",
-            "          int32_t j = i[k];",
-            f"          double x = X[(r + k) * ld + {f}[j]];",
-            f"          {step}",
-            "          i[k] = j;",
-            "        }",
-            f"      for (int k = 0; k < {R}; ++k) {add}",
-            "    }",
-            "    for (; r < n; ++r) {",
-            "      int32_t j = 0;",
-            f"      for (int d = 0; d < {D}; ++d) {{ double x = X[r * ld + {f}[j]]; {step} }}",
-            f"      {tail_add}",
-            "    }",
-            "  }",
-        ]
-    )
-
-
-def _tree_major_group(
-    g: int, members: list[int], trees: tuple[Tree, ...], outputs: np.ndarray, n_outputs: int
-) -> str:
-    """Branch-free trees one after the other, each over the whole block: per row, values are
-    still added in tree order."""
-    body = [
-        f"HIDDEN void bs_group_{g}(const double* restrict X, int64_t n, int64_t ld, "
-        "double* restrict out) {"
-    ]
-    body += [_branchless_walk(trees[t], t, int(outputs[t]), n_outputs) for t in members]
-    body.append("}")
-    return "\n".join(body)
+    return branchless.tree_arrays(tree, t)
 
 
 def _table_tree(tree: Tree, t: int, words: TreeWords) -> str:
@@ -410,21 +318,21 @@ def _table_tree(tree: Tree, t: int, words: TreeWords) -> str:
     special = (tree.zero_missing | (tree.cat_left >= 0) | is_word).astype(np.int64)
     f, th, nl, lc, rc = (f"bs_{p}{t}" for p in ("f", "t", "n", "l", "r"))
     lines = [
-        _int_array(f, "int32_t", tree.feature),
+        int_array(f, "int32_t", tree.feature),
         f"static const double {th}[] = {{{','.join(c_double(v) for v in tree.threshold)}}};",
-        _int_array(nl, "uint8_t", tree.nan_left.astype(np.int64)),
-        _int_array(lc, "int32_t", tree.left),
-        _int_array(rc, "int32_t", tree.right),
+        int_array(nl, "uint8_t", tree.nan_left.astype(np.int64)),
+        int_array(lc, "int32_t", tree.left),
+        int_array(rc, "int32_t", tree.right),
     ]
     test = f"int go = (v <= {th}[j]) | ({nl}[j] & (v != v));"
     if (special & ~is_word).any():
         sp_, dl, zm, cl, ck = (f"bs_{p}{t}" for p in ("s", "d", "z", "c", "k"))
         lines += [
-            _int_array(sp_, "uint8_t", special),
-            _int_array(dl, "uint8_t", tree.default_left.astype(np.int64)),
-            _int_array(zm, "uint8_t", tree.zero_missing.astype(np.int64)),
-            _int_array(cl, "int32_t", tree.cat_left),
-            _int_array(ck, "int32_t", tree.cat_known),
+            int_array(sp_, "uint8_t", special),
+            int_array(dl, "uint8_t", tree.default_left.astype(np.int64)),
+            int_array(zm, "uint8_t", tree.zero_missing.astype(np.int64)),
+            int_array(cl, "int32_t", tree.cat_left),
+            int_array(ck, "int32_t", tree.cat_known),
         ]
         test += (
             f" if ({sp_}[j]) {{ if (v != v) go = {nl}[j];"
@@ -442,9 +350,9 @@ def _table_tree(tree: Tree, t: int, words: TreeWords) -> str:
             start[i + 1] = len(cols)
         wo, wc, wm = (f"bs_{p}{t}" for p in ("wo", "wc", "wm"))
         lines += [
-            _int_array(wo, "int32_t", start),
-            _int_array(wc, "int32_t", cols),
-            _int_array(wm, "uint32_t", masks),
+            int_array(wo, "int32_t", start),
+            int_array(wc, "int32_t", cols),
+            int_array(wm, "uint32_t", masks),
         ]
         # a word node reads no feature: its test replaces whatever the numeric one said
         test += (
@@ -501,11 +409,6 @@ def _group(
     return "\n".join(body)
 
 
-def _int_array(name: str, ctype: str, values: np.ndarray | list[int]) -> str:
-    body = ",".join(str(int(v)) for v in values) or "0"
-    return f"static const {ctype} {name}[] = {{{body}}};"
-
-
 def _driver(ens: TreeEnsemble, n_groups: int, n_outputs: int, prepared: int | None) -> str:
     bits = ens.cat_bitsets
     words = max(int(bits.shape[1]), 1)
@@ -521,10 +424,12 @@ def _driver(ens: TreeEnsemble, n_groups: int, n_outputs: int, prepared: int | No
     return f"""{_PRELUDE}
 #include <stdlib.h>
 {decls}
-{_int_array("bs_bits", "uint32_t", flat_bits)}
+{int_array("bs_bits", "uint32_t", flat_bits)}
 #define BS_BLOCK {block_rows(ens.n_features)}
 #define BS_F {F}
 #define BS_K {n_outputs}
+
+{branchless.walker()}
 
 HIDDEN int bs_cat(double v, int row, int known, int dl) {{
   double c = trunc(v);
