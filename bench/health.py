@@ -3,7 +3,7 @@
 1. overhead: a fact table of FEATURES (200) numeric columns, ROWS rows on the scored date (quick:
    fewer) and a reference date, one logistic regression on all of them, profiled on the
    reference date. The same job runs without and with `validation:` (profile rules as warnings)
-   plus `monitoring:` (forced reruns of one date interleaved, medians of 5); the ratio is the
+   plus `monitoring:` (forced reruns of one date interleaved, medians of 4); the ratio is the
    health sections' cost. Target: <= 1.10x.
 2. accuracy: the sketch-based PSI and KS (training profile from its quantile sketch, current
    counts at its edges) against the exact ones (exact quantile bins, scipy's ks_2samp) on 1M
@@ -93,7 +93,7 @@ def overhead(ctx: Context) -> list[Row]:
     checked = bs.load_spec(health_spec, run_date=DAY)
     bs.run(plain, spark=ctx.spark)  # warm-up: first commit, compiled caches
     bs.run(checked, spark=ctx.spark, force=True)
-    repeats = 3 if ctx.quick else 5
+    repeats = 3 if ctx.quick else 4
     last: dict[str, Any] = {}
     results = interleaved(  # interleaved, so load on the shared machine hits both alike
         {

@@ -13,7 +13,7 @@ compiled row's note gives the cold compile time (the cache is a fresh folder for
 
 The numpy strategies (traversal, perfect; gemm and bitvector with BENCH_ALL_STRATEGIES=1: they
 run at 0.00-0.07x and cost minutes) score a fixed PREFIX of the same rows
-in the same batches: the first 50,000 (20,000 with --quick). Their rows column says so, their
+in the same batches: the first 25,000 (20,000 with --quick). Their rows column says so, their
 variant ends in "(prefix)" and their note names the prefix; their ratio compares rows/s with the
 baseline's rows/s on all rows (ratio = baseline seconds scaled to the prefix / strategy seconds).
 A strategy whose first batch runs below 30,000 rows/s (gemm and bitvector evaluate every node;
@@ -47,7 +47,7 @@ from bench.harness import Context, Row, peak_rss_mb, timed_runs
 NEEDS_SPARK = False  # bench/run.py starts no SparkSession for this scenario
 BATCH = 10_000
 ROWS, QUICK_ROWS = 1_000_000, 50_000
-PREFIX, QUICK_PREFIX = 50_000, 20_000  # rows the numpy strategies score
+PREFIX, QUICK_PREFIX = 25_000, 20_000  # rows the numpy strategies score
 NATIVE_PREFIX = 100_000  # rows "native" scores: the library's predictor again, at its rate
 PILOT, QUICK_PILOT = 5_000, 2_000  # the first batch; all that a slow strategy scores
 TRAIN_ROWS = 20_000

@@ -80,28 +80,50 @@ def test_each_code_form_matches_the_model() -> None:
         check_parity(obj, kernel, Xm)
 
 
-def test_branchless_blocks_with_and_without_nan() -> None:
-    """A block none of whose read inputs is NaN takes the one-compare node test; a block with
-    a NaN the NaN-aware one; ragged rows (not a multiple of INTERLEAVE) the single-row walk.
-    Both classifier leaves (one value per class) and regressor leaves, trained with NaN so
-    that NaN goes left at some nodes and right at others."""
+def test_branchless_nan_and_infinity_routing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NaN goes its node's way through the scratch copies (-inf / +inf), in blocks with and
+    without NaN, infinities in the data stay what they are, and ragged rows (not a multiple
+    of INTERLEAVE) take the single-row walk. Forests trained without NaN send it to the
+    child with more samples (left at some nodes, right at others); classifier leaves hold one
+    value per class. A forest trained with NaN has "missing apart" nodes (+inf, NaN right):
+    those trees stay branchy, and score the same."""
     X, y = data(n=12_000)
     Xm = with_missing(X)
     rows = codegen.block_rows(X.shape[1])
     probe = X[: 3 * rows + 5].copy()  # block 0 clean, block 1 with NaN, block 2 clean, a tail
     probe[rows : 2 * rows] = Xm[rows : 2 * rows]
+    infinite = probe.copy()  # scikit-learn refuses infinities: checked against branchy code
+    infinite[2 * rows : 2 * rows + 40 : 2, :3] = np.inf
+    infinite[2 * rows + 1 : 2 * rows + 40 : 2, :3] = -np.inf
     models = [
-        RandomForestClassifier(12, max_depth=8, random_state=0).fit(Xm, y),
-        RandomForestRegressor(12, max_depth=8, random_state=0).fit(Xm, X[:, 0]),
+        RandomForestClassifier(12, max_depth=8, random_state=0).fit(X, y),
+        RandomForestRegressor(12, max_depth=8, random_state=0).fit(X, X[:, 0]),
     ]
     for obj in models:
         kernel = compiled(obj)
         assert kernel.compiled is not None and kernel.compiled.info.forms["branchless"] >= 10
+        nan_left = np.concatenate([t.nan_left for t in kernel.ir.trees if t.n_internal])
+        assert nan_left.any() and not nan_left.all()
         check_parity(obj, kernel, probe)
         method = getattr(obj, "predict_proba", obj.predict)
         out = kernel.score(probe, proba=True)
         got = out.probability if out.probability is not None else out.prediction
         assert np.array_equal(got, method(probe))  # bit for bit, not only within rtol
+        walked = kernel.compiled.sums(infinite)
+        with monkeypatch.context() as m:
+            m.setattr(codegen, "BRANCHLESS_MIN_LEAVES", 10**9)
+            m.setattr(forest, "_HANDLES", {})
+            plain = compiled(obj)
+        assert plain.compiled is not None and plain.compiled.info.forms["branchless"] == 0
+        assert np.array_equal(walked, plain.compiled.sums(infinite))
+    trained_with_nan = RandomForestClassifier(6, max_depth=8, random_state=0).fit(Xm, y)
+    kernel = compiled(trained_with_nan)
+    apart = [(np.isposinf(t.threshold) & ~t.nan_left).any() for t in kernel.ir.trees]
+    assert any(apart)
+    assert not any(
+        codegen.is_branchless(t) for t, a in zip(kernel.ir.trees, apart, strict=True) if a
+    )
+    check_parity(trained_with_nan, kernel, probe)
 
 
 def test_table_form_with_categorical_and_zero_as_missing(monkeypatch: pytest.MonkeyPatch) -> None:

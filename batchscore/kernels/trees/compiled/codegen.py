@@ -19,8 +19,8 @@ Each tree gets one of three forms, picked from its shape (`forms`):
   tree-major (one tree over the whole block, then the next): no branch depends on the data,
   where a branchy walk of random splits mispredicts about every other node. Consecutive
   branch-free trees form their own groups; per row the values are still added in tree order.
-  The tree is constant data walked by one shared function (`bs_walk`); a block none of whose
-  inputs the group reads is NaN takes a node in one compare instead of three operations.
+  The tree is constant data walked by one shared function (`bs_walk`, compiled.branchless),
+  whose node is one compare: NaN is routed by the scratch copy of the inputs it reads.
 - table: the node arrays as constant data and one loop that walks them. For big trees (fully
   grown forests have thousands of leaves): code for them would take the compiler minutes
   (superlinear in function size; 20 trees of ~5,000 leaves: 197 s as branches, 0.8 s as
@@ -54,7 +54,7 @@ from batchscore.kernels.trees.compiled import branchless
 from batchscore.kernels.trees.compiled.c_text import c_double, int_array
 from batchscore.kernels.trees.ir import LIGHTGBM_ZERO, Tree, TreeEnsemble
 
-CODEGEN_VERSION = "6"
+CODEGEN_VERSION = "7"
 """Bumped whenever generated code can change for the same IR (part of every cache key)."""
 
 ABI_VERSION = 5
@@ -118,7 +118,12 @@ def fingerprint(
     h = hashlib.sha256()
     h.update(f"{CODEGEN_VERSION}|{ens.input_rule}|{ens.category_rule}|{n_outputs}".encode())
     tunables = (GROUP_TREES, BLOCK_BYTES, BLOCK_ROWS, BRANCHLESS_MAX_DEPTH, BRANCHY_MAX_NODES)
-    tunables += (BRANCHLESS_FILL, BRANCHLESS_MIN_LEAVES, branchless.INTERLEAVE)  # type: ignore[assignment]
+    tunables += (
+        BRANCHLESS_FILL,
+        BRANCHLESS_MIN_LEAVES,
+        branchless.INTERLEAVE,
+        branchless.GROUP_TREES,
+    )  # type: ignore[assignment]
     h.update(f"|{tunables}|{BRANCHY_BUDGET_NODES}|{UNIT_NODES}".encode())
     h.update(f"|{ens.n_features}|{prepared}|{sorted((words or {}).items())}".encode())
     h.update(np.ascontiguousarray(outputs, dtype=np.int64).tobytes())
@@ -159,19 +164,25 @@ def generate(
     trees = ens.trees
     tests = words or {}
     chosen = forms(ens, tests)
-    writers = {BRANCHY: _branchy_tree, BRANCHLESS: _branchless_arrays, TABLE: _table_tree}
+    writers = {BRANCHY: _branchy_tree, TABLE: _table_tree}
     groups = tree_groups(chosen)
     units: list[str] = []
     unit: list[str] = []
-    budget = 0
+    budget = scratch = 0
     for g, members in enumerate(groups):
+        tree_major = chosen[members[0]] == BRANCHLESS
+        columns = branchless.group_columns(members, trees) if tree_major else {}
         for t in members:
             own = {i: m for (tt, i), m in tests.items() if tt == t}
             unit.append(_values(trees[t], t))
-            unit.append(writers[chosen[t]](trees[t], t, own))
+            if tree_major:  # never with word tests (`forms`)
+                unit.append(branchless.tree_arrays(trees[t], t, columns))
+            else:
+                unit.append(writers[chosen[t]](trees[t], t, own))
             budget += trees[t].n_internal if chosen[t] == BRANCHY else 8
-        if chosen[members[0]] == BRANCHLESS:
-            unit.append(branchless.tree_major_group(g, members, trees, outputs, n_outputs))
+        if tree_major:
+            unit.append(branchless.tree_major_group(g, members, trees, outputs, n_outputs, columns))
+            scratch = max(scratch, 2 * len(columns))
         else:
             unit.append(_group(g, members, trees, outputs, n_outputs))
         if budget >= UNIT_NODES:
@@ -179,20 +190,21 @@ def generate(
             unit, budget = [], 0
     if unit:
         units.append("\n".join([_PRELUDE, *unit]))
-    units.append(_driver(ens, len(groups), n_outputs, prepared))
+    units.append(_driver(ens, len(groups), n_outputs, prepared, scratch))
     return Source(tuple(units), len(trees), n_outputs, ens.n_features, chosen)
 
 
 def tree_groups(chosen: tuple[str, ...]) -> list[list[int]]:
     """Runs of consecutive trees walked the same way (branchless trees tree-major, the others
-    row-major), at most GROUP_TREES each: groups run in order and trees in order within a
-    group, so every row still gets its leaf values added in the ensemble's order."""
+    row-major), at most GROUP_TREES each (branchless.GROUP_TREES branch-free ones): groups run
+    in order and trees in order within a group, so every row still gets its leaf values added
+    in the ensemble's order."""
     groups: list[list[int]] = []
     for t, form in enumerate(chosen):
         major = form == BRANCHLESS
         if (
             groups
-            and len(groups[-1]) < GROUP_TREES
+            and len(groups[-1]) < (branchless.GROUP_TREES if major else GROUP_TREES)
             and (chosen[groups[-1][0]] == BRANCHLESS) == major
         ):
             groups[-1].append(t)
@@ -230,6 +242,8 @@ def is_branchless(tree: Tree) -> bool:
         return False
     if tree.zero_missing.any() or (tree.cat_left >= 0).any():
         return False
+    if (np.isposinf(tree.threshold) & ~tree.nan_left.astype(bool)).any():
+        return False  # "NaN right, every number left": the +inf copy cannot tell (branchless)
     leaves = tree.n_leaves
     return leaves >= BRANCHLESS_MIN_LEAVES and leaves >= BRANCHLESS_FILL * 2**tree.depth
 
@@ -300,11 +314,6 @@ def _emit(tree: Tree, words: TreeWords, out: list[str]) -> None:
         stack.append(("node", int(tree.right[c]), d + 1))
         stack.append(("text", 0, d))
         stack.append(("node", int(tree.left[c]), d + 1))
-
-
-def _branchless_arrays(tree: Tree, t: int, words: TreeWords) -> str:
-    assert not words, "trees with word tests are never branchless"
-    return branchless.tree_arrays(tree, t)
 
 
 def _table_tree(tree: Tree, t: int, words: TreeWords) -> str:
@@ -389,7 +398,8 @@ def _group(
     acc = {c: f"a{c}" for c in cols}  # the row's sums in locals: registers, not memory
     body = [
         f"HIDDEN void bs_group_{g}(const double* restrict X, int64_t n, int64_t ld, "
-        "double* restrict out) {",
+        "double* restrict out, double* restrict scratch) {",
+        "  (void)scratch;  /* for branch-free groups */",
         "  for (int64_t r = 0; r < n; ++r) {",
         "    const double* restrict x = X + r * ld;",
         f"    double* restrict o = out + r * {n_outputs};",
@@ -409,7 +419,9 @@ def _group(
     return "\n".join(body)
 
 
-def _driver(ens: TreeEnsemble, n_groups: int, n_outputs: int, prepared: int | None) -> str:
+def _driver(
+    ens: TreeEnsemble, n_groups: int, n_outputs: int, prepared: int | None, scratch: int
+) -> str:
     bits = ens.cat_bitsets
     words = max(int(bits.shape[1]), 1)
     flat_bits = bits.reshape(-1) if bits.size else np.zeros(1, dtype=np.uint32)
@@ -417,10 +429,10 @@ def _driver(ens: TreeEnsemble, n_groups: int, n_outputs: int, prepared: int | No
     F = max(ens.n_features, 1)
     prepare = _prepare(ens, ens.n_features if prepared is None else prepared)
     decls = "\n".join(
-        f"HIDDEN void bs_group_{g}(const double*, int64_t, int64_t, double*);"
+        f"HIDDEN void bs_group_{g}(const double*, int64_t, int64_t, double*, double*);"
         for g in range(n_groups)
     )
-    calls = "\n".join(f"    bs_group_{g}(xb, nb, ldb, ob);" for g in range(n_groups))
+    calls = "\n".join(f"    bs_group_{g}(xb, nb, ldb, ob, sb);" for g in range(n_groups))
     return f"""{_PRELUDE}
 #include <stdlib.h>
 {decls}
@@ -428,6 +440,7 @@ def _driver(ens: TreeEnsemble, n_groups: int, n_outputs: int, prepared: int | No
 #define BS_BLOCK {block_rows(ens.n_features)}
 #define BS_F {F}
 #define BS_K {n_outputs}
+#define BS_SCRATCH {scratch}
 
 {branchless.walker()}
 
@@ -460,7 +473,10 @@ EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, const int64_t* cols,
                    const int64_t* order, double* sums) {{
   double* buf = malloc(sizeof(double) * BS_BLOCK * BS_F);
   double* obuf = order ? malloc(sizeof(double) * BS_BLOCK * BS_K) : NULL;
-  if (!buf || (order && !obuf)) {{ free(buf); free(obuf); return -1; }}
+  double* sb = BS_SCRATCH ? malloc(sizeof(double) * BS_BLOCK * BS_SCRATCH) : NULL;
+  if (!buf || (order && !obuf) || (BS_SCRATCH && !sb)) {{
+    free(buf); free(obuf); free(sb); return -1;
+  }}
   for (int64_t s = 0; s < n; s += BS_BLOCK) {{
     int64_t nb = n - s < BS_BLOCK ? n - s : BS_BLOCK, ldb = ld;
     const int64_t* rows = order ? order + s : NULL;
@@ -475,6 +491,7 @@ EXPORT int bs_sums(const double* X, int64_t n, int64_t ld, const int64_t* cols,
   }}
   free(buf);
   free(obuf);
+  free(sb);
   return 0;
 }}
 """
