@@ -189,7 +189,7 @@ def _unfused(spark: Any, spec: Any) -> int:
 
 
 PEER_SAMPLE = 16
-"""The peer scores the rows whose id is a multiple of this (one in eight)."""
+"""The peer scores the rows whose id is a multiple of this (one in sixteen)."""
 PEER = "peer: predict_batch_udf per model"
 BOUND = "bound (scan+write, constant score)"
 NATIVE_BOUND = "native bound (Spark Parquet read+write)"

@@ -15,7 +15,7 @@ Each tree gets one of three forms, picked from its shape (`forms`):
 - branchy: nested if/else returning the exit leaf, inlined into its group's row loop. Most
   trees (boosting's small trees are well predicted).
 - branchless: a big, bushy, numeric-only tree (random forests) padded to a complete tree of its
-  depth and walked with index arithmetic (child = 2i+1 or 2i+2) over INTERLEAVE rows at once,
+  depth and walked with index arithmetic (child = 2i+1 or 2i+2) over branchless.INTERLEAVE rows,
   tree-major (one tree over the whole block, then the next): no branch depends on the data,
   where a branchy walk of random splits mispredicts about every other node. Consecutive
   branch-free trees form their own groups; per row the values are still added in tree order.
@@ -173,11 +173,11 @@ def generate(
         tree_major = chosen[members[0]] == BRANCHLESS
         columns = branchless.group_columns(members, trees) if tree_major else {}
         for t in members:
-            own = {i: m for (tt, i), m in tests.items() if tt == t}
             unit.append(_values(trees[t], t))
             if tree_major:  # never with word tests (`forms`)
                 unit.append(branchless.tree_arrays(trees[t], t, columns))
             else:
+                own = {i: m for (tt, i), m in tests.items() if tt == t}
                 unit.append(writers[chosen[t]](trees[t], t, own))
             budget += trees[t].n_internal if chosen[t] == BRANCHY else 8
         if tree_major:
