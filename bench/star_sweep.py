@@ -11,19 +11,20 @@ every rule off (materialize, then score), batchscore optimized (the planner deci
 bound (the same scans, join and Delta write with the score replaced by a constant), in one
 Spark session on the same tables. In the full run the first point's bound and optimized job
 run once untimed first (the session's first jobs); then each variant's time is the median of 2
-runs (their mean; 1 with --quick; 3 at the tree points), the variants taking turns run by run
+runs (their mean; 1 with --quick; 4 at the tree points), the variants taking turns run by run
 (harness.interleaved), which keeps the 27 variants of the full grid near 80 s on two cores.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row, interleaved, peak_rss_mb
+from bench.harness import Context, Row, interleaved, interleaved_runs, paired_ratio, peak_rss_mb
 from bench.morpheus import NATIVE_BOUND, _bound, _native_bound
 
 FACT_FEATURES = 10
@@ -34,7 +35,7 @@ TREE_POINTS = [(10, 2.0), (100, 10.0), (100, 50.0)]
 QUICK_TREE_POINTS = [(100, 50.0)]
 TREE_ROUNDS = 30
 REPEATS = 2  # runs per variant in the full run (the warm-up takes the first jobs' costs)
-TREE_REPEATS = 3  # the tree points: the planner's pick is judged against the other two
+TREE_REPEATS = 4  # the tree points: the planner's pick is judged against the other two
 
 
 def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0, *, trees: bool = False) -> Path:
@@ -136,18 +137,21 @@ def _tree_point(ctx: Context, n: int, tr: int, fr: float) -> list[Row]:
     outputs: dict[str, np.ndarray] = {}
     repeats = min(ctx.repeats, TREE_REPEATS)
     runs = {name: (lambda fn=fn: _fresh(out, fn)) for name, fn in variants.items()}
-    times = interleaved(
+    rounds = interleaved_runs(
         runs, repeats, after=lambda name: outputs.update({name: _probabilities(out)})
     )
+    times = {name: statistics.median(values) for name, values in rounds.items()}
     same = all(np.allclose(outputs[k], outputs[NEVER], rtol=1e-9, atol=1e-12) for k in outputs)
-    best = min(times[NEVER], times[ALWAYS])
+    better = NEVER if times[NEVER] <= times[ALWAYS] else ALWAYS
     rows = []
     for name, sec in times.items():
         note = f"{times[NEVER] / sec:.2f}x materialized; {repeats} run(s)"
         if name == PLANNER:
             note += (
-                f"; planner: {_decision(base, 'factorize_trees')}; {sec / best:.2f}x the "
-                f"better plan's time; outputs equal (rtol 1e-9): {same}"
+                f"; planner: {_decision(base, 'factorize_trees')}; "
+                f"{sec / times[better]:.2f}x the better plan's time, paired "
+                f"{paired_ratio(rounds[PLANNER], rounds[better]):.2f}x (median of per-round "
+                f"ratios); outputs equal (rtol 1e-9): {same}"
             )
         rows.append(
             Row(f"star trees TR={tr} FR={fr:g}", name, n, sec, "", None, note, peak_rss_mb())

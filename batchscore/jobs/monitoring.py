@@ -135,7 +135,7 @@ def replace_rows(table: str, data: pa.Table, predicate: str) -> int:
 
     options = storage_options(table)
     try:
-        existing: DeltaTable | None = delta_table(table)
+        existing: DeltaTable | None = delta_table(table, fresh=True)  # written through
     except TableNotFoundError:
         existing = None
     try:

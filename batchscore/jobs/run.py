@@ -84,6 +84,7 @@ from batchscore.sinks.ownership import check_apart, check_table_folder
 from batchscore.sinks.request import AppTransaction, WriteRequest
 from batchscore.sinks.schema import SchemaPolicy, check_schema_compatible, table_arrow_schema
 from batchscore.sinks.spark_io import CommitResult, write_delta
+from batchscore.sinks.storage import delta_table, shared_tables
 from batchscore.sinks.transform import FusedTransform
 from batchscore.spec.load import with_run_date
 from batchscore.spec.model import JobSpec, ModelSpec
@@ -115,29 +116,30 @@ def run_job(
     `profile`: time every stage (physical.profile) and attach it to the result.
     `executor_timeout`: seconds to wait for executors before the first job (default
     BATCHSCORE_EXECUTOR_TIMEOUT, else 120; physical.session.check_executors)."""
-    job = preflight(spec, run_date=run_date, rules=rules, executor_timeout=executor_timeout)
-    done = nothing_to_do(job, force=force)
-    if done is not None:
-        return done
-    session = spark or get_spark(master, remote=remote)  # remote: Spark Connect URL
-    monitoring = job.plan.spec.monitoring
-    previous = prefetch_previous(
-        None if monitoring is None else monitoring.table,
-        RunKey(job.spec.name, job.spec.run_date, job.run_id),
-    )
-    with RunJobs(session, job.run_id) as jobs:  # counts the failed task attempts
-        write = prepare(session, job, profile=profile, own_session=spark is None)
-        validate(session, job)
-        held = commit_quarantine(session, job)
-        job.lap("checks + Spark session + validation + quarantine")
-        commit, nulls = score_and_commit(job, write)
-        job.lap("Spark job (scan, join, score, write) + commit")
-    if commit.reason != "already_committed":
-        record_monitoring(job, write, held=held, previous=previous)
-        job.lap("monitoring table")
-    run_profile = collect(profile_dir(job.out, job.run_id), job.phases) if profile else None
-    result = _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
-    return replace(result, failed_tasks=jobs.failed_attempts())
+    with shared_tables():  # the run's opens of one unchanged table share one handle
+        job = preflight(spec, run_date=run_date, rules=rules, executor_timeout=executor_timeout)
+        done = nothing_to_do(job, force=force)
+        if done is not None:
+            return done
+        session = spark or get_spark(master, remote=remote)  # remote: Spark Connect URL
+        monitoring = job.plan.spec.monitoring
+        previous = prefetch_previous(
+            None if monitoring is None else monitoring.table,
+            RunKey(job.spec.name, job.spec.run_date, job.run_id),
+        )
+        with RunJobs(session, job.run_id) as jobs:  # counts the failed task attempts
+            write = prepare(session, job, profile=profile, own_session=spark is None)
+            validate(session, job)
+            held = commit_quarantine(session, job)
+            job.lap("checks + Spark session + validation + quarantine")
+            commit, nulls = score_and_commit(job, write)
+            job.lap("Spark job (scan, join, score, write) + commit")
+        if commit.reason != "already_committed":
+            record_monitoring(job, write, held=held, previous=previous)
+            job.lap("monitoring table")
+        run_profile = collect(profile_dir(job.out, job.run_id), job.phases) if profile else None
+        result = _finished(job, commit, held=held, nulls=nulls, profile=run_profile)
+        return replace(result, failed_tasks=jobs.failed_attempts())
 
 
 # ---------------------------------------------------------------- 1. preflight (no Spark)
@@ -331,8 +333,6 @@ def writes_roles(job: Job) -> bool:
     them then needs output.evolve_schema, as any new column does)."""
     if table_version(job.out) is None:
         return True
-    from batchscore.sinks.storage import delta_table
-
     names = table_arrow_schema(delta_table(job.out)).names
     if "served" in names or any(n.endswith("__served") for n in names):
         return True

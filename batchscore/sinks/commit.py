@@ -208,7 +208,7 @@ def _commit_once(commit: _Commit) -> bool:
     """One attempt on the latest snapshot; False when the app transaction is already done."""
     plan, request = commit.plan, commit.plan.request
     path = plan.path
-    table = delta_table(path)
+    table = delta_table(path, fresh=True)  # it commits through this handle
     check_table_features(table, path=path, for_write=True)
     if request.mode != "append":
         check_no_conflict(

@@ -189,7 +189,11 @@ def vacuum(
     else:
         files = set(
             _delta_vacuum(
-                delta_table(table_path), table_path, retain_hours, enforce_retention, dry_run=False
+                delta_table(table_path, fresh=True),  # vacuum commits through it
+                table_path,
+                retain_hours,
+                enforce_retention,
+                dry_run=False,
             )
         )
         delete_files(table_path, ours)
@@ -286,7 +290,7 @@ def optimize(
         raise SinkError(
             f"Delta table {table_path}: target size must be > 0 MB, got {target_size_mb}."
         )
-    table = open_table(table_path)
+    table = open_table(table_path, fresh=True)  # optimize commits through it
     check_table_features(table, path=table_path, for_write=True)
     before = len(table.file_uris())
     version_before = int(table.version())

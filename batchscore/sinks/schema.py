@@ -375,7 +375,7 @@ def add_columns(
     """
     table_path = normalize_path(path)
     schema = delta_arrow_schema(arrow_schema, path=table_path)
-    table = open_table(table_path)
+    table = open_table(table_path, fresh=True)  # it alters the table through this handle
     check_table_features(table, path=table_path, for_write=True)
     everything = SchemaPolicy(evolve_schema=True, fill_missing=lambda _: True)
     diff = check_against_table(table, schema, path=table_path, partition_by=None, policy=everything)

@@ -12,16 +12,19 @@ manifests, profiles and monitoring side files live on object stores too. Partiti
 
 No DeltaTable handle outlives a call: processes that keep deltalake scans around can abort at
 interpreter exit (delta-rs #2184), so every function opens the table, reads and lets it go.
+The one exception is a job run's `shared_tables` block, whose handles go when the run ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
@@ -126,10 +129,67 @@ def _s3_filesystem(options: tuple[tuple[str, str], ...]) -> pafs.FileSystem:
     return pafs.S3FileSystem(**args)
 
 
-def delta_table(path: str, *, version: int | None = None) -> DeltaTable:
+_COMMIT = re.compile(r"^\d{20}\.json$")
+LogStamp = tuple[str, int, int]
+"""The newest commit file of a table's log: its name, modification time (ns) and size."""
+_SHARED: ContextVar[dict[str, tuple[LogStamp, DeltaTable]] | None] = ContextVar(
+    "batchscore_shared_tables", default=None
+)
+
+
+@contextlib.contextmanager
+def shared_tables() -> Iterator[None]:
+    """Within this block (one job run), `delta_table` hands back the DeltaTable it opened
+    before for the latest version of a local table whose log has not changed since (its newest
+    commit file has the same name, time and size): a run asks the output table for its version,
+    app transaction and schema about seven times, and each open read the log again (~7 ms).
+    The handles go when the block ends, so none outlives the run (module docstring). Nested
+    blocks share the outer one's tables."""
+    if _SHARED.get() is not None:
+        yield
+        return
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def delta_table(path: str, *, version: int | None = None, fresh: bool = False) -> DeltaTable:
     """DeltaTable at `path` with its storage options (raises deltalake's own errors; see
-    `open_table` for ones that name the table and the fix)."""
-    return DeltaTable(path, version=version, storage_options=storage_options(path))
+    `open_table` for ones that name the table and the fix). `fresh`: a table of its own, never
+    shared (`shared_tables`), for a caller that writes through it, which advances the handle."""
+    shared = _SHARED.get()
+    if shared is None or fresh or version is not None or "://" in path:
+        return DeltaTable(path, version=version, storage_options=storage_options(path))
+    stamp = _log_stamp(path)
+    held = shared.get(path)
+    if held is not None and stamp is not None and held[0] == stamp:
+        return held[1]
+    table = DeltaTable(path, storage_options=storage_options(path))
+    if stamp is not None and int(table.version()) == int(stamp[0][:20]) == _newest(path):
+        shared[path] = (stamp, table)
+    else:
+        shared.pop(path, None)
+    return table
+
+
+def _log_stamp(path: str) -> LogStamp | None:
+    """The newest commit file of the local table's log, or None (no log, unreadable)."""
+    try:
+        with os.scandir(os.path.join(path, "_delta_log")) as entries:
+            newest = max((e for e in entries if _COMMIT.match(e.name)), key=lambda e: e.name)
+            info = newest.stat()
+    except (OSError, ValueError):  # ValueError: max() of no commit file
+        return None
+    return newest.name, info.st_mtime_ns, info.st_size
+
+
+def _newest(path: str) -> int:
+    """The newest commit's version again, after the open: a commit that landed while the table
+    was being opened makes the handle one that must not be shared."""
+    stamp = _log_stamp(path)
+    return -1 if stamp is None else int(stamp[0][:20])
 
 
 def read_bytes(location: str | os.PathLike[str]) -> bytes:
@@ -205,12 +265,13 @@ def is_delta_table(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def open_table(path: str, *, version: int | None = None) -> DeltaTable:
-    """DeltaTable at `path` (normalized), with SinkErrors that name the table and the fix."""
+def open_table(path: str, *, version: int | None = None, fresh: bool = False) -> DeltaTable:
+    """DeltaTable at `path` (normalized), with SinkErrors that name the table and the fix
+    (`fresh`: as for `delta_table`)."""
     if not is_delta_table(path):
         raise not_a_table(path)
     try:
-        return delta_table(path, version=version)
+        return delta_table(path, version=version, fresh=fresh)
     except Exception as exc:
         if version is not None:
             latest = int(delta_table(path).version())
