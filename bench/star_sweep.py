@@ -11,7 +11,7 @@ every rule off (materialize, then score), batchscore optimized (the planner deci
 bound (the same scans, join and Delta write with the score replaced by a constant), in one
 Spark session on the same tables. In the full run the first point's bound and optimized job
 run once untimed first (the session's first jobs); then each variant's time is the median of 2
-runs (their mean; 1 with --quick; 4 at the tree points), the variants taking turns run by run
+runs (their mean; 1 with --quick; 3 at the tree points), the variants taking turns run by run
 (harness.interleaved), which keeps the 27 variants of the full grid near 80 s on two cores.
 """
 
@@ -35,7 +35,7 @@ TREE_POINTS = [(10, 2.0), (100, 10.0), (100, 50.0)]
 QUICK_TREE_POINTS = [(100, 50.0)]
 TREE_ROUNDS = 30
 REPEATS = 2  # runs per variant in the full run (the warm-up takes the first jobs' costs)
-TREE_REPEATS = 4  # the tree points: the planner's pick is judged against the other two
+TREE_REPEATS = 3  # the tree points: the planner's pick is judged against the other two
 
 
 def _build(root: Path, n: int, tr: int, fr: float, seed: int = 0, *, trees: bool = False) -> Path:

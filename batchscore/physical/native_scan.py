@@ -86,7 +86,7 @@ def read_delta_native(
     frames = []
     for values, files in groups.items():
         df = spark.read.schema(schema).parquet(*(_file_uri(table_path, f) for f in files))
-        split_df = split_rows(df, split)
+        split_df = split_rows(df, split, schema.names)
         if split_df is None:
             return None
         df = split_df
@@ -99,14 +99,15 @@ ROW_INDEX = "_metadata.row_index"
 """The row's position in its Parquet file, which Spark's file readers give (Spark >= 3.5)."""
 
 
-def split_rows(df: DataFrame, parts: int) -> DataFrame | None:
+def split_rows(df: DataFrame, parts: int, columns: Sequence[str] | None = None) -> DataFrame | None:
     """`df`, a scan by Spark's Parquet reader, as `parts` unioned copies, copy i keeping the rows
     at positions i modulo `parts` of their files: one task per copy and file, with no shuffle.
     Rows are where they are in the files, so a retried task reads exactly the same rows. None
-    when `df` has a `_metadata` column, which hides the reader's row positions."""
+    when `df` has a `_metadata` column, which hides the reader's row positions. `columns`: the
+    scan's columns where the caller knows them (asking Spark is a round trip to the JVM)."""
     if parts <= 1:
         return df
-    if "_metadata" in df.schema.names:
+    if "_metadata" in (df.schema.names if columns is None else columns):
         return None
     position = F.pmod(F.col(ROW_INDEX), F.lit(parts))
     copies = [df.filter(position == i) for i in range(parts)]

@@ -55,7 +55,7 @@ from batchscore.sinks.parquet_folder import load_parquet_folder
 from batchscore.sinks.schema import table_arrow_schema
 from batchscore.sinks.snapshot import LiveFile, load_snapshot
 from batchscore.sinks.spark_errors import marked
-from batchscore.sinks.storage import filesystem, open_table
+from batchscore.sinks.storage import filesystem, open_table, shared_tables
 from batchscore.sinks.storage_config import decode_shipped, storage_scope
 from batchscore.sinks.writer import DeltaArrowWriter, plan_write
 
@@ -91,7 +91,7 @@ class DeltaDataSource(DataSource):
     def writer(self, schema: StructType, overwrite: bool) -> DeltaArrowWriter:
         with marked():
             storage = decode_shipped(self.options)
-            with storage_scope(storage):
+            with storage_scope(storage), shared_tables():  # its checks open the table once
                 plan = plan_write(dict(self.options.items()), schema, overwrite)
             return DeltaArrowWriter(plan, storage=storage)
 

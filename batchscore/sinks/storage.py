@@ -158,14 +158,19 @@ def shared_tables() -> Iterator[None]:
 def delta_table(path: str, *, version: int | None = None, fresh: bool = False) -> DeltaTable:
     """DeltaTable at `path` with its storage options (raises deltalake's own errors; see
     `open_table` for ones that name the table and the fix). `fresh`: a table of its own, never
-    shared (`shared_tables`), for a caller that writes through it, which advances the handle."""
+    shared (`shared_tables`), for a caller that writes through it, which advances the handle.
+    A `version` that is the held latest one (a scan pinned to the version the planner read) is
+    that handle too."""
     shared = _SHARED.get()
-    if shared is None or fresh or version is not None or "://" in path:
+    if shared is None or fresh or "://" in path:
         return DeltaTable(path, version=version, storage_options=storage_options(path))
     stamp = _log_stamp(path)
     held = shared.get(path)
     if held is not None and stamp is not None and held[0] == stamp:
-        return held[1]
+        if version is None or int(held[1].version()) == version:
+            return held[1]  # the latest, or the version asked for, is the one held
+    if version is not None:  # an older version: a handle of its own
+        return DeltaTable(path, version=version, storage_options=storage_options(path))
     table = DeltaTable(path, storage_options=storage_options(path))
     if stamp is not None and int(table.version()) == int(stamp[0][:20]) == _newest(path):
         shared[path] = (stamp, table)

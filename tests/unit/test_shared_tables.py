@@ -59,7 +59,16 @@ def test_writers_and_time_travel_get_their_own_handles(tmp_path: Path) -> None:
     with shared_tables():
         shared = delta_table(path)
         assert delta_table(path, fresh=True) is not shared
-        assert delta_table(path, version=0) is not shared
         assert delta_table(path) is shared  # a fresh handle replaces nothing
         with shared_tables():  # nested: the outer run's tables
             assert delta_table(path) is shared
+
+
+def test_a_scan_pinned_to_the_held_version_shares_it(tmp_path: Path) -> None:
+    path = _table(tmp_path / "t", 3)
+    _table(tmp_path / "t", 2)
+    with shared_tables():
+        latest = delta_table(path)
+        assert delta_table(path, version=1) is latest
+        older = delta_table(path, version=0)
+        assert older is not latest and older.to_pyarrow_table().num_rows == 3
