@@ -101,7 +101,11 @@ def interleaved(
     after: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
     """Median wall time of each variant over `repeats` rounds (see interleaved_runs)."""
-    runs = interleaved_runs(variants, repeats, after)
+    return medians(interleaved_runs(variants, repeats, after))
+
+
+def medians(runs: dict[str, list[float]]) -> dict[str, float]:
+    """Each variant's median of its `interleaved_runs` times."""
     return {name: statistics.median(values) for name, values in runs.items()}
 
 

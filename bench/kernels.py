@@ -236,7 +236,7 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
     def baseline() -> None:
         own[:] = [model.predict_proba(X)]
 
-    first = _seconds(baseline)
+    first = timed_runs(baseline, 1)[0]
     kernels: dict[str, Any] = {}
     for strategy in STRATEGIES:
         try:
@@ -276,12 +276,6 @@ def _scenario(name: str, model: Any, X: np.ndarray, ctx: Context) -> list[Row]:
             )
         )
     return rows
-
-
-def _seconds(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 @dataclass(frozen=True)

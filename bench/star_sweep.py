@@ -18,13 +18,20 @@ runs (their mean; 1 with --quick; 3 at the tree points), the variants taking tur
 from __future__ import annotations
 
 import shutil
-import statistics
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.harness import Context, Row, interleaved, interleaved_runs, paired_ratio, peak_rss_mb
+from bench.harness import (
+    Context,
+    Row,
+    interleaved,
+    interleaved_runs,
+    medians,
+    paired_ratio,
+    peak_rss_mb,
+)
 from bench.morpheus import NATIVE_BOUND, _bound, _native_bound
 
 FACT_FEATURES = 10
@@ -140,7 +147,7 @@ def _tree_point(ctx: Context, n: int, tr: int, fr: float) -> list[Row]:
     rounds = interleaved_runs(
         runs, repeats, after=lambda name: outputs.update({name: _probabilities(out)})
     )
-    times = {name: statistics.median(values) for name, values in rounds.items()}
+    times = medians(rounds)
     same = all(np.allclose(outputs[k], outputs[NEVER], rtol=1e-9, atol=1e-12) for k in outputs)
     better = NEVER if times[NEVER] <= times[ALWAYS] else ALWAYS
     rows = []

@@ -172,7 +172,12 @@ def delta_table(path: str, *, version: int | None = None, fresh: bool = False) -
     if version is not None:  # an older version: a handle of its own
         return DeltaTable(path, version=version, storage_options=storage_options(path))
     table = DeltaTable(path, storage_options=storage_options(path))
-    if stamp is not None and int(table.version()) == int(stamp[0][:20]) == _newest(path):
+    # shared only if no commit landed while it was being opened: the log is still as stamped
+    if (
+        stamp is not None
+        and int(table.version()) == int(stamp[0][:20])
+        and _log_stamp(path) == stamp
+    ):
         shared[path] = (stamp, table)
     else:
         shared.pop(path, None)
@@ -188,13 +193,6 @@ def _log_stamp(path: str) -> LogStamp | None:
     except (OSError, ValueError):  # ValueError: max() of no commit file
         return None
     return newest.name, info.st_mtime_ns, info.st_size
-
-
-def _newest(path: str) -> int:
-    """The newest commit's version again, after the open: a commit that landed while the table
-    was being opened makes the handle one that must not be shared."""
-    stamp = _log_stamp(path)
-    return -1 if stamp is None else int(stamp[0][:20])
 
 
 def read_bytes(location: str | os.PathLike[str]) -> bytes:
